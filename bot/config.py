@@ -1,0 +1,322 @@
+"""One typed, strict config: every trick of the paper is one field here.
+
+Defaults are the paper's baseline (section 2, PAPER.md section 1); a recipe is a small
+YAML overlay that lists only what it turns on, and may inherit with `base: other.yaml`
+(relative to the recipe's folder). `load(path, overrides)` merges base, recipe and
+`dotted.key=value` overrides (values parse as YAML), then checks every key, type and
+value: an unknown key, a wrong type or an impossible value raises UserError naming it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+
+from bot.errors import UserError
+
+
+@dataclass
+class DataConfig:
+    root: Optional[str] = None  # folder holding train/<class>/*.jpg and val/<class>/*.jpg
+    backend: Literal["dali", "torch"] = "torch"  # dali: the fast path; torch: the reference
+    image_size: int = 224  # training crop and val crop side (section 2)
+    val_resize: Optional[int] = None  # val shorter side; null keeps 224/256: 256 at 224
+    batch_size: int = 256  # global batch: all processes and accumulation steps (section 2)
+    accumulate: int = 1  # micro-batches per optimizer step; per-process batch / accumulate
+    workers: int = 4  # loader workers (torch) or threads (dali) per process
+    random_area: list[float] = field(default_factory=lambda: [0.08, 1.0])  # crop area fraction (section 2 step 2)
+    random_aspect: list[float] = field(default_factory=lambda: [0.75, 1.3333])  # crop aspect, log-uniform
+    # Section 2 step 4. The text says "hue, saturation and brightness"; gluon-cv, whose code
+    # produced the tables, jitters brightness, contrast and saturation and leaves hue alone.
+    brightness: float = 0.4  # factor uniform in [1 - b, 1 + b]
+    contrast: float = 0.4
+    saturation: float = 0.4
+    hue: float = 0.0  # a hue *shift* in [-h, h] turns; off in the paper recipes
+    pca_lighting: float = 0.1  # std of AlexNet PCA lighting alpha (section 2 step 5); 0 disables
+
+
+@dataclass
+class ModelConfig:
+    arch: Literal["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"] = "resnet50"
+    variant: Literal["A", "B", "C", "D"] = "A"  # section 4, figure 2: A is the original ResNet
+    zero_gamma: bool = False  # gamma = 0 in the BN ending each residual branch (section 3.1)
+    init: Literal["xavier", "kaiming"] = "xavier"  # xavier: the paper's (section 2); kaiming: timm's
+    sync_bn: bool = False  # BatchNorm statistics over all processes
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 0.1  # per 256 images (section 3.1)
+    lr_scaling: Literal["linear", "none"] = "linear"  # linear: lr x global batch / 256
+    nesterov: bool = True  # NAG (section 2)
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    no_bias_decay: bool = False  # decay conv/linear weights only (section 3.1)
+
+
+@dataclass
+class ScheduleConfig:
+    epochs: int = 120  # 120 in the paper; 200 with mixup (section 5.4)
+    kind: Literal["step", "cosine"] = "step"  # step: /10 at milestones; cosine: section 5.1
+    milestones: list[int] = field(default_factory=lambda: [30, 60, 90])  # epochs (section 2)
+    warmup_epochs: float = 0.0  # linear from 0 to the lr, per iteration (section 3.1); paper: 5
+
+
+@dataclass
+class LossConfig:
+    label_smoothing: float = 0.0  # eps (section 5.2); paper: 0.1
+    # paper: 1 - eps on the true class, eps / (K - 1) elsewhere (the text, equation 4);
+    # uniform: 1 - eps + eps / K and eps / K (gluon-cv's code, which made the tables; timm, torch)
+    smoothing_form: Literal["paper", "uniform"] = "uniform"
+    mixup_alpha: float = 0.0  # lambda ~ Beta(a, a) (section 5.4); paper: 0.2
+    mixup_off_epochs: int = 0  # no mixup in the last N epochs (gluon-cv)
+    distill_teacher: Optional[str] = None  # checkpoint path (a run's best.pt) or a timm name (section 5.3)
+    distill_temperature: float = 20.0  # T (section 5.3)
+    distill_hard_weight: float = 0.5  # w in w CE(y, z) + (1 - w) T^2 CE(r/T, z/T) (gluon-cv)
+
+
+@dataclass
+class RunConfig:
+    out: Optional[str] = None  # run folder; null: runs/<recipe name>
+    name: Optional[str] = None  # run name for logs and wandb; null: the run folder's name
+    group: Optional[str] = None  # wandb group (an ablation grid)
+    seed: int = 0
+    wandb: Literal["off", "offline", "online"] = "off"  # offline writes into the run folder
+    max_steps: Optional[int] = None  # cap on optimizer steps, for smoke runs and benchmarks
+    log_every: int = 50  # steps between training lines in metrics.jsonl
+    checkpoint_every: int = 1000  # steps between last.pt writes; each epoch end writes one too
+    resume: Literal["auto", "force"] = "auto"  # force: resume even though the config changed
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    precision: Literal["fp32", "fp16", "bf16"] = "fp32"  # fp16: dynamic loss scaling, fp32 master weights (section 3.2)
+    channels_last: bool = False
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+# ---------------------------------------------------------------- reading recipes
+
+
+def read_recipe(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
+    """The recipe at `path` merged over its `base:` chain, as a plain nested dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"recipe not found: {path}")
+    real = path.resolve()
+    if real in _seen:
+        chain = " -> ".join(p.name for p in (*_seen, real))
+        raise UserError(f"recipe base cycle: {chain}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise UserError(f"recipe {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"recipe {path} must be a mapping of keys, not {type(raw).__name__}")
+    base = raw.pop("base", None)
+    if base is None:
+        return raw
+    parent = read_recipe(path.parent / base, (*_seen, real))
+    return merge(parent, raw)
+
+
+def merge(base: dict, top: dict) -> dict:
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def apply_override(tree: dict, item: str) -> None:
+    """Set `a.b.c=value` in a nested dict; the value parses as YAML."""
+    if "=" not in item:
+        raise UserError(f"override {item!r} must look like key.sub=value")
+    key, text = item.split("=", 1)
+    try:
+        value = yaml.safe_load(text) if text != "" else None
+    except yaml.YAMLError:
+        value = text
+    node = tree
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise UserError(f"override {key}: {part} is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+# ---------------------------------------------------------------- typing
+
+
+def all_keys(cls: type = Config, prefix: str = "") -> list[str]:
+    keys = []
+    for f in dataclasses.fields(cls):
+        name = prefix + f.name
+        hint = typing.get_type_hints(cls)[f.name]
+        if dataclasses.is_dataclass(hint):
+            keys += all_keys(hint, name + ".")
+        else:
+            keys.append(name)
+    return keys
+
+
+def _unknown(key: str) -> UserError:
+    near = difflib.get_close_matches(key, all_keys(), n=1, cutoff=0.5)
+    hint = f" (did you mean {near[0]}?)" if near else ""
+    return UserError(f"unknown config key: {key}{hint}")
+
+
+def _typename(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        return " | ".join(str(a) for a in typing.get_args(hint))
+    if origin is typing.Union:
+        return " or ".join(_typename(a) for a in typing.get_args(hint))
+    if origin is list:
+        return f"list of {_typename(typing.get_args(hint)[0])}"
+    return "null" if hint is type(None) else hint.__name__
+
+
+def _coerce(key: str, hint: Any, value: Any) -> Any:
+    origin = typing.get_origin(hint)
+    bad = UserError(f"{key}: expected {_typename(hint)}, got {value!r}")
+    if origin is typing.Union:
+        for arg in typing.get_args(hint):
+            try:
+                return _coerce(key, arg, value)
+            except UserError:
+                pass
+        raise bad
+    if origin is Literal:
+        if value in typing.get_args(hint):
+            return value
+        raise bad
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise bad
+        (item,) = typing.get_args(hint)
+        return [_coerce(key, item, v) for v in value]
+    if hint is type(None):
+        if value is None:
+            return None
+        raise bad
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise bad
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise bad
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise bad
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise bad
+    raise TypeError(f"unsupported config type {hint}")
+
+
+def build(cls: type, tree: dict, prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in tree:
+        if key not in names:
+            raise _unknown(prefix + str(key))
+    kwargs = {}
+    for name in names & tree.keys():
+        value, hint = tree[name], hints[name]
+        if dataclasses.is_dataclass(hint):
+            if not isinstance(value, dict):
+                raise UserError(f"{prefix}{name}: expected a section of keys, got {value!r}")
+            kwargs[name] = build(hint, value, prefix + name + ".")
+        else:
+            kwargs[name] = _coerce(prefix + name, hint, value)
+    return cls(**kwargs)
+
+
+# ---------------------------------------------------------------- values
+
+
+def _check(ok: bool, key: str, why: str) -> None:
+    if not ok:
+        raise UserError(f"{key}: {why}")
+
+
+def validate(cfg: Config) -> Config:
+    """Reject impossible values; fill the values derived from others."""
+    d, m, o, s, l, r = cfg.data, cfg.model, cfg.optim, cfg.schedule, cfg.loss, cfg.run
+    _check(d.image_size >= 16, "data.image_size", f"must be at least 16, got {d.image_size}")
+    if d.val_resize is None:  # keep the paper's 224/256 crop ratio at any size
+        d.val_resize = int(round(d.image_size * 256 / 224))
+    _check(d.val_resize >= d.image_size, "data.val_resize", "must be at least data.image_size")
+    _check(d.batch_size >= 1, "data.batch_size", f"must be at least 1, got {d.batch_size}")
+    _check(d.accumulate >= 1, "data.accumulate", f"must be at least 1, got {d.accumulate}")
+    _check(d.workers >= 0, "data.workers", "must be 0 or more")
+    for key, pair, hi in (("random_area", d.random_area, 1.0), ("random_aspect", d.random_aspect, math.inf)):
+        _check(len(pair) == 2 and 0 < pair[0] <= pair[1] <= hi, f"data.{key}",
+               f"must be [low, high] with 0 < low <= high{' <= 1' if hi == 1 else ''}, got {pair}")
+    for key in ("brightness", "contrast", "saturation"):
+        _check(0 <= getattr(d, key) <= 1, f"data.{key}", "must be in [0, 1] (factor in [1 - x, 1 + x])")
+    _check(0 <= d.hue <= 0.5, "data.hue", "must be in [0, 0.5]")
+    _check(d.pca_lighting >= 0, "data.pca_lighting", "must be 0 or more")
+    _check(o.lr > 0, "optim.lr", f"must be positive, got {o.lr}")
+    _check(0 <= o.momentum < 1, "optim.momentum", "must be in [0, 1)")
+    _check(o.weight_decay >= 0, "optim.weight_decay", "must be 0 or more")
+    _check(not o.nesterov or o.momentum > 0, "optim.nesterov", "needs optim.momentum > 0")
+    _check(s.epochs >= 1, "schedule.epochs", f"must be at least 1, got {s.epochs}")
+    _check(0 <= s.warmup_epochs < s.epochs, "schedule.warmup_epochs", "must be in [0, schedule.epochs)")
+    _check(all(0 < a < b for a, b in zip(s.milestones, s.milestones[1:])) and all(0 < x for x in s.milestones),
+           "schedule.milestones", f"must be increasing positive epochs, got {s.milestones}")
+    _check(0 <= l.label_smoothing < 1, "loss.label_smoothing", "must be in [0, 1)")
+    _check(l.mixup_alpha >= 0, "loss.mixup_alpha", "must be 0 or more")
+    _check(0 <= l.mixup_off_epochs <= s.epochs, "loss.mixup_off_epochs", "must be in [0, schedule.epochs]")
+    _check(l.distill_temperature > 0, "loss.distill_temperature", "must be positive")
+    _check(0 <= l.distill_hard_weight <= 1, "loss.distill_hard_weight", "must be in [0, 1]")
+    _check(r.max_steps is None or r.max_steps >= 1, "run.max_steps", "must be at least 1 or null")
+    _check(r.log_every >= 1, "run.log_every", "must be at least 1")
+    _check(r.checkpoint_every >= 1, "run.checkpoint_every", "must be at least 1")
+    return cfg
+
+
+def load(path: str | Path | None, overrides: list[str] = ()) -> Config:
+    """Recipe (with its base chain) + overrides -> a checked Config."""
+    tree = read_recipe(path) if path is not None else {}
+    for item in overrides:
+        apply_override(tree, item)
+    cfg = validate(build(Config, tree))
+    if cfg.run.out is None:
+        cfg.run.out = str(Path("runs") / (Path(path).stem if path else "default"))
+    if cfg.run.name is None:
+        cfg.run.name = Path(cfg.run.out).name
+    return cfg
+
+
+def from_dict(tree: dict) -> Config:
+    """A Config from a resolved dict (a run folder's config.yaml or a checkpoint's)."""
+    tree = {k: v for k, v in tree.items() if k in {f.name for f in dataclasses.fields(Config)}}
+    return validate(build(Config, tree))
