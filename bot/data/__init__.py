@@ -1,0 +1,37 @@
+"""`build_loaders(cfg) -> (train, val)`: the same semantics from DALI or torchvision.
+
+Both yield `(images, labels)` torch tensors, images float32 NCHW normalized with the
+paper's mean and std. The train loader has `set_epoch(epoch, start_step)` and a length in
+steps; each batch is this process's share of one optimizer step (data.batch_size is the
+global batch). The val loader covers this process's share of the val set once.
+"""
+
+from __future__ import annotations
+
+from bot.data.folder import scan_dataset
+from bot.errors import UserError
+
+
+def per_process_batch(cfg, world: int) -> int:
+    """Global batch / processes, which must also split into data.accumulate micro-batches."""
+    b, acc = cfg.data.batch_size, cfg.data.accumulate
+    if b % (world * acc):
+        raise UserError(f"data.batch_size {b} is not divisible by {world} processes x data.accumulate {acc}")
+    return b // world
+
+
+def build_loaders(cfg, rank: int | None = None, world: int | None = None, device=None):
+    if rank is None or world is None or device is None:
+        from accelerate import PartialState
+        state = PartialState()
+        rank, world, device = state.process_index, state.num_processes, state.device
+    train, val = scan_dataset(cfg.data.root)
+    batch = per_process_batch(cfg, world)
+    if len(train) < batch * world:
+        raise UserError(f"data.batch_size {cfg.data.batch_size} is larger than the {len(train)} training images "
+                        f"in {cfg.data.root}")
+    if cfg.data.backend == "dali":
+        from bot.data.dali import build_dali_loaders
+        return build_dali_loaders(train, val, cfg, rank, world, batch, device)
+    from bot.data.torch_loader import build_torch_loaders
+    return build_torch_loaders(train, val, cfg, rank, world, batch, device)

@@ -1,0 +1,111 @@
+"""The torchvision loader: the reference implementation of the paper's input pipeline.
+
+Each training sample's augmentation is seeded by (seed, epoch, index), so a batch is the
+same whatever the number of workers, and a resumed run sees exactly the batches an
+uninterrupted one would have seen.
+"""
+
+from __future__ import annotations
+
+import torch
+import torchvision
+from torch.utils.data import DataLoader, Dataset, Sampler
+from torchvision.io import ImageReadMode
+
+from bot.data import sampling
+from bot.data.folder import Split
+from bot.data.transforms import train_transform, val_transform
+from bot.errors import UserError
+
+
+def decode(path: str) -> torch.Tensor:
+    """A file as a uint8 RGB CHW tensor, or a UserError naming the file."""
+    try:
+        data = torchvision.io.read_file(path)
+        if data.numel() == 0:
+            raise RuntimeError("empty file")
+        return torchvision.io.decode_image(data, mode=ImageReadMode.RGB)
+    except (RuntimeError, ValueError) as e:
+        raise UserError(f"cannot read image {path}: {str(e).splitlines()[0]} "
+                        f"(scripts/check_dataset.py lists every bad file)") from None
+
+
+class ImageFiles(Dataset):
+    """Items are an index (val) or (index, seed) (train: the augmentation's seed)."""
+
+    def __init__(self, split: Split, transform):
+        self.split, self.transform = split, transform
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, item):
+        index, seed = item if isinstance(item, tuple) else (item, None)
+        image = decode(self.split.files[index])
+        if seed is None:
+            return self.transform(image), self.split.labels[index]
+        with torch.random.fork_rng(devices=[]):  # leave the caller's generator alone
+            torch.manual_seed(seed)
+            return self.transform(image), self.split.labels[index]
+
+
+class EpochSampler(Sampler):
+    """This process's share of one epoch (sampling.train_order), from a given step on."""
+
+    def __init__(self, n: int, seed: int, rank: int, world: int, batch: int):
+        self.n, self.seed, self.rank, self.world, self.batch = n, seed, rank, world, batch
+        self.epoch, self.start = 0, 0
+
+    def set_epoch(self, epoch: int, start_step: int = 0) -> None:
+        self.epoch, self.start = epoch, start_step * self.batch
+
+    def __len__(self) -> int:
+        return sampling.steps_per_epoch(self.n, self.world, self.batch) * self.batch - self.start
+
+    def __iter__(self):
+        order = sampling.train_order(self.n, self.seed, self.epoch, self.rank, self.world, self.batch)
+        for index in order[self.start:]:
+            yield int(index), sampling.sample_seed(self.seed, self.epoch, int(index))
+
+
+class TrainLoader:
+    """Batches of (images float NCHW normalized, labels) for one process, one epoch at a time."""
+
+    def __init__(self, split: Split, d, seed: int, rank: int, world: int, batch: int, pin: bool):
+        self.classes, self.batch_size = split.classes, batch
+        self.sampler = EpochSampler(len(split), seed, rank, world, batch)
+        self.loader = DataLoader(ImageFiles(split, train_transform(d)), batch_size=batch, sampler=self.sampler,
+                                 num_workers=d.workers, pin_memory=pin, drop_last=True,
+                                 persistent_workers=d.workers > 0)
+        self.steps = sampling.steps_per_epoch(len(split), world, batch)
+
+    def set_epoch(self, epoch: int, start_step: int = 0) -> None:
+        self.sampler.set_epoch(epoch, start_step)
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __iter__(self):
+        return iter(self.loader)
+
+
+class ValLoader:
+    """This process's share of the val set: every image counted once over all processes."""
+
+    def __init__(self, split: Split, d, rank: int, world: int, batch: int, pin: bool):
+        self.classes = split.classes
+        self.indices = sampling.val_order(len(split), rank, world).tolist()
+        self.loader = DataLoader(ImageFiles(split, val_transform(d)), batch_size=batch, sampler=self.indices,
+                                 num_workers=d.workers, pin_memory=pin, persistent_workers=d.workers > 0)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        return iter(self.loader)
+
+
+def build_torch_loaders(train: Split, val: Split, cfg, rank: int, world: int, batch: int, device):
+    pin = torch.device(device).type == "cuda"
+    return (TrainLoader(train, cfg.data, cfg.run.seed, rank, world, batch, pin),
+            ValLoader(val, cfg.data, rank, world, batch, pin))
