@@ -1,0 +1,408 @@
+"""Ablation grids: a YAML list of rows, each a recipe plus overrides, turned into runs
+and then into the paper's table (PAPER.md section 5).
+
+A grid is data (recipes/ablations/table4.yaml):
+
+    title: "Table 4: ..."             # heading of table.md (default: the file's name)
+    caption: "..."                    # a line under the heading
+    out: runs/table4                  # the grid's folder (default: runs/<file name>)
+    recipe: ../baseline.yaml          # rows' default recipe, relative to the grid's folder
+    overrides: [data.workers=8]       # applied to every row, before the row's own
+    rows:
+      - name: b=256 + warmup          # the run's folder is <out>/<slug of name>
+        section: b=256                # optional: starts a block; deltas restart there
+        recipe: ../baseline.yaml      # optional when the grid has one
+        overrides: [schedule.warmup_epochs=5]
+        paper: {top1: 76.03, top5: null, min_per_epoch: null}
+
+Each row's run is `python train.py RECIPE OVERRIDES... run.out=<out>/<slug>` (and
+`/seed<k>` with `run.seed=k` when several seeds are asked for). A run is finished when
+its summary.json exists (the trainer writes it last); a run with last.pt but no summary
+resumes by running the same command.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import re
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import yaml
+
+from bot import config as config_mod
+from bot.errors import UserError
+
+GRID_KEYS = {"title", "caption", "out", "recipe", "overrides", "rows"}
+ROW_KEYS = {"name", "section", "recipe", "overrides", "paper"}
+PAPER_KEYS = {"top1", "top5", "min_per_epoch"}
+# keys that ablate.py sets for each run; the user moves a grid with --out, not run.out
+MANAGED_KEYS = {"run.out"}
+
+
+@dataclass
+class Row:
+    name: str
+    slug: str
+    recipe: str  # path as the user's shell sees it (relative to the working directory)
+    overrides: list[str]
+    section: Optional[str] = None
+    paper: dict = field(default_factory=dict)
+
+
+@dataclass
+class Grid:
+    path: Path
+    title: str
+    caption: str
+    out: Path
+    rows: list[Row]
+
+    @property
+    def group(self) -> str:
+        """The wandb group of the grid's runs."""
+        return self.out.name
+
+
+def slugify(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def _shell_path(path: Path) -> str:
+    """`path` relative to the working directory when it is below it, else absolute."""
+    absolute = path.resolve() if not path.is_absolute() else path
+    rel = os.path.relpath(absolute)
+    return absolute.as_posix() if rel.startswith("..") else Path(rel).as_posix()
+
+
+def _string_list(where: str, value) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, str) and "=" in v for v in value):
+        raise UserError(f"{where}: overrides must be a list of key=value strings, got {value!r}")
+    return list(value)
+
+
+def read_grid(path: str | Path, out: str | Path | None = None) -> Grid:
+    """Read and check a grid file; `out` replaces the grid's folder."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"grid not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise UserError(f"grid {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"grid {path} must be a mapping with a rows: list")
+    for key in raw:
+        if key not in GRID_KEYS:
+            raise UserError(f"grid {path}: unknown key {key!r} (keys: {', '.join(sorted(GRID_KEYS))})")
+    rows_raw = raw.get("rows")
+    if not isinstance(rows_raw, list) or not rows_raw:
+        raise UserError(f"grid {path}: rows must be a non-empty list")
+    common = _string_list(f"grid {path}", raw.get("overrides"))
+    rows, seen = [], {}
+    for i, r in enumerate(rows_raw):
+        where = f"grid {path} row {i + 1}"
+        if not isinstance(r, dict) or not isinstance(r.get("name"), str) or not r["name"].strip():
+            raise UserError(f"{where}: each row needs a name")
+        where = f"grid {path} row {r['name']!r}"
+        for key in r:
+            if key not in ROW_KEYS:
+                raise UserError(f"{where}: unknown key {key!r} (keys: {', '.join(sorted(ROW_KEYS))})")
+        recipe = r.get("recipe", raw.get("recipe"))
+        if not isinstance(recipe, str):
+            raise UserError(f"{where}: needs a recipe (in the row or at the grid's top level)")
+        paper = r.get("paper") or {}
+        if not isinstance(paper, dict) or set(paper) - PAPER_KEYS or not all(
+                v is None or isinstance(v, (int, float)) for v in paper.values()):
+            raise UserError(f"{where}: paper must map {sorted(PAPER_KEYS)} to numbers, got {paper!r}")
+        slug = slugify(r["name"])
+        if not slug or slug in seen:
+            raise UserError(f"{where}: its folder name {slug!r} is empty or taken by row {seen.get(slug)!r}")
+        seen[slug] = r["name"]
+        overrides = common + _string_list(where, r.get("overrides"))
+        for item in overrides:
+            if item.split("=", 1)[0].strip() in MANAGED_KEYS:
+                raise UserError(f"{where}: run.out is set by the grid (its out: key), not by a row")
+        rows.append(Row(name=r["name"], slug=slug, recipe=_shell_path(path.parent / recipe),
+                        overrides=overrides, section=r.get("section"), paper=dict(paper)))
+    folder = Path(out) if out is not None else Path(raw.get("out") or Path("runs") / path.stem)
+    return Grid(path=path, title=str(raw.get("title") or path.stem), caption=str(raw.get("caption") or ""),
+                out=folder, rows=rows)
+
+
+# ---------------------------------------------------------------- runs
+
+
+def run_dirs(grid: Grid, row: Row, seeds: int) -> list[tuple[Path, Optional[int]]]:
+    """(run folder, seed) of each run of a row: one folder, or seed0..seed<n-1>."""
+    base = grid.out / row.slug
+    if seeds <= 1:
+        return [(base, None)]
+    return [(base / f"seed{k}", k) for k in range(seeds)]
+
+
+def run_overrides(grid: Grid, row: Row, out: Path, seed: Optional[int], extra: list[str]) -> list[str]:
+    """The overrides of one run, in order: grid and row, naming, the user's, then the folder."""
+    for item in extra:
+        if item.split("=", 1)[0].strip() in MANAGED_KEYS:
+            raise UserError("run.out is set per row by ablate.py: move the grid with --out DIR")
+    name = row.name if seed is None else f"{row.name} seed{seed}"
+    # json.dumps quotes the name as YAML, so 'b=256: x' stays a string
+    naming = [f"run.name={json.dumps(name)}", f"run.group={json.dumps(grid.group)}"]
+    tail = [f"run.out={out.as_posix()}"] + ([f"run.seed={seed}"] if seed is not None else [])
+    return row.overrides + naming + list(extra) + tail
+
+
+def row_config(grid: Grid, row: Row, extra: list[str] = (), seeds: int = 1):
+    """The checked Config of a row's first run (raises UserError on a bad row)."""
+    out, seed = run_dirs(grid, row, seeds)[0]
+    try:
+        return config_mod.load(row.recipe, run_overrides(grid, row, out, seed, list(extra)))
+    except UserError as e:
+        raise UserError(f"grid {grid.path} row {row.name!r}: {e}") from None
+
+
+def run_status(folder: Path) -> str:
+    """done (summary.json), resume (last.pt but no summary) or start."""
+    if (folder / "summary.json").is_file():
+        return "done"
+    if (folder / "last.pt").is_file():
+        return "resume"
+    return "start"
+
+
+# ---------------------------------------------------------------- results
+
+
+def _read_json(path: Path) -> Optional[dict]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def row_folders(grid: Grid, row: Row) -> list[Path]:
+    """Every run folder of a row on disk: the row's folder and its seed<k> folders."""
+    base = grid.out / row.slug
+    seeds = sorted((p for p in base.glob("seed*") if p.is_dir() and p.name[4:].isdigit()),
+                   key=lambda p: int(p.name[4:]))
+    return ([base] if (base / "summary.json").is_file() or (base / "metrics.jsonl").is_file() else []) + seeds
+
+
+def row_summaries(grid: Grid, row: Row) -> list[dict]:
+    found = (_read_json(f / "summary.json") for f in row_folders(grid, row))
+    return [s for s in found if s]
+
+
+def _mean_std(values: list[float]) -> tuple[Optional[float], Optional[float]]:
+    values = [float(v) for v in values if v is not None]
+    if not values:
+        return None, None
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def table_rows(grid: Grid) -> list[dict]:
+    """One dict of numbers per row: mean and std over the seeds found, and the deltas.
+
+    A delta compares a row with the row above it in the same section (Table 4 restarts
+    at each batch size); it is empty when either has no result.
+    """
+    out, prev = [], None
+    for row in grid.rows:
+        if row.section is not None:
+            prev = None
+        summaries = row_summaries(grid, row)
+        folders = row_folders(grid, row)
+        top1, top1_std = _mean_std([s.get("top1") for s in summaries])
+        top5, top5_std = _mean_std([s.get("top5") for s in summaries])
+        status = "done" if summaries else ("unfinished" if folders or (grid.out / row.slug / "last.pt").is_file()
+                                           else "not run")
+        rec = {
+            "row": row.name, "slug": row.slug, "section": row.section or "", "status": status,
+            "seeds": len(summaries),
+            "top1": top1, "top1_std": top1_std, "top5": top5, "top5_std": top5_std,
+            "best_top1": _mean_std([s.get("best_top1") for s in summaries])[0],
+            "delta_top1": None,
+            "paper_top1": row.paper.get("top1"), "paper_top5": row.paper.get("top5"),
+            "paper_delta_top1": None,
+            "time_per_epoch_s": _mean_std([s.get("time_per_epoch_s") for s in summaries])[0],
+            "img_per_s": _mean_std([s.get("train_img_per_s") for s in summaries])[0],
+            "paper_min_per_epoch": row.paper.get("min_per_epoch"),
+            "epochs": _mean_std([s.get("epochs") for s in summaries])[0],
+        }
+        if prev is not None:
+            if rec["top1"] is not None and prev["top1"] is not None:
+                rec["delta_top1"] = rec["top1"] - prev["top1"]
+            if rec["paper_top1"] is not None and prev["paper_top1"] is not None:
+                rec["paper_delta_top1"] = rec["paper_top1"] - prev["paper_top1"]
+        out.append(rec)
+        prev = rec
+    return out
+
+
+# ---------------------------------------------------------------- rendering
+
+
+def _num(v: Optional[float], std: Optional[float] = None, signed: bool = False) -> str:
+    if v is None:
+        return ""
+    text = f"{v:+.2f}" if signed else f"{v:.2f}"
+    return text + (f" ± {std:.2f}" if std is not None else "")
+
+
+def _duration(seconds: Optional[float]) -> str:
+    if seconds is None:
+        return ""
+    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.1f} s"
+
+
+def render_markdown(grid: Grid, recs: list[dict]) -> str:
+    paper_time = any(r["paper_min_per_epoch"] is not None for r in recs)
+    head = ["row", "top-1", "top-5", "Δ top-1", "paper top-1", "paper Δ", "time/epoch", "img/s"]
+    if paper_time:
+        head.append("paper time/epoch")
+    lines = [f"# {grid.title}", ""]
+    if grid.caption:
+        lines += [grid.caption, ""]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in recs:
+        if r["section"]:
+            lines.append(f"| **{r['section']}** |" + " |" * (len(head) - 1))
+        if r["status"] == "done":
+            top1, top5 = _num(r["top1"], r["top1_std"]), _num(r["top5"], r["top5_std"])
+        else:
+            top1, top5 = f"({r['status']})", ""
+        cells = [r["row"], top1, top5, _num(r["delta_top1"], signed=True), _num(r["paper_top1"]),
+                 _num(r["paper_delta_top1"], signed=True), _duration(r["time_per_epoch_s"]),
+                 f"{r['img_per_s']:.0f}" if r["img_per_s"] is not None else ""]
+        if paper_time:
+            cells.append(f"{r['paper_min_per_epoch']:.1f} min" if r["paper_min_per_epoch"] is not None else "")
+        lines.append("| " + " | ".join(cells) + " |")
+    seeds = sorted({r["seeds"] for r in recs if r["seeds"]})
+    note = (f"Top-1 / top-5: ImageNet-style val accuracy at the last epoch (%), "
+            f"{'mean ± std over ' + '/'.join(map(str, seeds)) + ' seeds' if seeds and seeds != [1] else 'one seed'}. "
+            "Δ: against the row above in its section. img/s: training throughput, all processes.")
+    lines += ["", note, f"Runs: {grid.out.as_posix()}/<row>. Grid: {grid.path.as_posix()}.", ""]
+    return "\n".join(lines)
+
+
+CSV_FIELDS = ["row", "slug", "section", "status", "seeds", "top1", "top1_std", "top5", "top5_std",
+              "best_top1", "delta_top1", "paper_top1", "paper_top5", "paper_delta_top1",
+              "time_per_epoch_s", "img_per_s", "paper_min_per_epoch", "epochs"]
+
+
+def render_csv(recs: list[dict]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    for r in recs:
+        writer.writerow({k: ("" if r[k] is None else (round(r[k], 6) if isinstance(r[k], float) else r[k]))
+                         for k in CSV_FIELDS})
+    return buf.getvalue()
+
+
+def _metric_lines(folder: Path) -> list[dict]:
+    path = folder / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    lines = []
+    for text in path.read_text().splitlines():
+        try:
+            obj = json.loads(text)
+        except ValueError:
+            continue  # a line cut by a crash
+        if isinstance(obj, dict):
+            lines.append(obj)
+    return lines
+
+
+def val_curve(grid: Grid, row: Row) -> tuple[list[float], list[float]]:
+    """(epochs, mean val top-1 over the row's seeds) from the eval lines of metrics.jsonl."""
+    by_epoch: dict[float, list[float]] = {}
+    for folder in row_folders(grid, row):
+        last: dict[float, float] = {}  # a resumed run may repeat an epoch: keep the last
+        for m in _metric_lines(folder):
+            if "top1" in m and "epoch" in m:
+                last[float(m["epoch"])] = float(m["top1"])
+        for e, v in last.items():
+            by_epoch.setdefault(e, []).append(v)
+    epochs = sorted(by_epoch)
+    return epochs, [statistics.fmean(by_epoch[e]) for e in epochs]
+
+
+def lr_curve(grid: Grid, row: Row) -> tuple[list[float], list[float]]:
+    """(epoch, lr) of the row's first run, from its training lines.
+
+    The x axis is step / steps per epoch, steps per epoch from summary.json (steps /
+    epochs) or, for an unfinished run, from how far the steps went in the epochs logged.
+    """
+    folders = row_folders(grid, row)
+    if not folders:
+        return [], []
+    folder = folders[0]
+    points = {}
+    for m in _metric_lines(folder):
+        if "lr" in m and "step" in m:
+            points[int(m["step"])] = (float(m["lr"]), float(m.get("epoch", 0)))
+    if not points:
+        return [], []
+    summary = _read_json(folder / "summary.json") or {}
+    per_epoch = None
+    if summary.get("steps") and summary.get("epochs"):
+        per_epoch = summary["steps"] / summary["epochs"]
+    else:
+        steps = sorted(points)
+        first, last = points[steps[0]][1], points[steps[-1]][1]
+        if last > first:
+            per_epoch = (steps[-1] - steps[0]) / (last - first)
+    if not per_epoch:
+        return [], []
+    steps = sorted(points)
+    return [s / per_epoch for s in steps], [points[s][0] for s in steps]
+
+
+def plot(grid: Grid, path: Path, curve, ylabel: str, title: str) -> bool:
+    """Draw one line per row with data; False (and no file) when no row has any."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series = [(row.name, *curve(grid, row)) for row in grid.rows]
+    series = [s for s in series if s[1]]
+    if not series:
+        return False
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for name, xs, ys in series:
+        ax.plot(xs, ys, label=name, marker="." if len(xs) < 30 else None)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def write_table(grid: Grid) -> list[Path]:
+    """Write table.md, table.csv, curves.png and lr.png into the grid's folder."""
+    grid.out.mkdir(parents=True, exist_ok=True)
+    recs = table_rows(grid)
+    written = []
+    for name, text in (("table.md", render_markdown(grid, recs)), ("table.csv", render_csv(recs))):
+        (grid.out / name).write_text(text)
+        written.append(grid.out / name)
+    if plot(grid, grid.out / "curves.png", val_curve, "val top-1 (%)", f"{grid.title}: validation top-1"):
+        written.append(grid.out / "curves.png")
+    if plot(grid, grid.out / "lr.png", lr_curve, "learning rate", f"{grid.title}: learning rate"):
+        written.append(grid.out / "lr.png")
+    return written
