@@ -6,7 +6,7 @@ TEACHER ?=
 TOY     := data/toy
 ARGS    ?=
 
-.PHONY: install test demo bench resnet50-all-tricks teacher table3 table4 table5 table6 clean
+.PHONY: install test demo demo-grid bench resnet50-all-tricks teacher table3 table4 table5 table6 clean
 
 install: .venv/.installed
 
@@ -24,6 +24,34 @@ $(TOY)/.complete: | install
 
 demo: install $(TOY)/.complete
 	$(PY) train.py recipes/demo.yaml data.root=$(TOY) $(ARGS)
+
+# The distillation teacher, ResNet-152-D with cosine + label smoothing (section 5.3).
+# Its summary.json marks it finished, so it is trained once. It gets ARGS when made by
+# teacher or resnet50-all-tricks (train.py overrides), only TEACHER_ARGS under table6.
+teacher: runs/resnet152-d-teacher/summary.json
+
+teacher resnet50-all-tricks: TEACHER_ARGS += $(ARGS)
+
+runs/resnet152-d-teacher/summary.json: | install
+	$(PY) train.py recipes/resnet152-d-teacher.yaml data.root=$(DATA) run.out=runs/resnet152-d-teacher $(TEACHER_ARGS)
+
+# Table 6's last row. Without TEACHER=path/to/best.pt the teacher above is trained first.
+resnet50-all-tricks: install $(if $(TEACHER),,runs/resnet152-d-teacher/summary.json)
+	$(PY) train.py recipes/resnet50-all-tricks.yaml data.root=$(DATA) \
+		loss.distill_teacher=$(or $(TEACHER),runs/resnet152-d-teacher/best.pt) $(ARGS)
+
+# The paper's ablation tables: runs/tableN/table.md, table.csv, curves.png, lr.png.
+# ARGS reach ablate.py, e.g. ARGS='--seeds 3 --launcher "accelerate launch --config_file configs/accelerate/8gpu.yaml"'.
+# Table 6's distillation rows read runs/resnet152-d-teacher/best.pt, trained first.
+table3 table4 table5: install
+	$(PY) scripts/ablate.py recipes/ablations/$@.yaml data.root=$(DATA) $(ARGS)
+
+table6: install runs/resnet152-d-teacher/summary.json
+	$(PY) scripts/ablate.py recipes/ablations/$@.yaml data.root=$(DATA) $(ARGS)
+
+# The same ablation structure shrunk for the CPU and the toy data: runs/demo-grid/table.md.
+demo-grid: install $(TOY)/.complete
+	$(PY) scripts/ablate.py recipes/ablations/demo.yaml data.root=$(TOY) $(ARGS)
 
 bench: install
 	$(PY) scripts/bench_train.py
