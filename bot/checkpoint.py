@@ -1,0 +1,68 @@
+"""Checkpoints that survive a kill: written to a temporary file, then renamed.
+
+`last.pt` is replaced atomically and the one it replaces is kept as `last.prev.pt`, so a
+kill at any moment, or a truncated file, still leaves a readable checkpoint to resume.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bot.errors import UserError
+
+LAST, PREV, BEST = "last.pt", "last.prev.pt", "best.pt"
+
+
+def atomic_save(obj, path: Path, keep_previous: Path | None = None) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    if keep_previous is not None and path.exists():
+        os.replace(path, keep_previous)
+    os.replace(tmp, path)
+
+
+def save_last(state: dict, folder: Path) -> None:
+    atomic_save(state, folder / LAST, keep_previous=folder / PREV)
+
+
+def load_last(folder: Path) -> dict | None:
+    """The newest readable resume checkpoint in `folder`, or None when there is none."""
+    found = [folder / n for n in (LAST, PREV) if (folder / n).exists()]
+    for path in found:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=False)
+            if not isinstance(state, dict) or "model" not in state:
+                raise ValueError("not a training checkpoint")
+        except Exception as e:
+            print(f"warning: {path} is unreadable ({type(e).__name__}); trying an older checkpoint",
+                  file=sys.stderr)
+            continue
+        if path.name != LAST:
+            print(f"warning: resuming from {path} (step {state.get('step')})", file=sys.stderr)
+        return state
+    if found:
+        raise UserError(f"no readable checkpoint in {folder} ({', '.join(p.name for p in found)} are damaged); "
+                        f"move them away to start afresh")
+    return None
+
+
+def rng_states() -> dict:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_states(states: dict) -> None:
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])

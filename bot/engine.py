@@ -1,0 +1,74 @@
+"""The training step and evaluation: short and plain, with every trick resolved beforehand."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import torch
+
+
+class TrainStep:
+    """forward, loss, backward, step, schedule: one optimizer step on one batch.
+
+    The batch is this process's share of the global batch; it is split into
+    `accumulate` micro-batches whose gradients add up before the step (DDP syncs only
+    on the last one). The lr comes from the pure schedule function of the global step.
+    """
+
+    def __init__(self, model, optimizer, scaler, objective, lr_at, autocast, accumulate: int,
+                 accelerator, channels_last: bool):
+        self.model, self.optimizer, self.scaler, self.objective = model, optimizer, scaler, objective
+        self.lr_at, self.autocast, self.accumulate = lr_at, autocast, accumulate
+        self.accelerator, self.device = accelerator, accelerator.device
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        # Steps in a row whose loss was not finite; a device tensor, so counting needs no sync.
+        self.nonfinite = torch.zeros((), dtype=torch.int64, device=self.device)
+
+    def __call__(self, images, labels, step: int, epoch: int) -> torch.Tensor:
+        lr = self.lr_at(step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        images = images.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+        labels = labels.to(self.device, non_blocking=True)
+        images, targets = self.objective.prepare(images, labels, step, epoch)
+        total = torch.zeros((), device=self.device)
+        chunks = list(zip(images.chunk(self.accumulate), targets.chunk(self.accumulate)))
+        for i, (x, t) in enumerate(chunks):
+            last = i == len(chunks) - 1
+            with nullcontext() if last else self.accelerator.no_sync(self.model):
+                with self.autocast():
+                    logits = self.model(x)
+                loss = self.objective.loss(logits, t, x) / len(chunks)
+                self.scaler.scale(loss).backward()
+            total += loss.detach()
+        self.scaler.step(self.optimizer)  # fp16: skipped when the scaled gradients overflowed
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        finite = torch.isfinite(total)
+        self.nonfinite = torch.where(finite, torch.zeros_like(self.nonfinite), self.nonfinite + 1)
+        return total
+
+
+@torch.no_grad()
+def evaluate(model, loader, accelerator, autocast, channels_last: bool) -> dict:
+    """Top-1 and top-5 over the whole val set, every image counted once over all processes."""
+    was_training = model.training
+    model.eval()
+    device = accelerator.device
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    totals = torch.zeros(4, dtype=torch.float64, device=device)  # top1 hits, top5 hits, loss sum, count
+    for images, labels in loader:
+        images = images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
+        labels = labels.to(device, non_blocking=True)
+        with autocast():
+            logits = model(images)
+        k = min(5, logits.shape[1])
+        hits = logits.topk(k, dim=1).indices == labels.view(-1, 1)
+        loss = torch.nn.functional.cross_entropy(logits.float(), labels, reduction="sum")
+        totals += torch.stack([hits[:, 0].sum(), hits.any(1).sum(), loss, torch.tensor(len(labels), device=device)
+                               ]).to(totals.dtype)
+    totals = accelerator.reduce(totals, reduction="sum")
+    model.train(was_training)
+    n = max(totals[3].item(), 1)
+    return {"top1": 100 * totals[0].item() / n, "top5": 100 * totals[1].item() / n,
+            "val_loss": totals[2].item() / n, "val_images": int(totals[3].item())}

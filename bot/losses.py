@@ -1,0 +1,88 @@
+"""The training objective: label smoothing, mixup and distillation (paper section 5).
+
+`Objective` is resolved once from the config before the loop; the training step calls
+`prepare` (targets, then mixup) and `loss` and never reads the config.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from bot.errors import UserError
+
+
+def smooth_targets(labels: torch.Tensor, num_classes: int, eps: float, form: str) -> torch.Tensor:
+    """One-hot targets with label smoothing (section 5.2).
+
+    paper:   1 - eps on the true class, eps / (K - 1) on the others (the text, eq. 4)
+    uniform: 1 - eps + eps / K and eps / K (gluon-cv's code, timm, torch's label_smoothing)
+    """
+    if form == "paper":
+        on, off = 1.0 - eps, eps / (num_classes - 1)
+    elif form == "uniform":
+        on, off = 1.0 - eps + eps / num_classes, eps / num_classes
+    else:
+        raise ValueError(f"unknown smoothing form {form!r}")
+    targets = torch.full((labels.shape[0], num_classes), off, device=labels.device)
+    return targets.scatter_(1, labels.view(-1, 1), on)
+
+
+def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """CE(targets, softmax(logits)) averaged over the batch, computed in fp32."""
+    return -(targets * F.log_softmax(logits.float(), dim=-1)).sum(-1).mean()
+
+
+def mixup_lambda(seed: int, step: int, alpha: float) -> float:
+    """lambda ~ Beta(alpha, alpha) (section 5.4), a pure function of (seed, step) so resume is exact."""
+    return float(np.random.default_rng([seed, step, 0x5EED]).beta(alpha, alpha))
+
+
+def mixup(images: torch.Tensor, targets: torch.Tensor, lam: float):
+    """Mix each sample with the one at the mirrored position of the batch (gluon-cv).
+
+    Mixing with the reversed batch needs no even batch size: for an odd size the middle
+    sample mixes with itself. Targets are mixed from the (smoothed) one-hots.
+    """
+    return (lam * images + (1 - lam) * images.flip(0),
+            lam * targets + (1 - lam) * targets.flip(0))
+
+
+def distillation_term(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """T^2 CE(softmax(r / T), softmax(z / T)) (section 5.3, eq. 6); T^2 keeps gradients' scale."""
+    soft = F.softmax(teacher.float() / temperature, dim=-1)
+    return temperature ** 2 * soft_cross_entropy(student / temperature, soft)
+
+
+class Objective:
+    """Targets, mixup and loss of one run, resolved from the config once."""
+
+    def __init__(self, cfg, num_classes: int, micro_batch: int, teacher=None, autocast=nullcontext):
+        l = cfg.loss
+        self.num_classes, self.eps, self.form = num_classes, l.label_smoothing, l.smoothing_form
+        self.seed, self.alpha = cfg.run.seed, l.mixup_alpha
+        self.mixup_until = cfg.schedule.epochs - l.mixup_off_epochs  # gluon-cv: no mixup in the last epochs
+        if self.alpha > 0 and micro_batch < 2:
+            raise UserError(f"loss.mixup_alpha needs at least 2 images per micro-batch, but data.batch_size "
+                            f"{cfg.data.batch_size} gives {micro_batch} per process and accumulation step")
+        self.teacher, self.autocast = teacher, autocast
+        self.temperature, self.hard_weight = l.distill_temperature, l.distill_hard_weight
+
+    def prepare(self, images: torch.Tensor, labels: torch.Tensor, step: int, epoch: int):
+        """(inputs, soft targets) of one step: smoothed one-hots, then mixup."""
+        targets = smooth_targets(labels, self.num_classes, self.eps, self.form)
+        if self.alpha > 0 and epoch < self.mixup_until:
+            images, targets = mixup(images, targets, mixup_lambda(self.seed, step, self.alpha))
+        return images, targets
+
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        hard = soft_cross_entropy(logits, targets)
+        if self.teacher is None:
+            return hard
+        with torch.no_grad(), self.autocast():  # the teacher sees the same (mixed) inputs (gluon-cv)
+            teacher_logits = self.teacher(images)
+        soft = distillation_term(logits, teacher_logits, self.temperature)
+        return self.hard_weight * hard + (1 - self.hard_weight) * soft

@@ -1,0 +1,31 @@
+"""NAG with the paper's weight decay, and the no-bias-decay trick (sections 2 and 3.1)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from bot.schedule import peak_lr
+
+DECAYED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+
+
+def param_groups(model: nn.Module, weight_decay: float, no_bias_decay: bool) -> list[dict]:
+    """One group, or (section 3.1) decay on conv/linear weights only.
+
+    Chosen by module type, not by a name substring: `"bn" in name` would miss the
+    shortcut BN (`downsample.1`), which must not be decayed either.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not no_bias_decay:
+        return [{"params": params, "weight_decay": weight_decay}]
+    decay = [m.weight for m in model.modules() if isinstance(m, DECAYED) and m.weight.requires_grad]
+    chosen = {id(p) for p in decay}
+    rest = [p for p in params if id(p) not in chosen]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
+
+
+def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
+    o = cfg.optim
+    groups = param_groups(model, o.weight_decay, o.no_bias_decay)
+    return torch.optim.SGD(groups, lr=peak_lr(cfg), momentum=o.momentum, nesterov=o.nesterov)

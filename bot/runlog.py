@@ -1,0 +1,38 @@
+"""What a run writes as it goes: metrics.jsonl, the console and (optionally) wandb.
+
+Only the main process writes; the others get a RunLog that does nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+
+class RunLog:
+    def __init__(self, cfg, folder: Path, enabled: bool):
+        self.enabled, self.path, self.wandb = enabled, folder / "metrics.jsonl", None
+        if enabled and cfg.run.wandb != "off":
+            import wandb
+
+            # a stable id per run folder: a resumed run continues the same wandb run
+            run_id = hashlib.sha1(str(folder.resolve()).encode()).hexdigest()[:16]
+            self.wandb = wandb.init(project="bot", name=cfg.run.name, group=cfg.run.group, id=run_id,
+                                    resume="allow", dir=str(folder), mode=cfg.run.wandb, config=cfg.to_dict())
+
+    def log(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.wandb is not None:
+            self.wandb.log({k: v for k, v in record.items() if k != "step"}, step=record.get("step"))
+
+    def print(self, *args) -> None:
+        if self.enabled:
+            print(*args, flush=True)
+
+    def close(self) -> None:
+        if self.wandb is not None:
+            self.wandb.finish()
