@@ -324,48 +324,31 @@ def _metric_lines(folder: Path) -> list[dict]:
 
 
 def val_curve(grid: Grid, row: Row) -> tuple[list[float], list[float]]:
-    """(epochs, mean val top-1 over the row's seeds) from the eval lines of metrics.jsonl."""
+    """(epochs trained, mean val top-1 over the row's seeds) from metrics.jsonl's eval lines."""
     by_epoch: dict[float, list[float]] = {}
     for folder in row_folders(grid, row):
         last: dict[float, float] = {}  # a resumed run may repeat an epoch: keep the last
         for m in _metric_lines(folder):
             if "top1" in m and "epoch" in m:
-                last[float(m["epoch"])] = float(m["top1"])
+                last[float(m["epoch"]) + 1] = float(m["top1"])  # the trainer counts epochs from 0
         for e, v in last.items():
             by_epoch.setdefault(e, []).append(v)
     epochs = sorted(by_epoch)
     return epochs, [statistics.fmean(by_epoch[e]) for e in epochs]
 
 
-def lr_curve(grid: Grid, row: Row) -> tuple[list[float], list[float]]:
-    """(epoch, lr) of the row's first run, from its training lines.
+LR_STEPS_PER_EPOCH = 100  # resolution of lr.png; a schedule in epochs does not depend on it
 
-    The x axis is step / steps per epoch, steps per epoch from summary.json (steps /
-    epochs) or, for an unfinished run, from how far the steps went in the epochs logged.
-    """
-    folders = row_folders(grid, row)
-    if not folders:
-        return [], []
-    folder = folders[0]
-    points = {}
-    for m in _metric_lines(folder):
-        if "lr" in m and "step" in m:
-            points[int(m["step"])] = (float(m["lr"]), float(m.get("epoch", 0)))
-    if not points:
-        return [], []
-    summary = _read_json(folder / "summary.json") or {}
-    per_epoch = None
-    if summary.get("steps") and summary.get("epochs"):
-        per_epoch = summary["steps"] / summary["epochs"]
-    else:
-        steps = sorted(points)
-        first, last = points[steps[0]][1], points[steps[-1]][1]
-        if last > first:
-            per_epoch = (steps[-1] - steps[0]) / (last - first)
-    if not per_epoch:
-        return [], []
-    steps = sorted(points)
-    return [s / per_epoch for s in steps], [points[s][0] for s in steps]
+
+def lr_curve(grid: Grid, row: Row, extra: list[str] = ()) -> tuple[list[float], list[float]]:
+    """(epoch, lr) of the row's schedule, from its config through bot.schedule (the
+    trainer's own function), so lr.png shows every row, run or not."""
+    from bot.schedule import build_schedule
+
+    cfg = row_config(grid, row, extra)
+    lr_at = build_schedule(cfg, LR_STEPS_PER_EPOCH)
+    steps = range(cfg.schedule.epochs * LR_STEPS_PER_EPOCH)
+    return [s / LR_STEPS_PER_EPOCH for s in steps], [lr_at(s) for s in steps]
 
 
 def plot(grid: Grid, path: Path, curve, ylabel: str, title: str) -> bool:
@@ -380,8 +363,9 @@ def plot(grid: Grid, path: Path, curve, ylabel: str, title: str) -> bool:
     if not series:
         return False
     fig, ax = plt.subplots(figsize=(8, 5))
-    for name, xs, ys in series:
-        ax.plot(xs, ys, label=name, marker="." if len(xs) < 30 else None)
+    for i, (name, xs, ys) in enumerate(series):  # line styles keep identical curves visible
+        ax.plot(xs, ys, label=name, marker="." if len(xs) < 30 else None, linewidth=1.2,
+                linestyle=["-", "--", "-.", ":"][i % 4])
     ax.set_xlabel("epoch")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
@@ -393,8 +377,9 @@ def plot(grid: Grid, path: Path, curve, ylabel: str, title: str) -> bool:
     return True
 
 
-def write_table(grid: Grid) -> list[Path]:
-    """Write table.md, table.csv, curves.png and lr.png into the grid's folder."""
+def write_table(grid: Grid, extra: list[str] = ()) -> list[Path]:
+    """Write table.md, table.csv, curves.png and lr.png into the grid's folder; `extra`
+    are the overrides given to every row (they can change a schedule: batch, epochs)."""
     grid.out.mkdir(parents=True, exist_ok=True)
     recs = table_rows(grid)
     written = []
@@ -403,6 +388,7 @@ def write_table(grid: Grid) -> list[Path]:
         written.append(grid.out / name)
     if plot(grid, grid.out / "curves.png", val_curve, "val top-1 (%)", f"{grid.title}: validation top-1"):
         written.append(grid.out / "curves.png")
-    if plot(grid, grid.out / "lr.png", lr_curve, "learning rate", f"{grid.title}: learning rate"):
+    if plot(grid, grid.out / "lr.png", lambda g, r: lr_curve(g, r, extra), "learning rate",
+            f"{grid.title}: learning rate"):
         written.append(grid.out / "lr.png")
     return written

@@ -81,10 +81,10 @@ def main(argv: list[str] | None = None) -> int:
                 failed.append(label)
             else:
                 print(f"{label}: finished in {took}", flush=True)
-            ablation.write_table(grid)  # the table grows as rows finish
+            ablation.write_table(grid, args.overrides)  # the table grows as rows finish
     if args.dry_run:
         return 0
-    for path in ablation.write_table(grid):
+    for path in ablation.write_table(grid, args.overrides):
         print(f"wrote {path.as_posix()}")
     if failed:
         print(f"{len(failed)} run(s) failed: {'; '.join(failed)}", file=sys.stderr)

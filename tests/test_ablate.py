@@ -216,9 +216,13 @@ def test_table_numbers_from_planted_summaries(tmp_path):
     assert float(table[1]["delta_top1"]) == pytest.approx(0.4) and float(table[1]["paper_delta_top1"]) == pytest.approx(0.16)
     assert table[2]["top1"] == "" and table[2]["status"] == "unfinished"
 
-    # the plotted curves are the planted numbers, x in epochs (steps / steps per epoch)
-    assert ablation.val_curve(grid, grid.rows[0]) == ([0.0, 1.0], [40.0, 60.0])
-    assert ablation.lr_curve(grid, grid.rows[0]) == ([0.5, 1.5], [0.05, 0.1])
+    # val top-1: the planted eval lines, x in epochs trained (the trainer counts from 0)
+    assert ablation.val_curve(grid, grid.rows[0]) == ([1.0, 2.0], [40.0, 60.0])
+    # lr: the row's schedule from its config (baseline: 0.1, / 10 at 30, 60, 90 of 120)
+    xs, ys = ablation.lr_curve(grid, grid.rows[0])
+    assert xs[-1] < 120 and [ys[xs.index(e)] for e in (0, 29.99, 30, 60, 90)] == pytest.approx([0.1, 0.1, 0.01, 1e-3, 1e-4])
+    xs, ys = ablation.lr_curve(grid, grid.rows[0], ["data.batch_size=1024", "schedule.kind=cosine"])
+    assert ys[0] == pytest.approx(0.4) and ys[xs.index(60)] == pytest.approx(0.2)
 
 
 def test_table_only_writes_the_table_without_running(tmp_path, capsys):
