@@ -7,10 +7,10 @@ uninterrupted one would have seen.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
-import torchvision
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
-from torchvision.io import ImageReadMode
 
 from bot.data import sampling
 from bot.data.folder import Split
@@ -19,15 +19,18 @@ from bot.errors import UserError
 
 
 def decode(path: str) -> torch.Tensor:
-    """A file as a uint8 RGB CHW tensor, or a UserError naming the file."""
+    """A file as a uint8 RGB CHW tensor, or a UserError naming the file.
+
+    PIL (libjpeg-turbo) decodes; it also reads CMYK and greyscale JPEGs and PNGs, which
+    ImageNet has a few of, and converts them to RGB.
+    """
     try:
-        data = torchvision.io.read_file(path)
-        if data.numel() == 0:
-            raise RuntimeError("empty file")
-        return torchvision.io.decode_image(data, mode=ImageReadMode.RGB)
-    except (RuntimeError, ValueError) as e:
-        raise UserError(f"cannot read image {path}: {str(e).splitlines()[0]} "
+        with Image.open(path) as img:
+            rgb = np.asarray(img.convert("RGB"))
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise UserError(f"cannot read image {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__} "
                         f"(scripts/check_dataset.py lists every bad file)") from None
+    return torch.from_numpy(rgb.copy()).permute(2, 0, 1)
 
 
 class ImageFiles(Dataset):

@@ -1,0 +1,23 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+@pytest.fixture(scope="session")
+def toy(tmp_path_factory) -> Path:
+    """A small toy dataset of real JPEGs: 4 classes, 24 train and 8 val images each."""
+    out = tmp_path_factory.mktemp("toy")
+    subprocess.run([sys.executable, str(ROOT / "scripts/make_toy_data.py"), str(out), "--classes", "4",
+                    "--train", "24", "--val", "8", "--size", "64"], check=True, capture_output=True)
+    return out
+
+
+def run_cli(*args, cwd=ROOT, timeout=600):
+    """Run a project script as a user would; returns the CompletedProcess."""
+    return subprocess.run([sys.executable, *map(str, args)], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout)

@@ -1,0 +1,89 @@
+"""The typed config: strict keys and types, impossible values, recipes, overrides, CLI errors."""
+
+import pytest
+import yaml
+
+from bot import config
+from bot.errors import UserError
+from conftest import ROOT, run_cli
+
+
+def test_defaults_are_the_paper_baseline():
+    cfg = config.load(None)
+    assert (cfg.model.arch, cfg.model.variant, cfg.model.init) == ("resnet50", "A", "xavier")
+    assert (cfg.optim.lr, cfg.optim.momentum, cfg.optim.nesterov, cfg.optim.weight_decay) == (0.1, 0.9, True, 1e-4)
+    assert (cfg.schedule.epochs, cfg.schedule.milestones, cfg.schedule.kind) == (120, [30, 60, 90], "step")
+    assert cfg.data.random_area == [0.08, 1.0] and cfg.data.pca_lighting == 0.1
+    assert (cfg.data.brightness, cfg.data.contrast, cfg.data.saturation, cfg.data.hue) == (0.4, 0.4, 0.4, 0.0)
+    assert cfg.data.val_resize == 256 and cfg.data.batch_size == 256 and cfg.precision == "fp32"
+    assert not (cfg.model.zero_gamma or cfg.optim.no_bias_decay) and cfg.loss.label_smoothing == 0
+
+
+def test_val_resize_keeps_the_crop_ratio():
+    assert config.load(None, ["data.image_size=112"]).data.val_resize == 128
+    assert config.load(None, ["data.image_size=112", "data.val_resize=160"]).data.val_resize == 160
+
+
+def test_overrides_parse_as_yaml():
+    cfg = config.load(None, ["optim.lr=0.4", "schedule.milestones=[2, 4]", "model.zero_gamma=true",
+                             "loss.distill_teacher=runs/t/best.pt", "run.max_steps=null", "schedule.warmup_epochs=5"])
+    assert cfg.optim.lr == 0.4 and cfg.schedule.milestones == [2, 4] and cfg.model.zero_gamma is True
+    assert cfg.loss.distill_teacher == "runs/t/best.pt" and cfg.run.max_steps is None
+    assert cfg.schedule.warmup_epochs == 5.0 and isinstance(cfg.schedule.warmup_epochs, float)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("optim.lrr=0.1", "unknown config key: optim.lrr (did you mean optim.lr?)"),
+    ("model.zero_gama=true", "did you mean model.zero_gamma?"),
+    ("optimizer.lr=0.1", "unknown config key: optimizer"),
+    ("optim.lr=fast", "optim.lr: expected float"),
+    ("model.zero_gamma=1", "model.zero_gamma: expected bool"),
+    ("schedule.epochs=1.5", "schedule.epochs: expected int"),
+    ("model.variant=E", "model.variant: expected A | B | C | D"),
+    ("data.random_area=0.5", "data.random_area: expected list of float"),
+    ("optim.lr=-0.1", "optim.lr: must be positive"),
+    ("schedule.epochs=0", "schedule.epochs: must be at least 1"),
+    ("data.batch_size=0", "data.batch_size: must be at least 1"),
+    ("data.random_area=[0.5, 0.1]", "data.random_area: must be [low, high]"),
+    ("loss.label_smoothing=1.0", "loss.label_smoothing: must be in [0, 1)"),
+    ("schedule.milestones=[60, 30]", "schedule.milestones: must be increasing"),
+    ("optim", "must look like key.sub=value"),
+])
+def test_bad_keys_types_and_values_name_the_key(override, message):
+    with pytest.raises(UserError) as e:
+        config.load(None, [override])
+    assert message in str(e.value)
+
+
+def test_base_inheritance_and_override_order(tmp_path):
+    (tmp_path / "a.yaml").write_text("optim: {lr: 0.2, momentum: 0.8}\nmodel: {variant: B}\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub/b.yaml").write_text("base: ../a.yaml\noptim: {lr: 0.3}\n")
+    cfg = config.load(tmp_path / "sub/b.yaml", ["optim.momentum=0.7"])
+    assert (cfg.optim.lr, cfg.optim.momentum, cfg.model.variant) == (0.3, 0.7, "B")
+    assert cfg.run.out.endswith("b") and cfg.run.name == "b"
+
+
+def test_base_cycle_and_missing_recipe(tmp_path):
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(UserError, match="recipe base cycle: a.yaml -> b.yaml -> a.yaml"):
+        config.load(tmp_path / "a.yaml")
+    with pytest.raises(UserError, match="recipe not found"):
+        config.load(tmp_path / "nope.yaml")
+
+
+def test_resolved_config_round_trips():
+    cfg = config.load(ROOT / "recipes/demo.yaml", ["optim.lr=0.3"])
+    again = config.from_dict(yaml.safe_load(cfg.to_yaml()))
+    assert again == cfg
+
+
+def test_cli_prints_config_and_exits_2_with_one_line():
+    ok = run_cli("train.py", "recipes/demo.yaml", "optim.lr=0.3", "--print-config")
+    assert ok.returncode == 0 and yaml.safe_load(ok.stdout)["optim"]["lr"] == 0.3
+    bad = run_cli("train.py", "recipes/demo.yaml", "optim.lrr=0.3")
+    assert bad.returncode == 2
+    assert bad.stderr.strip() == "error: unknown config key: optim.lrr (did you mean optim.lr?)"
+    missing = run_cli("train.py", "recipes/nope.yaml")
+    assert missing.returncode == 2 and "recipe not found: recipes/nope.yaml" in missing.stderr

@@ -1,0 +1,114 @@
+"""End to end on toy data: learning, the run folder, resume, precision, and bad input."""
+
+import json
+
+import pytest
+import torch
+import yaml
+
+from bot import config
+from bot.errors import UserError
+from bot.trainer import train
+from conftest import run_cli
+
+SMALL = ["data.backend=torch", "data.image_size=32", "data.batch_size=16", "data.workers=0",
+         "model.arch=resnet18", "model.variant=D", "schedule.epochs=2", "run.log_every=1"]
+
+
+def small(toy, out, *extra):
+    return config.load(None, [f"data.root={toy}", f"run.out={out}", *SMALL, *extra])
+
+
+def lines(folder):
+    return [json.loads(l) for l in (folder / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_short_run_learns_well_above_chance(toy, tmp_path):
+    cfg = small(toy, tmp_path / "run", "schedule.epochs=8", "schedule.kind=cosine", "model.zero_gamma=true",
+                "data.random_area=[0.35, 1]", "optim.lr=0.8", "model.init=kaiming")
+    summary = train(cfg)
+    assert summary["best_top1"] >= 60, summary  # 4 classes: chance is 25%
+
+
+def test_run_folder_contents(toy, tmp_path):
+    out = tmp_path / "run"
+    summary = train(small(toy, out))
+    assert {p.name for p in out.iterdir()} >= {"config.yaml", "metrics.jsonl", "summary.json", "last.pt", "best.pt"}
+    resolved = yaml.safe_load((out / "config.yaml").read_text())
+    assert resolved["data"]["image_size"] == 32 and resolved["run"]["out"] == str(out)
+    assert resolved["provenance"]["packages"]["torch"] == torch.__version__.split("+")[0]
+    assert "git_commit" in resolved["provenance"]
+    records = lines(out)
+    train_lines = [r for r in records if "loss" in r]
+    eval_lines = [r for r in records if "top1" in r]
+    assert [r["step"] for r in train_lines] == list(range(1, 13))
+    assert all({"epoch", "step", "lr", "loss", "img_per_s"} <= r.keys() for r in train_lines)
+    assert [r["epoch"] for r in eval_lines] == [0, 1] and all("top5" in r for r in eval_lines)
+    assert json.loads((out / "summary.json").read_text()) == summary
+    assert summary.keys() >= {"top1", "top5", "best_top1", "epochs", "steps", "time_per_epoch_s",
+                              "train_img_per_s", "params", "macs"}
+    assert summary["steps"] == 12 and summary["epochs"] == 2 and summary["params"] > 1e7 and summary["macs"] > 1e7
+    last = torch.load(out / "last.pt", weights_only=False)
+    best = torch.load(out / "best.pt", weights_only=False)
+    assert isinstance(last["model"], dict) and last["step"] == 12 and "conv1.0.weight" in best["model"]
+    assert best["top1"] == summary["best_top1"]
+
+
+def test_resume_continues_at_the_step_and_matches_an_uninterrupted_run(toy, tmp_path):
+    whole = train(small(toy, tmp_path / "whole", "run.max_steps=9"))
+    assert whole["steps"] == 9
+    part = train(small(toy, tmp_path / "part", "run.max_steps=4"))  # stops mid-epoch 0 (6 steps/epoch)
+    assert part["steps"] == 4
+    again = train(small(toy, tmp_path / "part", "run.max_steps=9"))  # the same command, a later cap: resumes
+    assert again["steps"] == 9
+    steps = [r["step"] for r in lines(tmp_path / "part") if "loss" in r]
+    assert steps == list(range(1, 10))  # continued at step 5, nothing repeated
+    a = torch.load(tmp_path / "whole/last.pt", weights_only=False)["model"]
+    b = torch.load(tmp_path / "part/last.pt", weights_only=False)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_finished_run_is_not_rerun(toy, tmp_path):
+    first = train(small(toy, tmp_path / "run", "run.max_steps=2"))
+    before = (tmp_path / "run/last.pt").stat().st_mtime_ns
+    assert train(small(toy, tmp_path / "run", "run.max_steps=2")) == first
+    assert (tmp_path / "run/last.pt").stat().st_mtime_ns == before
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_mixed_precision_and_channels_last_train_without_nans(toy, tmp_path, precision):
+    summary = train(small(toy, tmp_path / "run", f"precision={precision}", "channels_last=true", "run.max_steps=3"))
+    losses = [r["loss"] for r in lines(tmp_path / "run") if "loss" in r]
+    assert len(losses) == 3 and all(l == l and abs(l) < 100 for l in losses)
+    assert summary["top1"] >= 0
+    state = torch.load(tmp_path / "run/last.pt", weights_only=False)
+    assert state["scaler"]["scale"] == 65536.0 if precision == "fp16" else True
+    assert all(v.dtype == torch.float32 for k, v in state["model"].items() if v.is_floating_point())  # fp32 masters
+
+
+def test_changed_config_is_not_resumed_silently(toy, tmp_path):
+    train(small(toy, tmp_path / "run", "run.max_steps=2"))
+    with pytest.raises(UserError, match=r"holds a run with another config \(optim.lr 0.1 -> 0.2\)"):
+        train(small(toy, tmp_path / "run", "run.max_steps=4", "optim.lr=0.2"))
+    assert train(small(toy, tmp_path / "run", "run.max_steps=4", "optim.lr=0.2", "run.resume=force"))["steps"] == 4
+
+
+def test_bad_input_exits_2_and_keeps_the_checkpoint(toy, tmp_path):
+    out = tmp_path / "run"
+    train(small(toy, out, "run.max_steps=2"))
+    kept = (out / "last.pt").read_bytes()
+    args = ["train.py", "recipes/demo.yaml", f"run.out={out}", *SMALL]
+    for bad, message in [("data.root=/nonexistent", "data.root /nonexistent does not exist"),
+                         (f"data.root={tmp_path}", "has no train/ folder"),
+                         ("data.batch_size=0", "data.batch_size: must be at least 1")]:
+        done = run_cli(*args, bad)
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.strip().startswith("error: ") and message in done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1
+        assert (out / "last.pt").read_bytes() == kept
+
+
+def test_run_out_that_is_a_file(toy, tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UserError, match="is a file, not a folder"):
+        train(small(toy, tmp_path / "file"))
