@@ -1,0 +1,277 @@
+"""The DALI loader: the paper's augmentation (PAPER.md section 1) on DALI, CPU or GPU.
+
+Same interface and semantics as bot.data.torch_loader, the reference it is tested
+against. Python decides *what* each sample gets; DALI does the pixel work:
+
+- Order and sharding: sampling.train_order(seed, epoch, ...), as in the torch path; the
+  file bytes go through one `fn.external_source`, so no DALI reader shuffles anything.
+- Every random draw of a sample (crop window, flip, colour factors, PCA alpha) comes from
+  numpy seeded by sampling.sample_seed(seed, epoch, index), the torch path's seed. No
+  DALI random operator is used, so a batch's pixels depend on nothing else (not the
+  threads, the prefetch depth, the world size), and `set_epoch(epoch, start_step)`
+  after a restart gives bit-for-bit the batches an uninterrupted run would have seen
+  from that step on: order exact *and* augmentation exact.
+- The crop is drawn as torchvision's RandomResizedCrop.get_params draws it (10 tries,
+  then the whole image cut to the aspect range), from the size in the file's header, and
+  decoded as a region of interest (fn.decoders.image_slice).
+- Brightness, contrast and saturation fuse into one per-pixel expression applied after
+  the resize (colour_terms says why that equals the paper's jitter in any order); PCA
+  lighting rides in CropMirrorNormalize's per-image mean.
+
+CPU mode (`device_id=None`) when the run's device is the CPU; on CUDA the "mixed" nvJPEG
+decoder and GPU operators, output on the process's GPU. dali_pipeline.py holds the DALI
+graphs and the loop that drives them; this file, what to feed them and the loaders.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import torch
+from PIL import Image
+
+from bot.data import sampling
+from bot.data.constants import EIGVAL, EIGVEC, MEAN, STD
+from bot.data.folder import Split
+from bot.errors import UserError
+
+CHECK_HINT = "scripts/check_dataset.py ROOT lists every bad file"
+
+
+# ---------------------------------------------------------------- per-sample draws
+
+
+def crop_window(rng: np.random.Generator, width: int, height: int, area, aspect) -> tuple[int, int, int, int]:
+    """(x, y, w, h) as torchvision's RandomResizedCrop.get_params draws it (section 2 step 2).
+
+    Area fraction uniform in `area`, aspect log-uniform in `aspect`; 10 tries, then the
+    whole image cut to the aspect range and centred.
+    """
+    total = width * height
+    log_lo, log_hi = np.log(aspect[0]), np.log(aspect[1])
+    for _ in range(10):
+        target = total * rng.uniform(area[0], area[1])
+        ratio = np.exp(rng.uniform(log_lo, log_hi))
+        w = int(round(np.sqrt(target * ratio)))
+        h = int(round(np.sqrt(target / ratio)))
+        if 0 < w <= width and 0 < h <= height:
+            y = int(rng.integers(0, height - h + 1))
+            x = int(rng.integers(0, width - w + 1))
+            return x, y, w, h
+    in_ratio = width / height
+    if in_ratio < min(aspect):
+        w, h = width, int(round(width / min(aspect)))
+    elif in_ratio > max(aspect):
+        w, h = int(round(height * max(aspect))), height
+    else:
+        w, h = width, height
+    return (width - w) // 2, (height - h) // 2, w, h
+
+
+def colour_terms(brightness, contrast, saturation) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(x_scale, grey_scale, mean_scale): section 2 step 4's jitter as one per-pixel expression.
+
+    torchvision's (and gluon-cv's) definitions, with g = w . x the grey of a pixel
+    (w = 0.299, 0.587, 0.114) and m the mean grey of the image:
+        brightness b: x -> b x
+        saturation s: x -> s x + (1 - s) g
+        contrast   c: x -> c x + (1 - c) m
+    Each is linear in x (m is a mean of x), and since w sums to 1 saturation keeps g's
+    mean and contrast shifts every channel alike, so the three commute: every order gives
+        b c s x + b c (1 - s) g + b (1 - c) m.
+    torchvision applies them in a random order and rounds and clamps to uint8 after each;
+    here the exact composition is clamped once to [0, 255] (no rounding), so the two differ
+    only where a pixel saturates and by uint8 rounding. Arguments may be arrays (a batch).
+    """
+    b, c, s = (np.asarray(v, np.float32) for v in (brightness, contrast, saturation))
+    return b * c * s, b * c * (1 - s), b * (1 - c)
+
+
+def pca_offset(alpha: np.ndarray) -> np.ndarray:
+    """AlexNet lighting (section 2 step 5): eigvec @ (alpha * eigval), 0-255 scale; alpha (..., 3)."""
+    return (np.asarray(alpha) * np.asarray(EIGVAL)) @ np.asarray(EIGVEC).T
+
+
+def train_draws(rng: np.random.Generator, width: int, height: int, d) -> tuple:
+    """Every random choice for one training sample, in a fixed order.
+
+    (x, y, w, h, flip, brightness, contrast, saturation, hue, alpha0, alpha1, alpha2);
+    factors are 1 and alpha 0 where the config turns a step off. hue is in turns.
+    """
+    x, y, w, h = crop_window(rng, width, height, d.random_area, d.random_aspect)
+    flip = float(rng.random() < 0.5)
+    b = rng.uniform(1 - d.brightness, 1 + d.brightness) if d.brightness else 1.0
+    c = rng.uniform(1 - d.contrast, 1 + d.contrast) if d.contrast else 1.0
+    s = rng.uniform(1 - d.saturation, 1 + d.saturation) if d.saturation else 1.0
+    hue = rng.uniform(-d.hue, d.hue) if d.hue else 0.0
+    alpha = rng.normal(0.0, d.pca_lighting, 3) if d.pca_lighting > 0 else (0.0, 0.0, 0.0)
+    return (x, y, w, h, flip, b, c, s, hue, *alpha)
+
+
+# ---------------------------------------------------------------- reading files
+
+
+def read_image(path: str) -> tuple[np.ndarray, int, int]:
+    """(bytes, width, height) of an image file, or a UserError naming the file.
+
+    Only the header is parsed here (microseconds); a file whose body is corrupt is named
+    after DALI fails on it, by _name_bad_file.
+    """
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise UserError(f"cannot read image {path}: {e.strerror} ({CHECK_HINT})") from None
+    if not data:
+        raise UserError(f"cannot read image {path}: empty file ({CHECK_HINT})")
+    try:
+        width, height = Image.open(io.BytesIO(data)).size
+    except Exception as e:  # PIL raises several types for a non-image
+        raise UserError(f"cannot read image {path}: not an image ({str(e).splitlines()[0]}) "
+                        f"({CHECK_HINT})") from None
+    return np.frombuffer(data, dtype=np.uint8), width, height
+
+
+def decode_problem(path: str) -> str | None:
+    """Why a full decode of `path` fails, or None if it decodes."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+        return None
+    except Exception as e:
+        return str(e).splitlines()[0] or type(e).__name__
+
+
+def dali_reason(error: Exception) -> str:
+    """The line of a DALI error that says what went wrong (it follows "encountered:")."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if "encountered:" in lines and lines.index("encountered:") + 1 < len(lines):
+        return lines[lines.index("encountered:") + 1]
+    return lines[0] if lines else type(error).__name__
+
+
+def _name_bad_file(error: Exception, batches) -> UserError:
+    """A DALI failure as one line naming the file that caused it."""
+    for batch in batches:
+        for path in batch:
+            why = decode_problem(path)
+            if why:
+                return UserError(f"cannot read image {path}: {why} ({CHECK_HINT})")
+    first = dali_reason(error)
+    files = [p for batch in batches for p in batch]
+    return UserError(f"DALI failed on a batch of {len(files)} images ({files[0]} ...): {first} ({CHECK_HINT})")
+
+
+# ---------------------------------------------------------------- the loaders
+
+
+class DaliTrainLoader:
+    """Batches of (images float32 NCHW normalized, labels int64) for one process, one epoch at a time.
+
+    The interface of torch_loader.TrainLoader. Each batch is full (the epoch's tail that
+    does not fill a batch on every process is dropped, as there). After
+    `set_epoch(epoch, start_step)` the batches are bit-for-bit those from `start_step` on
+    of an uninterrupted epoch: the order comes from sampling.train_order and each sample's
+    augmentation from sampling.sample_seed(seed, epoch, index), neither from DALI state.
+    """
+
+    def __init__(self, split: Split, d, seed: int, rank: int, world: int, batch: int, device):
+        from bot.data.dali_pipeline import Runner, train_graph, train_inputs
+
+        self.classes, self.batch_size = split.classes, batch
+        self.split, self.d, self.seed, self.rank, self.world = split, d, seed, rank, world
+        self.labels = torch.tensor(split.labels, dtype=torch.int64)
+        self.steps = sampling.steps_per_epoch(len(split), world, batch)
+        self.epoch, self.start = 0, 0
+        jitter, hue = bool(d.brightness or d.contrast or d.saturation), bool(d.hue)
+        graph = lambda inputs, gpu: train_graph(inputs, d.image_size, gpu, jitter, hue)  # noqa: E731
+        self.runner = Runner(graph, train_inputs(jitter, hue), self._inputs, batch, d.workers,
+                             torch.device(device), seed=(seed * 7919 + rank) % 2**31)
+
+    def set_epoch(self, epoch: int, start_step: int = 0) -> None:
+        self.epoch, self.start = epoch, start_step
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def draws(self, epoch: int, indices) -> tuple[list[np.ndarray], np.ndarray]:
+        """(file bytes, one row of train_draws per sample) for a batch of dataset indices."""
+        jpegs, rows = [], []
+        for index in indices:
+            data, width, height = read_image(self.split.files[index])
+            rng = np.random.default_rng(sampling.sample_seed(self.seed, epoch, int(index)))
+            jpegs.append(data)
+            rows.append(train_draws(rng, width, height, self.d))
+        return jpegs, np.asarray(rows, np.float64)
+
+    def _inputs(self, item) -> dict:
+        jpegs, r = self.draws(*item)
+        x_scale, grey_scale, mean_scale = colour_terms(r[:, 5], r[:, 6], r[:, 7])
+        return dict(jpegs=jpegs, anchor=r[:, 0:2].astype(np.int32), shape=r[:, 2:4].astype(np.int32),
+                    mirror=r[:, 4].astype(np.int32), x_scale=x_scale, grey_scale=grey_scale, mean_scale=mean_scale,
+                    hue=(r[:, 8] * 360).astype(np.float32),
+                    mean=(np.asarray(MEAN) - pca_offset(r[:, 9:12])).astype(np.float32))
+
+    def __iter__(self):
+        order = sampling.train_order(len(self.split), self.seed, self.epoch, self.rank, self.world, self.batch_size)
+        b = self.batch_size
+        items = [(self.epoch, order[i:i + b]) for i in range(self.start * b, len(order), b)]
+        for (_, indices), images in self.runner.epoch(items, self._error):
+            yield images, self.labels[indices].to(images.device)
+
+    def _error(self, error, items):
+        return _name_bad_file(error, [[self.split.files[i] for i in indices] for _, indices in items])
+
+
+def val_geometry(width: int, height: int, resize: int, crop: int) -> tuple[int, int, int, int]:
+    """(new_w, new_h, left, top): torchvision's Resize(resize) then CenterCrop(crop), in pixels."""
+    if width <= height:
+        new_w, new_h = resize, int(resize * height / width)
+    else:
+        new_w, new_h = int(resize * width / height), resize
+    return new_w, new_h, int(round((new_w - crop) / 2.0)), int(round((new_h - crop) / 2.0))
+
+
+class DaliValLoader:
+    """This process's share of the val set: every image counted once over all processes, no padding."""
+
+    def __init__(self, split: Split, d, rank: int, world: int, batch: int, device):
+        from bot.data.dali_pipeline import VAL_INPUTS, Runner, val_graph
+
+        self.classes, self.batch_size, self.split, self.d = split.classes, batch, split, d
+        self.labels = torch.tensor(split.labels, dtype=torch.int64)
+        self.indices = sampling.val_order(len(split), rank, world)
+        graph = lambda inputs, gpu: val_graph(inputs, d.image_size, gpu)  # noqa: E731
+        self.runner = Runner(graph, VAL_INPUTS, self._inputs, batch, d.workers, torch.device(device), seed=0)
+
+    def __len__(self) -> int:
+        return -(-len(self.indices) // self.batch_size)
+
+    def _inputs(self, indices):
+        jpegs, sizes, xs, ys = [], [], [], []
+        crop = self.d.image_size
+        for index in indices:
+            data, width, height = read_image(self.split.files[index])
+            new_w, new_h, left, top = val_geometry(width, height, self.d.val_resize, crop)
+            jpegs.append(data)
+            sizes.append((new_h, new_w))
+            # crop_x = trunc(pos * (new_w - crop)) lands on `left` exactly
+            xs.append((left + 0.25) / (new_w - crop) if new_w > crop else 0.0)
+            ys.append((top + 0.25) / (new_h - crop) if new_h > crop else 0.0)
+        return dict(jpegs=jpegs, size=np.asarray(sizes, np.float32), crop_x=np.asarray(xs, np.float32),
+                    crop_y=np.asarray(ys, np.float32))
+
+    def __iter__(self):
+        b = self.batch_size
+        items = [self.indices[i:i + b] for i in range(0, len(self.indices), b)]
+        for indices, images in self.runner.epoch(items, self._error):
+            yield images, self.labels[indices].to(images.device)
+
+    def _error(self, error, items):
+        return _name_bad_file(error, [[self.split.files[i] for i in indices] for indices in items])
+
+
+def build_dali_loaders(train: Split, val: Split, cfg, rank: int, world: int, batch: int, device):
+    return (DaliTrainLoader(train, cfg.data, cfg.run.seed, rank, world, batch, device),
+            DaliValLoader(val, cfg.data, rank, world, batch, device))
