@@ -127,9 +127,8 @@ def read_image(path: str) -> tuple[np.ndarray, int, int]:
         raise UserError(f"cannot read image {path}: empty file ({CHECK_HINT})")
     try:
         width, height = Image.open(io.BytesIO(data)).size
-    except Exception as e:  # PIL raises several types for a non-image
-        raise UserError(f"cannot read image {path}: not an image ({str(e).splitlines()[0]}) "
-                        f"({CHECK_HINT})") from None
+    except Exception:  # PIL raises several types for a non-image
+        raise UserError(f"cannot read image {path}: not an image file ({CHECK_HINT})") from None
     return np.frombuffer(data, dtype=np.uint8), width, height
 
 
