@@ -83,6 +83,16 @@ def ks_limit(n, m, alpha=1e-3) -> float:
     return math.sqrt(-0.5 * math.log(alpha / 2)) * math.sqrt((n + m) / (n * m))
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """torchvision's ops here run on small images: with 2 OpenMP threads on a busy 2-core
+    machine they spin and run 10x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 NO_COLOUR = dict(brightness=0.0, contrast=0.0, saturation=0.0, pca_lighting=0.0)
 
 
