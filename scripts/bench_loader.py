@@ -23,7 +23,6 @@ import argparse
 import gc
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -162,7 +161,8 @@ def table(r: dict, args) -> str:
               "",
               f"Where DALI's CPU time goes, per image: decode + crop {r['decode_crop_cpu_ms']:.2f} ms, the antialiased "
               f"resize +{r['decode_crop_resize_cpu_ms'] - r['decode_crop_cpu_ms']:.2f} ms, colour jitter, lighting, "
-              f"normalization, feeding and the copy to torch +{r['dali_cpu_ms'] - r['decode_crop_resize_cpu_ms']:.2f} ms.",
+              f"normalization, feeding and the copy to torch "
+              f"+{r['dali_cpu_ms'] - r['decode_crop_resize_cpu_ms']:.2f} ms.",
               "",
               f"{args.images} JPEGs (~500 x 375, quality 90), batch {args.batch}, {args.threads} DALI threads / "
               f"torch workers, {args.epochs} timed epochs after a warm-up epoch; {os.cpu_count()} CPU cores, "

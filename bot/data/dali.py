@@ -32,7 +32,7 @@ import torch
 from PIL import Image
 
 from bot.data import sampling
-from bot.data.constants import EIGVAL, EIGVEC, MEAN, STD
+from bot.data.constants import EIGVAL, EIGVEC, MEAN
 from bot.data.folder import Split
 from bot.errors import UserError
 
@@ -158,8 +158,8 @@ def _name_bad_file(error: Exception, batches) -> UserError:
             if why:
                 return UserError(f"cannot read image {path}: {why} ({CHECK_HINT})")
     first = dali_reason(error)
-    files = [p for batch in batches for p in batch]
-    return UserError(f"DALI failed on a batch of {len(files)} images ({files[0]} ...): {first} ({CHECK_HINT})")
+    files = [p for batch in batches for p in batch] or ["?"]
+    return UserError(f"DALI failed on a batch of images ({files[0]} ...): {first} ({CHECK_HINT})")
 
 
 # ---------------------------------------------------------------- the loaders

@@ -76,7 +76,8 @@ class Runner:
     """One DALI pipeline fed by a Python callback; `epoch(items)` yields (item, images).
 
     `make_inputs(item)` turns one planned batch (any object) into a dict of the graph's
-    input batches, of which `names` are fed, in order. Up to `prefetch` batches are in flight while the caller trains on one.
+    input batches, of which `names` are fed, in order. Up to `prefetch` batches are in
+    flight while the caller trains on one.
     """
 
     def __init__(self, graph, names: tuple[str, ...], make_inputs, batch: int, threads: int, device: torch.device,
