@@ -8,7 +8,6 @@ no checkpoint. The same command resumes from `last.pt`.
 from __future__ import annotations
 
 import json
-import math
 import subprocess
 import sys
 import time
@@ -90,6 +89,21 @@ def provenance() -> dict:
             "command": " ".join(sys.argv)}
 
 
+def build_step(cfg, model, accelerator, num_classes: int, batch: int, steps_per_epoch: int,
+               teacher=None) -> TrainStep:
+    """Every trick of the config resolved into one training step (the loop never reads cfg).
+
+    `model` is wrapped for distributed training here; `batch` is the per-process batch.
+    """
+    autocast = make_autocast(cfg.precision, accelerator.device)
+    optimizer = build_optimizer(model, cfg)
+    scaler = torch.amp.GradScaler(accelerator.device.type, enabled=cfg.precision == "fp16")
+    objective = Objective(cfg, num_classes, batch // cfg.data.accumulate, teacher, autocast)
+    return TrainStep(accelerator.prepare_model(model), optimizer, scaler, objective,
+                     build_schedule(cfg, steps_per_epoch), autocast, cfg.data.accumulate, accelerator,
+                     cfg.channels_last)
+
+
 def train(cfg: config.Config) -> dict:
     folder = Path(cfg.run.out)
     if folder.exists() and not folder.is_dir():
@@ -111,12 +125,10 @@ def train(cfg: config.Config) -> dict:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(model, cfg)
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
     teacher = (load_teacher(cfg.loss.distill_teacher, num_classes, device, cfg.channels_last)
                if cfg.loss.distill_teacher else None)
-    objective = Objective(cfg, num_classes, train_loader.batch_size // cfg.data.accumulate, teacher, autocast)
-    lr_at = build_schedule(cfg, steps_per_epoch)
+    train_step = build_step(cfg, model, accelerator, num_classes, train_loader.batch_size, steps_per_epoch, teacher)
+    optimizer, scaler, lr_at = train_step.optimizer, train_step.scaler, train_step.lr_at
     total_steps = cfg.schedule.epochs * steps_per_epoch
     if cfg.run.max_steps is not None:
         total_steps = min(total_steps, cfg.run.max_steps)
@@ -140,9 +152,6 @@ def train(cfg: config.Config) -> dict:
         resolved = cfg.to_dict() | {"provenance": provenance()}
         (folder / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
     log = RunLog(cfg, folder, main)
-    ddp_model = accelerator.prepare_model(model)
-    train_step = TrainStep(ddp_model, optimizer, scaler, objective, lr_at, autocast, cfg.data.accumulate,
-                           accelerator, cfg.channels_last)
     images_per_step = cfg.data.batch_size
     log.print(f"{cfg.run.name}: {cfg.model.arch}-{cfg.model.variant} {params / 1e6:.2f} M params "
               f"{macs / 1e9:.2f} GMACs, {len(train_loader.classes)} classes, {steps_per_epoch} steps/epoch x "

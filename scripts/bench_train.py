@@ -1,0 +1,123 @@
+"""Training img/s of the project's step against a bare PyTorch loop, side by side.
+
+    python scripts/bench_train.py [--arch resnet18 --variant D --image-size 64 --batch 32 --steps 10 --rounds 5]
+    python scripts/bench_train.py --arch resnet50 --image-size 224 --batch 128 --precision bf16 --channels-last  (GPU)
+
+Both loops train the same model on the same synthetic batch (no loader). The bare loop is
+forward, F.cross_entropy, backward, SGD step. The project's step is bot's TrainStep built
+by the trainer from a config: with no tricks, and with every trick but distillation
+(zero gamma, no bias decay, warmup + cosine, label smoothing, mixup). Rounds alternate
+between the loops so that a noisy machine slows both alike; the median round counts.
+Prints a table, appends nothing else, and ends with one JSON line of the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from accelerate import Accelerator  # noqa: E402
+
+from bot import config  # noqa: E402
+from bot.models import build_model  # noqa: E402
+from bot.trainer import build_step, make_autocast  # noqa: E402
+
+TRICKS = {
+    "none": [],
+    "all but distillation": ["model.zero_gamma=true", "optim.no_bias_decay=true", "schedule.warmup_epochs=1",
+                             "schedule.kind=cosine", "loss.label_smoothing=0.1", "loss.mixup_alpha=0.2"],
+}
+
+
+def bare_loop(cfg, device, x, y):
+    torch.manual_seed(0)
+    model = build_model(cfg, 10).to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=1e-4)
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
+    autocast = make_autocast(cfg.precision, device)
+    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+
+    def step():
+        with autocast():
+            loss = F.cross_entropy(model(x.contiguous(memory_format=fmt)), y)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        opt.zero_grad(set_to_none=True)
+        return loss
+    return step
+
+
+def project_loop(cfg, accelerator, x, y):
+    torch.manual_seed(0)
+    model = build_model(cfg, 10).to(accelerator.device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    train_step = build_step(cfg, model, accelerator, 10, len(x), steps_per_epoch=100)
+    counter = iter(range(10**9))
+    return lambda: train_step(x, y, next(counter), 0)
+
+
+def timed(step, n: int, device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(n):
+        loss = step()
+    loss.item()  # wait for the device
+    return time.perf_counter() - start
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--arch", default="resnet18")
+    p.add_argument("--variant", default="D")
+    p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--steps", type=int, default=10, help="steps per timed round")
+    p.add_argument("--rounds", type=int, default=5)
+    a = p.parse_args(argv)
+    accelerator = Accelerator()
+    device = accelerator.device
+    base = [f"model.arch={a.arch}", f"model.variant={a.variant}", f"data.image_size={a.image_size}",
+            f"data.batch_size={a.batch}", f"precision={a.precision}", f"channels_last={a.channels_last}"]
+    x = torch.randn(a.batch, 3, a.image_size, a.image_size, device=device)
+    y = torch.randint(0, 10, (a.batch,), device=device)
+    print(f"{a.arch}-{a.variant} {a.image_size}px batch {a.batch} {a.precision}"
+          f"{' channels_last' if a.channels_last else ''} on {device.type} ({torch.get_num_threads()} threads), "
+          f"{a.rounds} rounds x {a.steps} steps, median")
+    rows = []
+    for name, tricks in TRICKS.items():
+        cfg = config.load(None, base + tricks)
+        loops = {"bare": bare_loop(cfg, device, x, y), "bot": project_loop(cfg, accelerator, x, y)}
+        for step in loops.values():  # warm up both
+            timed(step, 2, device)
+        times = {k: [] for k in loops}
+        for _ in range(a.rounds):
+            for k, step in loops.items():
+                times[k].append(timed(step, a.steps, device))
+        ips = {k: a.steps * a.batch / statistics.median(v) for k, v in times.items()}
+        rows.append({"tricks": name, "bare_img_per_s": round(ips["bare"], 1), "bot_img_per_s": round(ips["bot"], 1),
+                     "ratio": round(ips["bot"] / ips["bare"], 3)})
+    print(f"| tricks | bare PyTorch img/s | bot step img/s | bot / bare |\n|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['tricks']} | {r['bare_img_per_s']:.1f} | {r['bot_img_per_s']:.1f} | {r['ratio']:.3f} |")
+    print(json.dumps({"device": device.type, "arch": f"{a.arch}-{a.variant}", "image_size": a.image_size,
+                      "batch": a.batch, "precision": a.precision, "rows": rows}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
