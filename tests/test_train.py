@@ -112,3 +112,11 @@ def test_run_out_that_is_a_file(toy, tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(UserError, match="is a file, not a folder"):
         train(small(toy, tmp_path / "file"))
+
+
+def test_wandb_offline_writes_into_the_run_folder(toy, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    out = tmp_path / "run"
+    train(small(toy, out, "run.wandb=offline", "run.max_steps=2", "run.group=grid", "run.name=row"))
+    (run,) = (out / "wandb").glob("offline-run-*")
+    assert any(run.glob("*.wandb"))  # the run's event file, to `wandb sync` later
