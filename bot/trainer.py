@@ -8,6 +8,7 @@ no checkpoint. The same command resumes from `last.pt`.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -30,6 +31,7 @@ from bot.models import build_model, count_params_macs
 from bot.optim import build_optimizer
 from bot.runlog import RunLog
 from bot.schedule import build_schedule
+from bot.sync_bn import convert_sync_batchnorm
 from bot.teacher import load_teacher
 
 # Keys that may change between a run and its resumption without changing what is trained.
@@ -108,7 +110,11 @@ def train(cfg: config.Config) -> dict:
     folder = Path(cfg.run.out)
     if folder.exists() and not folder.is_dir():
         raise UserError(f"run.out {folder} is a file, not a folder")
-    accelerator = Accelerator()
+    # accelerate takes a torchrun launch on a machine without CUDA for a single process unless
+    # told cpu=True (state.py, _prepare_backend): each process would then train alone and all
+    # would write the same run folder. Under a launcher with no GPU, ask for gloo on the CPU.
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    accelerator = Accelerator(cpu=launched and not torch.cuda.is_available())
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
     autocast = make_autocast(cfg.precision, device)
     torch.manual_seed(cfg.run.seed)  # the same initial weights on every process
@@ -122,7 +128,7 @@ def train(cfg: config.Config) -> dict:
     model = build_model(cfg, num_classes).to(device)
     params, macs = count_params_macs(model, cfg.data.image_size)
     if cfg.model.sync_bn and world > 1:
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = convert_sync_batchnorm(model, device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     teacher = (load_teacher(cfg.loss.distill_teacher, num_classes, device, cfg.channels_last)
@@ -158,11 +164,20 @@ def train(cfg: config.Config) -> dict:
               f"{cfg.schedule.epochs} epochs, {world} process(es) on {device.type}, {cfg.precision}"
               + (f", resuming at step {step}" if step else ""))
 
+    def check_finite():
+        # The largest count over processes: a loss that is not finite on one rank stops all of them
+        # together, instead of one raising while the others wait in the next collective.
+        bad = int(accelerator.gather(train_step.nonfinite.view(1)).max().item())
+        # A step whose loss was finite can still leave non-finite weights (an overflowing update);
+        # the next loss would show it, but the checkpoint written in between must not hold them.
+        if bad == 0 and not all(torch.isfinite(p).all() for p in model.parameters()):
+            bad = 1
+        if bad > NONFINITE_LIMIT[cfg.precision]:
+            raise UserError(f"loss is not finite since step {step - bad + 1}; stopped, keeping the last good "
+                            f"checkpoint in {folder} (lower optim.lr, or use fp16 with its loss scaling)")
+
     def save_last():
-        if train_step.nonfinite.item() > NONFINITE_LIMIT[cfg.precision]:
-            raise UserError(f"loss is not finite since step {step - train_step.nonfinite.item()}; stopped, "
-                            f"keeping the last good checkpoint in {folder} (lower optim.lr or use fp16/bf16 "
-                            f"with loss scaling)")
+        check_finite()  # raises: a non-finite state is never written
         if main:
             checkpoint.save_last({
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
@@ -188,6 +203,7 @@ def train(cfg: config.Config) -> dict:
             bar.update()
             if step % cfg.run.log_every == 0 or step == total_steps:
                 now = time.perf_counter()
+                loss = accelerator.reduce(loss, reduction="mean")  # the global batch's loss, not rank 0's share
                 record = {"epoch": epoch, "step": step, "lr": lr_at(step - 1), "loss": loss.item(),
                           "img_per_s": images_per_step * (step - tick_step) / (now - tick)}
                 log.log(record)
@@ -195,8 +211,7 @@ def train(cfg: config.Config) -> dict:
                                 img_s=f"{record['img_per_s']:.0f}")
                 if bar.disable:
                     log.print(json.dumps(record))
-                if train_step.nonfinite.item() > NONFINITE_LIMIT[cfg.precision]:
-                    save_last()  # raises: the non-finite state is never written
+                check_finite()
                 tick, tick_step = time.perf_counter(), step
             if step % cfg.run.checkpoint_every == 0 and step < total_steps:
                 history["train_time"] += time.perf_counter() - epoch_start
@@ -207,6 +222,7 @@ def train(cfg: config.Config) -> dict:
         bar.close()
         history["train_time"] += time.perf_counter() - epoch_start
         epoch_done = step % steps_per_epoch == 0
+        check_finite()  # before evaluating: best.pt must not take non-finite weights either
         metrics = evaluate(model, val_loader, accelerator, autocast, cfg.channels_last)
         record = {"epoch": epoch, "step": step, **metrics}
         log.log(record)
