@@ -288,13 +288,26 @@ def test_fused_jitter_equals_torchvision_ops(tmp_path):
     # up to 1 + 1.4 + 1.4^2 levels down, 1.5 on average
     assert -1.0 < uint8_diff.min() and uint8_diff.max() < 4.5 and 0.5 < uint8_diff.mean() < 2.5, \
         (uint8_diff.min(), uint8_diff.max(), uint8_diff.mean())
-    # and the formula itself, on the same base pixels
+    # and the formula itself, on the same base pixels, unclamped (as the authors' MXNet float
+    # jitter): DALI rounds the grey to uint8, as here; the rest is float32 arithmetic
     xs, gs, ms = colour_terms(draws[:, 5], draws[:, 6], draws[:, 7])
     grey = (base.float() * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True).round()
     mean_grey = grey.mean((1, 2, 3), keepdim=True)
     expect = (base.float() * torch.tensor(xs).view(-1, 1, 1, 1) + grey * torch.tensor(gs).view(-1, 1, 1, 1)
-              + mean_grey * torch.tensor(ms).view(-1, 1, 1, 1)).clamp(0, 255)
+              + mean_grey * torch.tensor(ms).view(-1, 1, 1, 1))
     assert (out - expect).abs().max() < 1.0
+
+
+def test_jitter_is_not_clamped(tmp_path):
+    """The authors' float jitter (MXNet) does not clamp; neither does the loader (colour_terms):
+    a bright grey image brightened by b comes out at b * 250, past 255 where b > 1.02."""
+    root = dataset(tmp_path, lambda s, i: np.full((48, 64, 3), 250), n_train=16)
+    loader = dali_train(root, **dict(NO_COLOUR, brightness=0.4))
+    loader.set_epoch(0)
+    out = torch.cat([pixels(x) for x, _ in loader])[:, :, 112, 112]
+    _, draws = loader.draws(0, sampling.train_order(16, 0, 0, 0, 1, 8))
+    expect = torch.tensor(draws[:, 5] * 250, dtype=torch.float32)[:, None].expand(-1, 3)
+    assert (out - expect).abs().max() < 0.05 and out.max() > 256
 
 
 def test_pca_lighting_offset(tmp_path):

@@ -14,9 +14,12 @@ against. Python decides *what* each sample gets; DALI does the pixel work:
 - The crop is drawn as torchvision's RandomResizedCrop.get_params draws it (10 tries,
   then the whole image cut to the aspect range), from the size in the file's header, and
   decoded as a region of interest (fn.decoders.image_slice).
-- Brightness, contrast and saturation fuse into one per-pixel expression applied after
-  the resize (colour_terms says why that equals the paper's jitter in any order); PCA
-  lighting rides in CropMirrorNormalize's per-image mean.
+- Brightness, contrast, saturation, PCA lighting and normalization compose into one
+  affine map per image, applied after the resize (colour_terms says why that equals the
+  paper's jitter in any order, and where it differs from torchvision's: no clamping).
+  Only saturation's blend with the grey plane and the grey mean are pixel work of their
+  own; the rest is CropMirrorNormalize's per-image mean and std (dali_pipeline.train_graph).
+- Each file's size (for the crop window) is read from its header once and kept.
 
 CPU mode (`device_id=None`) when the run's device is the CPU; on CUDA the "mixed" nvJPEG
 decoder and GPU operators, output on the process's GPU. dali_pipeline.py holds the DALI
@@ -32,7 +35,7 @@ import torch
 from PIL import Image
 
 from bot.data import sampling
-from bot.data.constants import EIGVAL, EIGVEC, MEAN
+from bot.data.constants import EIGVAL, EIGVEC, MEAN, STD
 from bot.data.folder import Split
 from bot.errors import UserError
 
@@ -80,9 +83,14 @@ def colour_terms(brightness, contrast, saturation) -> tuple[np.ndarray, np.ndarr
     Each is linear in x (m is a mean of x), and since w sums to 1 saturation keeps g's
     mean and contrast shifts every channel alike, so the three commute: every order gives
         b c s x + b c (1 - s) g + b (1 - c) m.
-    torchvision applies them in a random order and rounds and clamps to uint8 after each;
-    here the exact composition is clamped once to [0, 255] (no rounding), so the two differ
-    only where a pixel saturates and by uint8 rounding. Arguments may be arrays (a batch).
+    torchvision applies them in a random order and truncates and clamps to uint8 after
+    each; the loader applies this exact composition, then PCA lighting and normalization,
+    in float and clamps nowhere, as the authors' MXNet/gluon-cv float jitter and lighting
+    do. So the two agree up to uint8 rounding (tests/test_dali.py bounds it) except where
+    a pixel saturates: there torchvision holds it at 0 or 255 (and a later step sees the
+    clamped value), while here it goes past (at most to 1.4^3 * 255 before lighting), as
+    in the authors' code. Clamping would cost a float pass over the image (0.5 ms of CPU
+    per image, a sixth of the loader). Arguments may be arrays (a batch).
     """
     b, c, s = (np.asarray(v, np.float32) for v in (brightness, contrast, saturation))
     return b * c * s, b * c * (1 - s), b * (1 - c)
@@ -112,12 +120,8 @@ def train_draws(rng: np.random.Generator, width: int, height: int, d) -> tuple:
 # ---------------------------------------------------------------- reading files
 
 
-def read_image(path: str) -> tuple[np.ndarray, int, int]:
-    """(bytes, width, height) of an image file, or a UserError naming the file.
-
-    Only the header is parsed here (microseconds); a file whose body is corrupt is named
-    after DALI fails on it, by _name_bad_file.
-    """
+def read_bytes(path: str) -> bytes:
+    """A file's bytes, or a UserError naming it (read_image also reads the size)."""
     try:
         with open(path, "rb") as f:
             data = f.read()
@@ -125,6 +129,16 @@ def read_image(path: str) -> tuple[np.ndarray, int, int]:
         raise UserError(f"cannot read image {path}: {e.strerror} ({CHECK_HINT})") from None
     if not data:
         raise UserError(f"cannot read image {path}: empty file ({CHECK_HINT})")
+    return data
+
+
+def read_image(path: str) -> tuple[np.ndarray, int, int]:
+    """(bytes, width, height) of an image file, or a UserError naming the file.
+
+    Only the header is parsed here (microseconds); a file whose body is corrupt is named
+    after DALI fails on it, by _name_bad_file.
+    """
+    data = read_bytes(path)
     try:
         width, height = Image.open(io.BytesIO(data)).size
     except Exception:  # PIL raises several types for a non-image
@@ -183,9 +197,11 @@ class DaliTrainLoader:
         self.labels = torch.tensor(split.labels, dtype=torch.int64)
         self.steps = sampling.steps_per_epoch(len(split), world, batch)
         self.epoch, self.start = 0, 0
+        self.sizes: dict[int, tuple[int, int]] = {}  # index -> (width, height), read once
         jitter, hue = bool(d.brightness or d.contrast or d.saturation), bool(d.hue)
-        graph = lambda inputs, gpu: train_graph(inputs, d.image_size, gpu, jitter, hue)  # noqa: E731
-        self.runner = Runner(graph, train_inputs(jitter, hue), self._inputs, batch, d.workers,
+        flags = (jitter, hue, bool(d.contrast), bool(d.saturation))
+        graph = lambda inputs, gpu: train_graph(inputs, d.image_size, gpu, *flags)  # noqa: E731
+        self.runner = Runner(graph, train_inputs(*flags), self._inputs, batch, d.workers,
                              torch.device(device), seed=(seed * 7919 + rank) % 2**31)
 
     def set_epoch(self, epoch: int, start_step: int = 0) -> None:
@@ -198,7 +214,12 @@ class DaliTrainLoader:
         """(file bytes, one row of train_draws per sample) for a batch of dataset indices."""
         jpegs, rows = [], []
         for index in indices:
-            data, width, height = read_image(self.split.files[index])
+            index = int(index)
+            if index in self.sizes:
+                data, (width, height) = np.frombuffer(read_bytes(self.split.files[index]), np.uint8), self.sizes[index]
+            else:
+                data, width, height = read_image(self.split.files[index])
+                self.sizes[index] = width, height
             rng = np.random.default_rng(sampling.sample_seed(self.seed, epoch, int(index)))
             jpegs.append(data)
             rows.append(train_draws(rng, width, height, self.d))
@@ -206,11 +227,19 @@ class DaliTrainLoader:
 
     def _inputs(self, item) -> dict:
         jpegs, r = self.draws(*item)
-        x_scale, grey_scale, mean_scale = colour_terms(r[:, 5], r[:, 6], r[:, 7])
+        x_scale, grey_scale, mean_scale = (v.astype(np.float64) for v in colour_terms(r[:, 5], r[:, 6], r[:, 7]))
+        # dali_pipeline.train_graph's split of the affine map: CMN scales by b c / STD, so the
+        # pixel work before it is s x + (1 - s) g + (1 - c) / c m. b c > 0 but for a draw of
+        # exactly 0 where data.brightness or data.contrast is 1: then the output is the constant
+        # (offset - MEAN) / STD, which a huge CMN mean and std still give
+        scale = np.maximum(x_scale + grey_scale, 1e-30)  # b c
         return dict(jpegs=jpegs, anchor=r[:, 0:2].astype(np.int32), shape=r[:, 2:4].astype(np.int32),
-                    mirror=r[:, 4].astype(np.int32), x_scale=x_scale, grey_scale=grey_scale, mean_scale=mean_scale,
-                    hue=(r[:, 8] * 360).astype(np.float32),
-                    mean=(np.asarray(MEAN) - pca_offset(r[:, 9:12])).astype(np.float32))
+                    width=(self.d.image_size * (1 - 2 * r[:, 4])).astype(np.float32), hue=(r[:, 8] * 360).astype(np.float32),
+                    saturation=(x_scale / scale).astype(np.float32),
+                    grey_weight=(grey_scale / scale).astype(np.float32),
+                    mean_weight=(mean_scale / scale).astype(np.float32),
+                    mean=((np.asarray(MEAN) - pca_offset(r[:, 9:12])) / scale[:, None]).astype(np.float32),
+                    std=(np.asarray(STD) / scale[:, None]).astype(np.float32))
 
     def __iter__(self):
         order = sampling.train_order(len(self.split), self.seed, self.epoch, self.rank, self.world, self.batch_size)

@@ -11,7 +11,6 @@ from collections import deque
 
 import torch
 from nvidia.dali import fn, types
-from nvidia.dali import math as dmath
 from nvidia.dali.pipeline import Pipeline
 from nvidia.dali.plugin.pytorch import feed_ndarray
 
@@ -20,44 +19,69 @@ from bot.data.constants import MEAN, STD
 VAL_INPUTS = ("jpegs", "size", "crop_x", "crop_y")
 
 
-def train_inputs(jitter: bool, hue: bool) -> tuple[str, ...]:
-    """The names train_graph reads, in order (an unused external source output costs time)."""
-    return (("jpegs", "anchor", "shape", "mirror") + (("hue",) if hue else ())
-            + (("x_scale", "grey_scale", "mean_scale") if jitter else ()) + ("mean",))
+def train_inputs(jitter: bool, hue: bool, contrast: bool = True, saturation: bool = True) -> tuple[str, ...]:
+    """The names train_graph reads, in order (an unused external source output costs time).
+
+    `jitter` is any of brightness, contrast, saturation; `contrast` and `saturation` say
+    which of them need pixel work beyond CropMirrorNormalize's per-image mean and std.
+    """
+    return (("jpegs", "anchor", "shape", "width") + (("hue",) if hue else ())
+            + (("saturation", "grey_weight") if jitter and saturation else ())
+            + (("mean_weight",) if jitter and contrast else ()) + ("mean", "std"))
 
 
-def train_graph(inputs, size: int, gpu: bool, jitter: bool, hue: bool):
-    """Decode the crop window, resize, colour jitter, then flip + PCA lighting + normalize.
+def train_graph(inputs, size: int, gpu: bool, jitter: bool, hue: bool, contrast: bool = True,
+                saturation: bool = True):
+    """Decode the crop window, resize, then colour jitter + flip + PCA lighting + normalize as one affine map.
+
+    Everything after the resize is affine per image (bot.data.dali.colour_terms): with g
+    a pixel's grey (0.299, 0.587, 0.114) . x and m the image's mean grey,
+        y = (b c s x + b c (1 - s) g + b (1 - c) m + offset - MEAN) / STD
+          = (pre - (MEAN - offset) / (b c)) / (STD / (b c)),   pre = s x + (1 - s) g + (1 - c) / c m,
+    so the only pixel work besides the resize (which also flips) and CropMirrorNormalize (HWC -> CHW, float, per-image
+    per-channel mean and std: brightness, PCA lighting, normalization) is the saturation's
+    blend with the grey plane, one DALI arithmetic pass, and the grey mean, one reduction
+    of that plane. On the CPU the contrast term, a per-image constant, joins CMN's mean;
+    on the GPU (CMN's mean must live on the CPU) it stays in `pre`. Nothing is clamped:
+    see bot.data.dali.colour_terms for how that differs from torchvision.
 
     The colour work runs after the resize, on size x size pixels rather than on the crop
     (8%-100% of a ~500 x 375 image, so usually more pixels): the same result up to
-    rounding, since resizing is linear per channel and the jitter is a per-pixel affine map
-    with a per-image mean. The jitter is one fused expression (bot.data.dali.colour_terms):
-        out = clamp(x_scale x + grey_scale g + mean_scale m, 0, 255)
-    g the pixel's grey, m the image's mean grey. It is built from DALI's element-wise
-    arithmetic, which runs the same on CPU and GPU; DALI's own colour operators
-    (color_twist, hsv, saturation) mix channels in a slower kernel, and
+    rounding, since resizing is linear per channel. DALI's own colour operators
+    (color_twist, hsv, saturation, coord_transform) mix channels in slower kernels, and
     brightness_contrast's contrast centre is not the image mean.
     """
-    named = dict(zip(train_inputs(jitter, hue), inputs))
-    jpegs, anchor, shape, mirror, mean = (named[k] for k in ("jpegs", "anchor", "shape", "mirror", "mean"))
+    named = dict(zip(train_inputs(jitter, hue, contrast, saturation), inputs))
+    jpegs, anchor, shape, width = (named[k] for k in ("jpegs", "anchor", "shape", "width"))
+    mean, std = named["mean"], named["std"]
     images = fn.decoders.image_slice(jpegs, anchor, shape, device="mixed" if gpu else "cpu",
                                      output_type=types.RGB, adjust_orientation=False, axis_names="WH")
-    # torchvision's RandomResizedCrop: bilinear with antialias (a triangle filter when shrinking)
-    images = fn.resize(images, size=[size, size], interp_type=types.INTERP_LINEAR, antialias=True)
+    # torchvision's RandomResizedCrop: bilinear with antialias (a triangle filter when shrinking);
+    # width -size flips (the filter is symmetric: the mirror image of the unflipped output),
+    # a little cheaper than CMN's mirror on the float image
+    images = fn.resize(images, resize_x=width, resize_y=float(size), interp_type=types.INTERP_LINEAR,
+                       antialias=True)
     if hue:  # a rotation of the YIQ chroma plane (off in the paper's recipes)
         images = fn.hsv(images, hue=named["hue"])
-    if jitter:
+    if jitter and (saturation or contrast):
         on_device = (lambda t: t.gpu()) if gpu else (lambda t: t)
         grey = fn.color_space_conversion(images, image_type=types.RGB, output_type=types.GRAY)  # (H, W, 1)
-        mean_grey = fn.reductions.mean(grey, dtype=types.FLOAT)
-        grey_term = grey * on_device(named["grey_scale"]) + mean_grey * on_device(named["mean_scale"])
-        images = images * on_device(named["x_scale"]) + grey_term
-        # min then max: half the time of dmath.clamp on the CPU in DALI 2.4
-        images = dmath.max(dmath.min(images, types.Constant(255.0, dtype=types.FLOAT)),
-                           types.Constant(0.0, dtype=types.FLOAT))
-    # flip, PCA lighting (in the mean: x + offset - MEAN), normalize, HWC -> CHW float32
-    return fn.crop_mirror_normalize(images, mirror=mirror, mean=mean, std=list(STD), dtype=types.FLOAT,
+        pre_terms = []
+        if contrast:
+            mean_grey = fn.reductions.mean(grey, dtype=types.FLOAT)
+            if gpu:
+                pre_terms.append(mean_grey * on_device(named["mean_weight"]))
+            else:
+                mean = mean - mean_grey * named["mean_weight"]
+        if saturation:
+            grey_term = grey * on_device(named["grey_weight"])
+            for term in pre_terms:
+                grey_term = grey_term + term
+            images = images * on_device(named["saturation"]) + grey_term
+        elif pre_terms:
+            images = images + pre_terms[0]
+    # brightness and contrast scale, PCA lighting, normalize, HWC -> CHW float32
+    return fn.crop_mirror_normalize(images, mean=mean, std=std, dtype=types.FLOAT,
                                     output_layout="CHW")
 
 
