@@ -1,0 +1,162 @@
+"""Runs that survive faults and bad input without losing work (through the CLI, as a user runs them).
+
+kill -9 mid-epoch then the same command = an uninterrupted run, bit for bit; a loss that is
+not finite stops the run and keeps the last good checkpoint; a truncated last.pt falls back
+to last.prev.pt; bad input exits 2 with one line and leaves last.pt as it was.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from bot import checkpoint, config
+from bot.data import sampling
+from bot.data.folder import scan_dataset
+from bot.errors import UserError
+from bot.models import build_model
+from bot.trainer import train
+from conftest import ROOT, run_cli
+
+RECIPE = "recipes/demo.yaml"
+ARGS = ["data.image_size=32", "data.batch_size=16", "data.workers=0", "schedule.epochs=2",
+        "schedule.warmup_epochs=0", "run.log_every=1"]  # 96 toy images: 6 steps per epoch
+
+
+def cli_args(toy, out, *extra):
+    return ["train.py", RECIPE, f"data.root={toy}", f"run.out={out}", *ARGS, *extra]
+
+
+def weights(folder, name="last.pt"):
+    return torch.load(folder / name, weights_only=False)["model"]
+
+
+def assert_same(a, b):
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, different[:5]
+
+
+def steps_logged(folder):
+    path = folder / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(l)["step"] for l in path.read_text().splitlines() if '"loss"' in l]
+
+
+def test_kill_9_mid_epoch_then_the_same_command_matches_an_uninterrupted_run(toy, tmp_path):
+    extra = ["run.checkpoint_every=4", "run.max_steps=8"]  # last.pt at steps 4, 6 (epoch end), 8
+    whole = run_cli(*cli_args(toy, tmp_path / "whole", *extra))
+    assert whole.returncode == 0, whole.stderr
+    command = [sys.executable, *map(str, cli_args(toy, tmp_path / "killed", *extra))]
+    victim = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while max(steps_logged(tmp_path / "killed"), default=0) < 5 and victim.poll() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    os.kill(victim.pid, signal.SIGKILL)  # in step 6 or so: last.pt is at step 4, mid epoch 1
+    victim.wait()
+    assert victim.returncode == -signal.SIGKILL
+    saved = torch.load(tmp_path / "killed/last.pt", weights_only=False)["step"]
+    assert saved in (4, 6)  # 6 only if the machine was slow to deliver the kill
+    again = run_cli(*command[1:])
+    assert again.returncode == 0, again.stderr
+    assert f"resuming at step {saved}" in again.stdout
+    assert_same(weights(tmp_path / "whole"), weights(tmp_path / "killed"))
+
+
+def test_non_finite_loss_stops_with_exit_2_and_keeps_the_last_good_checkpoint(toy, tmp_path):
+    out = tmp_path / "run"
+    done = run_cli(*cli_args(toy, out, "run.checkpoint_every=1", "optim.lr=1.0e+30"))
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip() == (f"error: loss is not finite since step 2; stopped, keeping the last good "
+                                   f"checkpoint in {out} (lower optim.lr, or use fp16 with its loss scaling)")
+    state = torch.load(out / "last.pt", weights_only=False)
+    assert state["step"] == 1  # step 2's update, from a NaN loss, was never written
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    assert not (out / "best.pt").exists()  # nor evaluated into best.pt
+
+
+def test_truncated_last_pt_falls_back_to_the_previous_one(toy, tmp_path, capfd):
+    cfg = config.load(RECIPE, [f"data.root={toy}", f"run.out={tmp_path / 'run'}", *ARGS, "run.checkpoint_every=2",
+                               "run.max_steps=4"])
+    out = tmp_path / "run"
+    train(cfg)  # last.pt at step 4, last.prev.pt at step 2
+    whole = weights(out)
+    data = (out / "last.pt").read_bytes()
+    (out / "last.pt").write_bytes(data[: len(data) // 2])  # a torn write, or a full disk
+    (out / "summary.json").unlink()
+    capfd.readouterr()
+    assert train(cfg)["steps"] == 4  # resumed from step 2, redid steps 3 and 4
+    err = capfd.readouterr().err
+    assert "last.pt is unreadable" in err and "resuming from" in err and "last.prev.pt (step 2)" in err
+    assert_same(whole, weights(out))
+
+    for name in (checkpoint.LAST, checkpoint.PREV):
+        (out / name).write_bytes(b"")
+    with pytest.raises(UserError, match=r"no readable checkpoint in .* \(last.pt, last.prev.pt are damaged\)"):
+        train(cfg)
+
+
+# ------------------------------------------------------------------ bad input, through the CLI
+
+@pytest.fixture(scope="module")
+def run_folder(toy, tmp_path_factory):
+    """A run stopped at step 2 (mid epoch 1), as the bad inputs below find it."""
+    out = tmp_path_factory.mktemp("bad") / "run"
+    train(config.load(RECIPE, [f"data.root={toy}", f"run.out={out}", *ARGS, "run.max_steps=2"]))
+    return out
+
+
+def damaged_copy(toy, tmp_path, damage):
+    """The toy data with the first image of the resumed run's next batch (step 3) damaged."""
+    root = tmp_path / "data"
+    shutil.copytree(toy, root)
+    train_split, _ = scan_dataset(root)
+    first = sampling.train_order(len(train_split), 0, 0, 0, 1, 16)[2 * 16]
+    path = train_split.files[first]
+    damage(path)
+    return root, path
+
+
+def teacher_with_3_classes(tmp_path):
+    cfg = config.load(RECIPE, ARGS)
+    path = tmp_path / "teacher.pt"
+    torch.save({"model": build_model(cfg, 3).state_dict(), "config": cfg.to_dict(), "num_classes": 3}, path)
+    return path
+
+
+CASES = {
+    "corrupt JPEG": lambda toy, tmp: damaged_copy(toy, tmp, lambda p: open(p, "r+b").write(b"\0" * 400)),
+    "zero-byte file": lambda toy, tmp: damaged_copy(toy, tmp, lambda p: open(p, "wb").close()),
+}
+
+
+@pytest.mark.parametrize("case", ["corrupt JPEG", "zero-byte file", "batch not divisible", "mixup with a batch of 1",
+                                  "teacher with another class count"])
+def test_bad_input_exits_2_with_one_line_and_keeps_last_pt(toy, tmp_path, run_folder, case):
+    kept = (run_folder / "last.pt").read_bytes()
+    root, extra, message = toy, [], None
+    if case in CASES:
+        root, path = CASES[case](toy, tmp_path)
+        message = f"cannot read image {path}"
+    elif case == "batch not divisible":
+        extra, message = ["data.accumulate=3"], "data.batch_size 16 is not divisible by 1 processes x data.accumulate 3"
+    elif case == "mixup with a batch of 1":  # run.resume=force: the check itself must stop it, not the config diff
+        extra = ["data.batch_size=1", "loss.mixup_alpha=0.2", "run.resume=force"]
+        message = "loss.mixup_alpha needs at least 2 images per micro-batch"
+    elif case == "teacher with another class count":
+        teacher = teacher_with_3_classes(tmp_path)
+        extra = [f"loss.distill_teacher={teacher}", "run.resume=force"]
+        message = f"loss.distill_teacher {teacher} predicts 3 classes but the data has 4"
+    done = run_cli(*cli_args(root, run_folder, *extra))
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr[-2000:]
+    assert done.stderr.startswith("error: ") and message in done.stderr, done.stderr
+    assert (run_folder / "last.pt").read_bytes() == kept
