@@ -157,6 +157,11 @@ def apply_override(tree: dict, item: str) -> None:
         value = yaml.safe_load(text) if text != "" else None
     except yaml.YAMLError:
         value = text
+    if isinstance(value, str):  # YAML 1.1 reads 1e30 (no dot) as a string
+        try:
+            value = float(value) if any(c in value for c in "eE.") else value
+        except ValueError:
+            pass
     node = tree
     parts = key.strip().split(".")
     for part in parts[:-1]:
