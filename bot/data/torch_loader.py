@@ -17,6 +17,10 @@ from bot.data.folder import Split
 from bot.data.transforms import train_transform, val_transform
 from bot.errors import UserError
 
+# Workers start from a fork server, not a fork of this process: forking a process that
+# already runs threads (DALI's, or a torch thread pool) can deadlock the child.
+CONTEXT = "forkserver"
+
 
 def decode(path: str) -> torch.Tensor:
     """A file as a uint8 RGB CHW tensor, or a UserError naming the file.
@@ -79,7 +83,7 @@ class TrainLoader:
         self.sampler = EpochSampler(len(split), seed, rank, world, batch)
         self.loader = DataLoader(ImageFiles(split, train_transform(d)), batch_size=batch, sampler=self.sampler,
                                  num_workers=d.workers, pin_memory=pin, drop_last=True,
-                                 persistent_workers=d.workers > 0)
+                                 persistent_workers=d.workers > 0, multiprocessing_context=CONTEXT if d.workers else None)
         self.steps = sampling.steps_per_epoch(len(split), world, batch)
 
     def set_epoch(self, epoch: int, start_step: int = 0) -> None:
@@ -99,7 +103,8 @@ class ValLoader:
         self.classes = split.classes
         self.indices = sampling.val_order(len(split), rank, world).tolist()
         self.loader = DataLoader(ImageFiles(split, val_transform(d)), batch_size=batch, sampler=self.indices,
-                                 num_workers=d.workers, pin_memory=pin, persistent_workers=d.workers > 0)
+                                 num_workers=d.workers, pin_memory=pin, persistent_workers=d.workers > 0,
+                                 multiprocessing_context=CONTEXT if d.workers else None)
 
     def __len__(self) -> int:
         return len(self.loader)
