@@ -36,7 +36,7 @@ def train_transform(d) -> v2.Compose:
     """Steps 2-6 on a decoded uint8 CHW tensor; `d` is the config's data section."""
     steps = [
         v2.RandomResizedCrop(d.image_size, scale=tuple(d.random_area), ratio=tuple(d.random_aspect),
-                             antialias=True),
+                             antialias=d.antialias),
         v2.RandomHorizontalFlip(0.5),
     ]
     if d.brightness or d.contrast or d.saturation or d.hue:
@@ -52,7 +52,7 @@ def train_transform(d) -> v2.Compose:
 def val_transform(d) -> v2.Compose:
     """Resize the shorter side to val_resize, centre crop image_size, normalize."""
     return v2.Compose([
-        v2.Resize(d.val_resize, antialias=True),
+        v2.Resize(d.val_resize, antialias=d.antialias),
         v2.CenterCrop(d.image_size),
         v2.ToDtype(torch.float32, scale=False),
         v2.Normalize(MEAN, STD),
