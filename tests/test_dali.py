@@ -114,17 +114,19 @@ def val_root(tmp_path_factory):
     return dataset(tmp_path_factory.mktemp("val"), make, n_train=8, n_val=2 * len(sizes) + 3)
 
 
-def test_val_matches_torchvision(val_root):
+@pytest.mark.parametrize("antialias", [True, False])
+def test_val_matches_torchvision(val_root, antialias):
     """Same images (resize kernels differ in rounding only), same labels, same count.
 
-    Both decode with libjpeg-turbo and resize the shorter side with an antialiased
-    bilinear (triangle) filter to the same integer size (val_geometry copies torchvision's
-    size and crop arithmetic), then round to uint8. The kernels differ in float order and
-    rounding, so a pixel may land one level off (two at most); the mean difference stays
-    far below one level. Measured: mean 0.08, max 1.0 levels (0-255 scale).
+    Both decode with libjpeg-turbo and resize the shorter side with a bilinear filter
+    (with data.antialias a triangle filter as wide as the shrink) to the same integer size
+    (val_geometry copies torchvision's size and crop arithmetic), then round to uint8. The
+    kernels differ in float order and rounding, so a pixel may land one level off (two
+    at most); the mean difference stays far below one level. Measured: mean 0.08, max
+    1.0 levels (0-255 scale).
     """
     _, val = scan_dataset(str(val_root))
-    d = data_cfg(val_root)
+    d = data_cfg(val_root, antialias=antialias)
     dali = torch.cat([x for x, _ in DaliValLoader(val, d, 0, 1, 4, "cpu")])
     ref_batches = list(ValLoader(val, d, 0, 1, 4, pin=False))
     ref = torch.cat([x for x, _ in ref_batches])
@@ -149,7 +151,42 @@ def test_val_shards_cover_every_image_once(tmp_path):
     assert sorted(seen) == list(range(11))
 
 
+def test_data_antialias_changes_both_loaders(val_root):
+    """data.antialias reaches the torch and the DALI val resize: shrinking without the filter aliases."""
+    _, val = scan_dataset(str(val_root))
+    for make in (lambda d: DaliValLoader(val, d, 0, 1, 4, "cpu"), lambda d: ValLoader(val, d, 0, 1, 4, pin=False)):
+        smooth, sharp = (torch.cat([x for x, _ in make(data_cfg(val_root, antialias=a))]) for a in (True, False))
+        diff = (pixels(smooth) - pixels(sharp)).abs()
+        assert diff.mean() > 1.0, diff.mean()  # the noise of val_root's images aliases visibly
+
+
 # ---------------------------------------------------------------- training: geometry
+
+
+@pytest.mark.parametrize("antialias", [True, False])
+def test_train_pixels_are_torchvisions_resized_crop(val_root, antialias):
+    """Sample by sample, the DALI train output (no colour) is torchvision's resized_crop of the
+    drawn window, flipped where drawn: the torch path's RandomResizedCrop with the same draws.
+
+    The only difference is the decoder: DALI decodes the window, PIL the whole file (both
+    libjpeg-turbo, 4:4:4 here), so pixels agree to within a level.
+    """
+    from torchvision.transforms.v2 import functional as F
+
+    from bot.data.torch_loader import decode
+
+    loader = dali_train(val_root, antialias=antialias, **NO_COLOUR)
+    loader.set_epoch(0)
+    out = pixels(torch.cat([x for x, _ in loader]))
+    train, _ = scan_dataset(str(val_root))
+    order = sampling.train_order(len(train), 0, 0, 0, 1, 8)
+    _, draws = loader.draws(0, order)
+    for k, index in enumerate(order):
+        x, y, w, h, flip = (int(v) for v in draws[k, :5])
+        ref = F.resized_crop(decode(train.files[index]), y, x, h, w, [224, 224], antialias=antialias).float()
+        ref = ref.flip(-1) if flip else ref
+        diff = (out[k] - ref).abs()
+        assert diff.mean() < 0.1 and diff.max() <= 1.01, (k, diff.mean(), diff.max())
 
 
 def coordinate_image(split, i):
@@ -446,3 +483,20 @@ def test_bad_file_is_named(tmp_path, kind):
     _, val = scan_dataset(str(root))
     with pytest.raises(UserError, match="cannot read image .*val/c0/0000.jpg"):
         list(DaliValLoader(val, data_cfg(root), 0, 1, 2, "cpu"))
+
+
+def test_batches_the_caller_keeps_are_never_overwritten(coord_root):
+    """Batch memory is reused (dali_pipeline.BatchBuffers) only once nothing outside holds it."""
+    loader = dali_train(coord_root, batch=4)
+    assert len(loader) >= 4
+    loader.set_epoch(0)
+    kept = [(x, x.clone()) for x, _ in loader]
+    assert all(torch.equal(x, copy) for x, copy in kept)
+    assert len({x.data_ptr() for x, _ in kept}) == len(kept)
+    del kept
+    loader.set_epoch(1)
+    seen = set()
+    for x, _ in loader:
+        seen.add(x.data_ptr())
+        del x
+    assert len(seen) < len(loader)  # what nobody held came back

@@ -11,3 +11,7 @@ EIGVEC = (
     (-0.5808, -0.0045, -0.8140),
     (-0.5836, -0.6948, 0.4203),
 )
+
+# The grey of a pixel in colour jitter (saturation blends with it, contrast with its mean):
+# ITU-R 601 luma, as torchvision's rgb_to_grayscale and gluon-cv's jitter.
+GREY = (0.299, 0.587, 0.114)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import deque
 
 import torch
+from torch.multiprocessing.reductions import StorageWeakRef
 from nvidia.dali import fn, types
 from nvidia.dali.pipeline import Pipeline
 from nvidia.dali.plugin.pytorch import feed_ndarray
@@ -17,104 +18,107 @@ from nvidia.dali.plugin.pytorch import feed_ndarray
 from bot.data.constants import MEAN, STD
 
 VAL_INPUTS = ("jpegs", "size", "crop_x", "crop_y")
+TORCH_DTYPES = {types.UINT8: torch.uint8, types.FLOAT: torch.float32}
 
 
-def train_inputs(jitter: bool, hue: bool, contrast: bool = True, saturation: bool = True) -> tuple[str, ...]:
-    """The names train_graph reads, in order (an unused external source output costs time).
+def train_inputs(hue: bool, gpu: bool) -> tuple[str, ...]:
+    """The names train_graph reads, in order (an unused external source output costs time)."""
+    return ("jpegs", "anchor", "shape") + (("width",) if gpu else ()) + (("hue",) if hue else ())
 
-    `jitter` is any of brightness, contrast, saturation; `contrast` and `saturation` say
-    which of them need pixel work beyond CropMirrorNormalize's per-image mean and std.
+
+def train_graph(inputs, size: int, gpu: bool, hue: bool, antialias: bool = True):
+    """Decode each sample's crop window; on the GPU also resize it (flipping on the way).
+
+    CPU: the crops as decoded (uint8 HWC, ragged); bot.data.dali resizes them with
+    torchvision's resize, the reference path's own function, whose uint8 kernels take
+    0.16 ms per image where DALI's CPU resize takes 0.7-1.0 ms (scripts/bench_loader.py).
+    GPU: uint8 HWC, size x size, and each image's mean pixel (float, 3), which contrast needs.
+    Colour jitter, PCA lighting and normalization follow in torch as one affine map per
+    image (bot.data.dali.colour_normalize): after the resize, so on size x size pixels
+    rather than on the crop (8%-100% of a ~500 x 375 image, usually more pixels), which
+    gives the same result up to rounding since resizing is linear per channel.
     """
-    return (("jpegs", "anchor", "shape", "width") + (("hue",) if hue else ())
-            + (("saturation", "grey_weight") if jitter and saturation else ())
-            + (("mean_weight",) if jitter and contrast else ()) + ("mean", "std"))
+    named = dict(zip(train_inputs(hue, gpu), inputs))
+    images = fn.decoders.image_slice(named["jpegs"], named["anchor"], named["shape"],
+                                     device="mixed" if gpu else "cpu", output_type=types.RGB,
+                                     adjust_orientation=False, axis_names="WH")
+    if hue:  # a rotation of the YIQ chroma plane (off in the paper's recipes); per pixel, so before
+        images = fn.hsv(images, hue=named["hue"])  # or after the resize alike, up to rounding
+    if not gpu:
+        return images
+    # torchvision's RandomResizedCrop: bilinear, with antialias a triangle filter when shrinking;
+    # width -size flips (the filter is symmetric: the mirror image of the unflipped output)
+    images = fn.resize(images, resize_x=named["width"], resize_y=float(size), interp_type=types.INTERP_LINEAR,
+                       antialias=antialias)
+    return images, fn.reductions.mean(images, axes=[0, 1], dtype=types.FLOAT)
 
 
-def train_graph(inputs, size: int, gpu: bool, jitter: bool, hue: bool, contrast: bool = True,
-                saturation: bool = True):
-    """Decode the crop window, resize, then colour jitter + flip + PCA lighting + normalize as one affine map.
-
-    Everything after the resize is affine per image (bot.data.dali.colour_terms): with g
-    a pixel's grey (0.299, 0.587, 0.114) . x and m the image's mean grey,
-        y = (b c s x + b c (1 - s) g + b (1 - c) m + offset - MEAN) / STD
-          = (pre - (MEAN - offset) / (b c)) / (STD / (b c)),   pre = s x + (1 - s) g + (1 - c) / c m,
-    so the only pixel work besides the resize (which also flips) and CropMirrorNormalize (HWC -> CHW, float, per-image
-    per-channel mean and std: brightness, PCA lighting, normalization) is the saturation's
-    blend with the grey plane, one DALI arithmetic pass, and the grey mean, one reduction
-    of that plane. On the CPU the contrast term, a per-image constant, joins CMN's mean;
-    on the GPU (CMN's mean must live on the CPU) it stays in `pre`. Nothing is clamped:
-    see bot.data.dali.colour_terms for how that differs from torchvision.
-
-    The colour work runs after the resize, on size x size pixels rather than on the crop
-    (8%-100% of a ~500 x 375 image, so usually more pixels): the same result up to
-    rounding, since resizing is linear per channel. DALI's own colour operators
-    (color_twist, hsv, saturation, coord_transform) mix channels in slower kernels, and
-    brightness_contrast's contrast centre is not the image mean.
-    """
-    named = dict(zip(train_inputs(jitter, hue, contrast, saturation), inputs))
-    jpegs, anchor, shape, width = (named[k] for k in ("jpegs", "anchor", "shape", "width"))
-    mean, std = named["mean"], named["std"]
-    images = fn.decoders.image_slice(jpegs, anchor, shape, device="mixed" if gpu else "cpu",
-                                     output_type=types.RGB, adjust_orientation=False, axis_names="WH")
-    # torchvision's RandomResizedCrop: bilinear with antialias (a triangle filter when shrinking);
-    # width -size flips (the filter is symmetric: the mirror image of the unflipped output),
-    # a little cheaper than CMN's mirror on the float image
-    images = fn.resize(images, resize_x=width, resize_y=float(size), interp_type=types.INTERP_LINEAR,
-                       antialias=True)
-    if hue:  # a rotation of the YIQ chroma plane (off in the paper's recipes)
-        images = fn.hsv(images, hue=named["hue"])
-    if jitter and (saturation or contrast):
-        on_device = (lambda t: t.gpu()) if gpu else (lambda t: t)
-        grey = fn.color_space_conversion(images, image_type=types.RGB, output_type=types.GRAY)  # (H, W, 1)
-        pre_terms = []
-        if contrast:
-            mean_grey = fn.reductions.mean(grey, dtype=types.FLOAT)
-            if gpu:
-                pre_terms.append(mean_grey * on_device(named["mean_weight"]))
-            else:
-                mean = mean - mean_grey * named["mean_weight"]
-        if saturation:
-            grey_term = grey * on_device(named["grey_weight"])
-            for term in pre_terms:
-                grey_term = grey_term + term
-            images = images * on_device(named["saturation"]) + grey_term
-        elif pre_terms:
-            images = images + pre_terms[0]
-    # brightness and contrast scale, PCA lighting, normalize, HWC -> CHW float32
-    return fn.crop_mirror_normalize(images, mean=mean, std=std, dtype=types.FLOAT,
-                                    output_layout="CHW")
-
-
-def val_graph(inputs, size: int, gpu: bool):
+def val_graph(inputs, size: int, gpu: bool, antialias: bool = True):
     """Decode, resize to the size torchvision's Resize(shorter side) gives, centre crop, normalize."""
     jpegs, out_size, crop_x, crop_y = inputs
     images = fn.decoders.image(jpegs, device="mixed" if gpu else "cpu", output_type=types.RGB,
                                adjust_orientation=False)
-    images = fn.resize(images, size=out_size, interp_type=types.INTERP_LINEAR, antialias=True)
+    images = fn.resize(images, size=out_size, interp_type=types.INTERP_LINEAR, antialias=antialias)
     return fn.crop_mirror_normalize(images, crop=[size, size], crop_pos_x=crop_x, crop_pos_y=crop_y,
                                     rounding="truncate", mean=list(MEAN), std=list(STD), dtype=types.FLOAT,
                                     output_layout="CHW")
 
 
+class BatchBuffers:
+    """Batch tensors, reused once nothing outside references them.
+
+    On the CPU a fresh batch (64 x 3 x 224 x 224 float32 is 38 MB, above glibc's largest
+    mmap threshold) comes from the kernel as untouched pages, and writing it costs its
+    page faults: about 0.45 ms of CPU per image on 2 cores, against 0.09 ms to copy into
+    memory already touched. So the last few buffers are kept, and one is handed out again
+    only when its storage's use count says no tensor, view or numpy array outside this
+    pool still holds it: what the caller keeps is never overwritten. On CUDA torch's
+    caching allocator already reuses memory, so each call allocates.
+    """
+
+    def __init__(self, device: torch.device, keep: int = 4):
+        self.device, self.keep, self.pool = device, keep, []  # [(tensor, use count while only the pool holds it)]
+
+    @staticmethod
+    def _uses(tensor: torch.Tensor) -> int:
+        return torch._C._storage_Use_Count(StorageWeakRef(tensor.untyped_storage()).cdata)
+
+    def take(self, shape, dtype: torch.dtype) -> torch.Tensor:
+        """A tensor of `shape` for the caller alone (a new view: the pool keeps its own)."""
+        shape = tuple(shape)
+        if self.device.type != "cpu":
+            return torch.empty(shape, dtype=dtype, device=self.device)
+        for tensor, idle in self.pool:
+            if tuple(tensor.shape) == shape and tensor.dtype == dtype and self._uses(tensor) == idle:
+                return tensor.view(shape)
+        tensor = torch.empty(shape, dtype=dtype)
+        self.pool = [*self.pool, (tensor, self._uses(tensor))][-self.keep:]
+        return tensor.view(shape)
+
+
 class Runner:
-    """One DALI pipeline fed by a Python callback; `epoch(items)` yields (item, images).
+    """One DALI pipeline fed by a Python callback; `epoch(items)` yields (item, outputs).
 
     `make_inputs(item)` turns one planned batch (any object) into a dict of the graph's
     input batches, of which `names` are fed, in order. Up to `prefetch` batches are in
-    flight while the caller trains on one.
+    flight while the caller trains on one. `finish(item, dali_outputs)`, if given, makes
+    the outputs from DALI's while they are valid (they may be viewed without a copy);
+    otherwise each output is copied into a torch tensor.
     """
 
     def __init__(self, graph, names: tuple[str, ...], make_inputs, batch: int, threads: int, device: torch.device,
-                 seed: int, prefetch: int = 2):
-        self.make_inputs, self.names, self.device = make_inputs, names, device
+                 seed: int, prefetch: int = 2, finish=None):
+        self.make_inputs, self.names, self.device, self.finish = make_inputs, names, device, finish
         self.todo, self.inflight, self.running = iter(()), deque(), False
+        self.buffers = BatchBuffers(device)
         gpu = device.type == "cuda"
         device_id = (device.index if device.index is not None else torch.cuda.current_device()) if gpu else None
         self.pipe = Pipeline(batch_size=batch, num_threads=max(1, threads), device_id=device_id, seed=seed,
                              prefetch_queue_depth=prefetch)
         with self.pipe:
             inputs = fn.external_source(source=self._next, num_outputs=len(names), batch=True)
-            self.pipe.set_outputs(graph(inputs, gpu=gpu))
+            outputs = graph(inputs, gpu=gpu)
+            self.pipe.set_outputs(*(outputs if isinstance(outputs, tuple) else (outputs,)))
         self.pipe.build()
 
     def _next(self):
@@ -125,7 +129,7 @@ class Runner:
 
     def _to_torch(self, tensor_list) -> torch.Tensor:
         tensor = tensor_list.as_tensor()
-        out = torch.empty(tensor.shape(), dtype=torch.float32, device=self.device)
+        out = self.buffers.take(tensor.shape(), TORCH_DTYPES[tensor.dtype])
         stream = torch.cuda.current_stream(self.device) if self.device.type == "cuda" else None
         feed_ndarray(tensor, out, cuda_stream=stream)
         return out
@@ -147,7 +151,10 @@ class Runner:
         self.running = False
 
     def epoch(self, items, on_error):
-        """Yield (item, images) for each planned item; `on_error(exc, in_flight_items)` names a bad file."""
+        """Yield (item, [torch tensor of each graph output]) for each planned item.
+
+        `on_error(exc, in_flight_items)` turns a DALI failure into an error naming the bad file.
+        """
         self._finish()
         self.todo, self.running = iter(items), True
         self.pipe.schedule_run()
@@ -160,10 +167,10 @@ class Runner:
                 self.running = False
                 raise on_error(e, list(self.inflight)) from None
             item = self.inflight.popleft()
-            images = self._to_torch(outputs[0])
+            tensors = self.finish(item, outputs) if self.finish else [self._to_torch(out) for out in outputs]
             self.pipe.release_outputs()
             self.pipe.schedule_run()
-            yield item, images
+            yield item, tensors
         self.pipe.reset()
         self.running = False
 
