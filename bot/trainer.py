@@ -165,16 +165,24 @@ def train(cfg: config.Config) -> dict:
               + (f", resuming at step {step}" if step else ""))
 
     def check_finite():
-        # The largest count over processes: a loss that is not finite on one rank stops all of them
-        # together, instead of one raising while the others wait in the next collective.
-        bad = int(accelerator.gather(train_step.nonfinite.view(1)).max().item())
-        # A step whose loss was finite can still leave non-finite weights (an overflowing update);
-        # the next loss would show it, but the checkpoint written in between must not hold them.
-        if bad == 0 and not all(torch.isfinite(p).all() for p in model.parameters()):
-            bad = 1
-        if bad > NONFINITE_LIMIT[cfg.precision]:
-            raise UserError(f"loss is not finite since step {step - bad + 1}; stopped, keeping the last good "
-                            f"checkpoint in {folder} (lower optim.lr, or use fp16 with its loss scaling)")
+        # `bad`: steps in a row whose loss was not finite, the largest over processes, so that all
+        # of them stop together instead of one raising while the others wait in the next collective.
+        # `broken`: weights or BatchNorm statistics not finite. A step whose loss was finite can still
+        # overflow its update, and a forward that overflows (fp16) writes into BN's running statistics
+        # even when the scaler then skips the step: no later step repairs either, and the checkpoint
+        # written in between must not hold them.
+        broken = not all(torch.isfinite(t).all() for t in (*model.parameters(), *model.buffers())
+                         if t.is_floating_point())
+        bad, broken = (int(v) for v in accelerator.gather(
+            torch.stack([train_step.nonfinite, torch.tensor(int(broken), device=device)]).view(1, 2)).max(0).values)
+        if broken or bad > NONFINITE_LIMIT[cfg.precision]:
+            if broken and bad <= NONFINITE_LIMIT[cfg.precision]:
+                what = f"the model's weights or BatchNorm statistics are not finite at step {step}"
+            else:
+                skipped = f" ({bad} steps in a row skipped by the fp16 loss scaler)" if cfg.precision == "fp16" else ""
+                what = f"loss is not finite since step {step - bad + 1}{skipped}"
+            hint = "lower optim.lr" + ("" if cfg.precision == "fp16" else ", or use fp16 with its loss scaling")
+            raise UserError(f"{what}; stopped, keeping the last good checkpoint in {folder} ({hint})")
 
     def save_last():
         check_finite()  # raises: a non-finite state is never written

@@ -83,6 +83,53 @@ def test_non_finite_loss_stops_with_exit_2_and_keeps_the_last_good_checkpoint(to
     assert not (out / "best.pt").exists()  # nor evaluated into best.pt
 
 
+def test_fp16_overflow_in_the_forward_stops_at_once(toy, tmp_path):
+    """An fp16 forward that overflows writes inf into BatchNorm's running statistics even though
+    the loss scaler skips the step: no later step repairs them, so the run stops there and
+    last.pt keeps the finite state of the step before."""
+    out = tmp_path / "run"
+    done = run_cli(*cli_args(toy, out, "precision=fp16", "optim.lr=1.0e+30", "run.checkpoint_every=1"))
+    if "use bf16" in done.stderr:
+        pytest.skip("fp16 is not supported on this machine's CPU")
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip() == (f"error: the model's weights or BatchNorm statistics are not finite at step 2; "
+                                   f"stopped, keeping the last good checkpoint in {out} (lower optim.lr)")
+    state = torch.load(out / "last.pt", weights_only=False)
+    assert state["step"] == 1
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_fp16_skips_non_finite_losses_then_stops_after_too_many_in_a_row(toy, tmp_path, monkeypatch):
+    """A non-finite fp16 loss is skipped by the scaler (weights and statistics untouched) and the
+    run goes on; more than NONFINITE_LIMIT (50; 3 here) in a row stop it with the count."""
+    from bot import losses, trainer
+
+    monkeypatch.setattr(trainer, "NONFINITE_LIMIT", dict(trainer.NONFINITE_LIMIT, fp16=3))
+    calls, loss = [], losses.Objective.loss
+
+    def poisoned(self, logits, targets, inputs):  # steps 2 to 5 give inf, after the model ran
+        calls.append(1)
+        value = loss(self, logits, targets, inputs)
+        return value * float("inf") if 2 <= len(calls) <= 5 else value
+
+    monkeypatch.setattr(losses.Objective, "loss", poisoned)
+    out = tmp_path / "run"
+    cfg = config.load(RECIPE, [f"data.root={toy}", f"run.out={out}", *ARGS, "precision=fp16",
+                               "run.checkpoint_every=1"])
+    try:
+        train(cfg)
+    except UserError as e:
+        message = str(e)
+    else:
+        pytest.fail("the run did not stop")
+    assert message == (f"loss is not finite since step 2 (4 steps in a row skipped by the fp16 loss scaler); "
+                       f"stopped, keeping the last good checkpoint in {out} (lower optim.lr)")
+    state = torch.load(out / "last.pt", weights_only=False)
+    assert state["step"] == 4  # steps 2-4 were survived (skipped) and checkpointed; step 5 was one too many
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    assert state["scaler"]["scale"] == 2.0 ** 16 / 2 ** 3  # halved at each skipped step
+
+
 def test_truncated_last_pt_falls_back_to_the_previous_one(toy, tmp_path, capfd):
     cfg = config.load(RECIPE, [f"data.root={toy}", f"run.out={tmp_path / 'run'}", *ARGS, "run.checkpoint_every=2",
                                "run.max_steps=4"])
