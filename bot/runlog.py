@@ -10,9 +10,19 @@ import json
 from pathlib import Path
 
 
+def _step(line: str) -> float:
+    """A metrics line's step; infinity for a line cut short by a kill, so that it is dropped."""
+    try:
+        return json.loads(line)["step"] if line.endswith("\n") else float("inf")
+    except (ValueError, KeyError, TypeError):
+        return float("inf")
+
+
 class RunLog:
-    def __init__(self, cfg, folder: Path, enabled: bool):
+    def __init__(self, cfg, folder: Path, enabled: bool, resume_step: int = 0):
         self.enabled, self.path, self.wandb = enabled, folder / "metrics.jsonl", None
+        if enabled:
+            self._forget_after(resume_step)
         if enabled and cfg.run.wandb != "off":
             import wandb
 
@@ -20,6 +30,18 @@ class RunLog:
             run_id = hashlib.sha1(str(folder.resolve()).encode()).hexdigest()[:16]
             self.wandb = wandb.init(project="bot", name=cfg.run.name, group=cfg.run.group, id=run_id,
                                     resume="allow", dir=str(folder), mode=cfg.run.wandb, config=cfg.to_dict())
+
+    def _forget_after(self, step: int) -> None:
+        """Drop the lines of steps after `step`, the checkpoint a run resumes from: they are about
+        to be trained again, and each step should appear once. Written aside, then renamed."""
+        if not self.path.exists():
+            return
+        lines = self.path.read_text().splitlines(keepends=True)
+        keep = [line for line in lines if _step(line) <= step]
+        if len(keep) < len(lines):
+            tmp = self.path.with_suffix(".jsonl.tmp")
+            tmp.write_text("".join(keep))
+            tmp.replace(self.path)
 
     def log(self, record: dict) -> None:
         if not self.enabled:

@@ -157,7 +157,7 @@ def train(cfg: config.Config) -> dict:
         folder.mkdir(parents=True, exist_ok=True)
         resolved = cfg.to_dict() | {"provenance": provenance()}
         (folder / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
-    log = RunLog(cfg, folder, main)
+    log = RunLog(cfg, folder, main, resume_step=step)
     images_per_step = cfg.data.batch_size
     log.print(f"{cfg.run.name}: {cfg.model.arch}-{cfg.model.variant} {params / 1e6:.2f} M params "
               f"{macs / 1e9:.2f} GMACs, {len(train_loader.classes)} classes, {steps_per_epoch} steps/epoch x "

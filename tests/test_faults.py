@@ -43,11 +43,15 @@ def assert_same(a, b):
     assert not different, different[:5]
 
 
-def steps_logged(folder):
+def records(folder):
+    """metrics.jsonl's complete lines without the timing, which differs between runs."""
     path = folder / "metrics.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(l)["step"] for l in path.read_text().splitlines() if '"loss"' in l]
+    lines = path.read_text().split("\n")[:-1] if path.exists() else []  # the last piece may be mid-write
+    return [{k: v for k, v in json.loads(line).items() if k != "img_per_s"} for line in lines]
+
+
+def steps_logged(folder):
+    return [r["step"] for r in records(folder) if "loss" in r]
 
 
 def test_kill_9_mid_epoch_then_the_same_command_matches_an_uninterrupted_run(toy, tmp_path):
@@ -69,6 +73,20 @@ def test_kill_9_mid_epoch_then_the_same_command_matches_an_uninterrupted_run(toy
     assert again.returncode == 0, again.stderr
     assert f"resuming at step {saved}" in again.stdout
     assert_same(weights(tmp_path / "whole"), weights(tmp_path / "killed"))
+    # the steps trained again after the kill replaced their lines: the log reads as one run's
+    assert records(tmp_path / "killed") == records(tmp_path / "whole")
+
+
+def test_resume_drops_the_metrics_of_steps_after_the_checkpoint(tmp_path):
+    from bot.runlog import RunLog
+
+    lines = [json.dumps({"step": s, "loss": 1.0 / s}) + "\n" for s in range(1, 6)]
+    (tmp_path / "metrics.jsonl").write_text("".join(lines) + '{"step": 6, "lo')  # cut short by a kill
+    cfg = config.load(RECIPE, [])
+    RunLog(cfg, tmp_path, enabled=True, resume_step=3)
+    assert (tmp_path / "metrics.jsonl").read_text() == "".join(lines[:3])
+    RunLog(cfg, tmp_path, enabled=False, resume_step=1)  # not the main process: touches nothing
+    assert (tmp_path / "metrics.jsonl").read_text() == "".join(lines[:3])
 
 
 def test_non_finite_loss_stops_with_exit_2_and_keeps_the_last_good_checkpoint(toy, tmp_path):
