@@ -34,8 +34,8 @@ class DataConfig:
     random_area: list[float] = field(default_factory=lambda: [0.08, 1.0])  # crop area fraction (section 2 step 2)
     random_aspect: list[float] = field(default_factory=lambda: [0.75, 1.3333])  # crop aspect, log-uniform
     # Shrinking the crop (and the val resize): true filters first, as torchvision does; false
-    # is plain bilinear, as the authors' code (MXNet's ImageRecordIter: OpenCV INTER_LINEAR),
-    # and a third cheaper on DALI's CPU path. The paper does not say; the ImageNet recipes follow the code.
+    # is plain bilinear, as the authors' code (MXNet's ImageRecordIter: OpenCV INTER_LINEAR).
+    # The paper does not say; the ImageNet recipes follow the code.
     antialias: bool = True
     # Section 2 step 4. The text says "hue, saturation and brightness"; gluon-cv, whose code
     # produced the tables, jitters brightness, contrast and saturation and leaves hue alone.

@@ -171,10 +171,10 @@ def train(cfg: config.Config) -> dict:
         # overflow its update, and a forward that overflows (fp16) writes into BN's running statistics
         # even when the scaler then skips the step: no later step repairs either, and the checkpoint
         # written in between must not hold them.
-        broken = not all(torch.isfinite(t).all() for t in (*model.parameters(), *model.buffers())
-                         if t.is_floating_point())
-        bad, broken = (int(v) for v in accelerator.gather(
-            torch.stack([train_step.nonfinite, torch.tensor(int(broken), device=device)]).view(1, 2)).max(0).values)
+        finite = torch.stack([torch.isfinite(t).all() for t in (*model.parameters(), *model.buffers())
+                              if t.is_floating_point()]).all()
+        state = torch.stack([train_step.nonfinite, (~finite).long()]).view(1, 2)  # one gather, one sync
+        bad, broken = (int(v) for v in accelerator.gather(state).max(0).values)
         if broken or bad > NONFINITE_LIMIT[cfg.precision]:
             if broken and bad <= NONFINITE_LIMIT[cfg.precision]:
                 what = f"the model's weights or BatchNorm statistics are not finite at step {step}"

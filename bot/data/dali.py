@@ -259,7 +259,7 @@ class DaliTrainLoader:
             else:
                 data, width, height = read_image(self.split.files[index])
                 self.sizes[index] = width, height
-            rng = np.random.default_rng(sampling.sample_seed(self.seed, epoch, int(index)))
+            rng = np.random.default_rng(sampling.sample_seed(self.seed, epoch, index))
             jpegs.append(data)
             rows.append(train_draws(rng, width, height, self.d))
         return jpegs, np.asarray(rows, np.float64)
