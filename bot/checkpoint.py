@@ -56,13 +56,21 @@ def load_last(folder: Path) -> dict | None:
 
 
 def rng_states() -> dict:
+    """The generators of this process. CUDA: the current device's state only, so that a run
+    may resume with another number of visible GPUs (docs/distributed.md): each process
+    draws on its own device, and `get_rng_state_all` would save one state per visible GPU."""
     return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+            "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None}
 
 
 def set_rng_states(states: dict) -> None:
     random.setstate(states["python"])
     np.random.set_state(states["numpy"])
     torch.set_rng_state(states["torch"])
-    if states["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
+    cuda = states["cuda"]
+    if cuda is None or (isinstance(cuda, (list, tuple)) and not cuda) or not torch.cuda.is_available():
+        return
+    if isinstance(cuda, (list, tuple)):  # an older checkpoint: one state per GPU visible then
+        index = torch.cuda.current_device()
+        cuda = cuda[index] if index < len(cuda) else cuda[0]
+    torch.cuda.set_rng_state(cuda)

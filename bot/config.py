@@ -15,7 +15,7 @@ import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 import yaml
 
@@ -44,6 +44,12 @@ class DataConfig:
     saturation: float = 0.4
     hue: float = 0.0  # a hue *shift* in [-h, h] turns; off in the paper recipes
     pca_lighting: float = 0.1  # std of AlexNet PCA lighting alpha (section 2 step 5); 0 disables
+    # DALI only: batches decoded ahead of the one training (Pipeline prefetch_queue_depth; DALI's
+    # default and NVIDIA's ResNet-50 example's). Raise it if the GPU waits on the loader.
+    prefetch: int = 2
+    # DALI GPU only: the share of each batch's JPEGs that the hardware decoder (A100, H100)
+    # takes; nvJPEG's CUDA decoder and the CPU threads take the rest. DALI's default.
+    hw_decoder_load: float = 0.65
 
 
 @dataclass
@@ -109,6 +115,9 @@ class Config:
     run: RunConfig = field(default_factory=RunConfig)
     precision: Literal["fp32", "fp16", "bf16"] = "fp32"  # fp16: dynamic loss scaling, fp32 master weights (section 3.2)
     channels_last: bool = False
+    # torch.compile of the model for training and evaluation: false, true (torch's default
+    # mode) or a mode. Compiled once per input shape; checkpoints are the eager ones (docs/gpu.md).
+    compile: Union[bool, Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]] = False
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -293,6 +302,8 @@ def validate(cfg: Config) -> Config:
         _check(0 <= getattr(d, key) <= 1, f"data.{key}", "must be in [0, 1] (factor in [1 - x, 1 + x])")
     _check(0 <= d.hue <= 0.5, "data.hue", "must be in [0, 0.5]")
     _check(d.pca_lighting >= 0, "data.pca_lighting", "must be 0 or more")
+    _check(d.prefetch >= 1, "data.prefetch", f"must be at least 1, got {d.prefetch}")
+    _check(0 <= d.hw_decoder_load <= 1, "data.hw_decoder_load", f"must be in [0, 1], got {d.hw_decoder_load}")
     _check(o.lr > 0, "optim.lr", f"must be positive, got {o.lr}")
     _check(0 <= o.momentum < 1, "optim.momentum", "must be in [0, 1)")
     _check(o.weight_decay >= 0, "optim.weight_decay", "must be 0 or more")

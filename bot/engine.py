@@ -65,8 +65,8 @@ def evaluate(model, loader, accelerator, autocast, channels_last: bool) -> dict:
         k = min(5, logits.shape[1])
         hits = logits.topk(k, dim=1).indices == labels.view(-1, 1)
         loss = torch.nn.functional.cross_entropy(logits.float(), labels, reduction="sum")
-        totals += torch.stack([hits[:, 0].sum(), hits.any(1).sum(), loss, torch.tensor(len(labels), device=device)
-                               ]).to(totals.dtype)
+        totals[:3] += torch.stack([hits[:, 0].sum(), hits.any(1).sum(), loss]).to(totals.dtype)
+        totals[3] += len(labels)  # a scalar operand: no host-to-device copy, no sync
     totals = accelerator.reduce(totals, reduction="sum")
     model.train(was_training)
     n = max(totals[3].item(), 1)

@@ -28,4 +28,9 @@ def param_groups(model: nn.Module, weight_decay: float, no_bias_decay: bool) -> 
 def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
     o = cfg.optim
     groups = param_groups(model, o.weight_decay, o.no_bias_decay)
-    return torch.optim.SGD(groups, lr=peak_lr(cfg), momentum=o.momentum, nesterov=o.nesterov)
+    # On CUDA the fused kernel: one launch for all parameters, and with fp16 it takes the loss
+    # scale and the overflow flag as device tensors (GradScaler's path for optimizers that
+    # `_step_supports_amp_scaling`), where the foreach step makes the scaler read the flag
+    # with .item(), a host sync every step. Elsewhere torch's default (foreach) step.
+    fused = next(model.parameters()).is_cuda or None
+    return torch.optim.SGD(groups, lr=peak_lr(cfg), momentum=o.momentum, nesterov=o.nesterov, fused=fused)

@@ -22,7 +22,7 @@ import yaml
 from accelerate import Accelerator
 from tqdm import tqdm
 
-from bot import checkpoint, config
+from bot import backends, checkpoint, config
 from bot.data import build_loaders
 from bot.engine import TrainStep, evaluate
 from bot.errors import UserError
@@ -36,7 +36,7 @@ from bot.teacher import load_teacher
 
 # Keys that may change between a run and its resumption without changing what is trained.
 RESUMABLE_CHANGES = {"run.max_steps", "run.log_every", "run.checkpoint_every", "run.wandb", "run.resume",
-                     "run.name", "run.group", "run.out", "data.root", "data.workers"}
+                     "run.name", "run.group", "run.out", "data.root", "data.workers", "data.prefetch", "compile"}
 # fp16 with dynamic loss scaling only: gluon-cv used none and static scales produce NaNs.
 NONFINITE_LIMIT = {"fp16": 50, "bf16": 0, "fp32": 0}
 
@@ -101,7 +101,9 @@ def build_step(cfg, model, accelerator, num_classes: int, batch: int, steps_per_
     optimizer = build_optimizer(model, cfg)
     scaler = torch.amp.GradScaler(accelerator.device.type, enabled=cfg.precision == "fp16")
     objective = Objective(cfg, num_classes, batch // cfg.data.accumulate, teacher, autocast)
-    return TrainStep(accelerator.prepare_model(model), optimizer, scaler, objective,
+    prepared = accelerator.prepare_model(model)
+    backends.compile_for_training(model, prepared, cfg.compile)
+    return TrainStep(prepared, optimizer, scaler, objective,
                      build_schedule(cfg, steps_per_epoch), autocast, cfg.data.accumulate, accelerator,
                      cfg.channels_last)
 
@@ -117,6 +119,7 @@ def train(cfg: config.Config) -> dict:
     accelerator = Accelerator(cpu=launched and not torch.cuda.is_available())
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
     autocast = make_autocast(cfg.precision, device)
+    backends.configure(cfg, device)
     torch.manual_seed(cfg.run.seed)  # the same initial weights on every process
 
     # ---- everything is built and checked before anything is written

@@ -7,11 +7,16 @@ the rest of the pixel work is where it is cheapest:
 - Order and sharding: sampling.train_order(seed, epoch, ...), as in the torch path; the
   file bytes go through one `fn.external_source`, so no DALI reader shuffles anything.
 - Every random draw of a sample (crop window, flip, colour factors, PCA alpha) comes from
-  numpy seeded by sampling.sample_seed(seed, epoch, index), the torch path's seed. No
-  DALI random operator is used, so a batch's pixels depend on nothing else (not the
-  threads, the prefetch depth, the world size), and `set_epoch(epoch, start_step)`
-  after a restart gives bit-for-bit the batches an uninterrupted run would have seen
-  from that step on: order exact *and* augmentation exact.
+  numpy seeded by sampling.sample_seed(seed, epoch, index), the torch path's seed, and is
+  computed ahead on a feeder thread (dali_pipeline.Feeder). No DALI random operator is
+  used, so on the CPU a batch's pixels depend on nothing else (not the threads, the
+  prefetch depth, the world size), and `set_epoch(epoch, start_step)` after a restart
+  gives bit-for-bit the batches an uninterrupted run would have seen from that step on:
+  order exact *and* augmentation exact. On a GPU the draws are as exact, but which images
+  of a batch the hardware JPEG decoder takes (data.hw_decoder_load) depends on the batch,
+  and its pixels may differ from the CUDA decoder's by rounding: the same batches (a
+  resume at a step boundary with the same world size) give the same pixels, another
+  world size may move an image to the other decoder (docs/gpu.md).
 - The crop is drawn as torchvision's RandomResizedCrop.get_params draws it (10 tries,
   then the whole image cut to the aspect range), from the size in the file's header, and
   decoded as a region of interest (fn.decoders.image_slice).
@@ -118,18 +123,25 @@ def colour_maps(draws: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Te
             torch.from_numpy((mean_scale[:, None] / std).astype(np.float32)))
 
 
+_GREY: dict[torch.device, torch.Tensor] = {}  # GREY on each device, copied there once
+
+
 def colour_normalize(images: torch.Tensor, maps, out: torch.Tensor, means: torch.Tensor | None = None,
-                     chunk: int = 4) -> torch.Tensor:
+                     chunk: int | None = None) -> torch.Tensor:
     """Apply colour_maps' per-image maps to uint8 NHWC `images`, into float NCHW `out`.
 
     `means` (n, 3) are the images' mean pixels if known. One batched matrix product (HWC
-    in, CHW out, so the layout change is free), a few images at a time so that the float
-    copy of the input stays in cache (4: 0.22 ms per 224 x 224 image on one CPU thread,
-    8: 0.33 ms).
+    in, CHW out, so the layout change is free). On the CPU a few images at a time so that
+    the float copy of the input stays in cache (4: 0.22 ms per 224 x 224 image on one CPU
+    thread, 8: 0.33 ms); on a GPU the whole batch at once (each chunk is ~4 kernel
+    launches). `maps` should be in pinned memory for a GPU: their copy is then asynchronous.
     """
     n, h, w, _ = images.shape
+    chunk = chunk or (n if images.is_cuda else 4)
     matrix, offset, mean_weight = (t.to(images.device, non_blocking=True) for t in maps)
-    grey = torch.tensor(GREY, device=images.device)
+    grey = _GREY.get(images.device)
+    if grey is None:
+        grey = _GREY[images.device] = torch.tensor(GREY, device=images.device)
     for i in range(0, n, chunk):
         x = images[i:i + chunk].reshape(-1, h * w, 3).float()
         mean = x.mean(1) if means is None else means[i:i + chunk]
@@ -236,11 +248,13 @@ class DaliTrainLoader:
         self.epoch, self.start = 0, 0
         self.sizes: dict[int, tuple[int, int]] = {}  # index -> (width, height), read once
         hue = bool(d.hue)
-        graph = lambda inputs, gpu: train_graph(inputs, d.image_size, gpu, hue, d.antialias)  # noqa: E731
+        graph = lambda inputs, gpu: train_graph(inputs, d.image_size, gpu, hue, d.antialias,  # noqa: E731
+                                                d.hw_decoder_load)
         self.device = torch.device(device)
-        gpu = self.device.type == "cuda"
+        self.gpu = gpu = self.device.type == "cuda"
         self.runner = Runner(graph, train_inputs(hue, gpu), self._inputs, batch, d.workers, self.device,
-                             seed=(seed * 7919 + rank) % 2**31, finish=None if gpu else self._resize)
+                             seed=(seed * 7919 + rank) % 2**31, prefetch=d.prefetch,
+                             finish=None if gpu else self._resize)
         self.buffers = BatchBuffers(self.device)
 
     def set_epoch(self, epoch: int, start_step: int = 0) -> None:
@@ -265,9 +279,13 @@ class DaliTrainLoader:
         return jpegs, np.asarray(rows, np.float64)
 
     def _inputs(self, item: dict) -> dict:
-        """DALI's inputs for one planned batch; its colour maps wait in `item` for __iter__."""
+        """DALI's inputs for one planned batch (on the feeder thread); its colour maps and labels
+        wait in `item` for __iter__, pinned for an asynchronous copy to a GPU."""
         jpegs, r = self.draws(item["epoch"], item["indices"])
         item["maps"], item["flip"] = colour_maps(r), r[:, 4] > 0
+        item["labels"] = self.labels[item["indices"]]
+        if self.gpu:
+            item["maps"], item["labels"] = tuple(t.pin_memory() for t in item["maps"]), item["labels"].pin_memory()
         return dict(jpegs=jpegs, anchor=r[:, 0:2].astype(np.int32), shape=r[:, 2:4].astype(np.int32),
                     width=(self.d.image_size * (1 - 2 * r[:, 4])).astype(np.float32),
                     hue=(r[:, 8] * 360).astype(np.float32))
@@ -294,7 +312,7 @@ class DaliTrainLoader:
             n, h, w, _ = resized.shape
             images = colour_normalize(resized, item["maps"], self.buffers.take((n, 3, h, w), torch.float32),
                                       *means)
-            yield images, self.labels[item["indices"]].to(images.device)
+            yield images, item["labels"].to(images.device, non_blocking=True)
 
     def _error(self, error, items):
         return _name_bad_file(error, [[self.split.files[i] for i in item["indices"]] for item in items])
@@ -318,8 +336,10 @@ class DaliValLoader:
         self.classes, self.batch_size, self.split, self.d = split.classes, batch, split, d
         self.labels = torch.tensor(split.labels, dtype=torch.int64)
         self.indices = sampling.val_order(len(split), rank, world)
-        graph = lambda inputs, gpu: val_graph(inputs, d.image_size, gpu, d.antialias)  # noqa: E731
-        self.runner = Runner(graph, VAL_INPUTS, self._inputs, batch, d.workers, torch.device(device), seed=0)
+        graph = lambda inputs, gpu: val_graph(inputs, d.image_size, gpu, d.antialias, d.hw_decoder_load)  # noqa: E731
+        self.device = torch.device(device)
+        self.runner = Runner(graph, VAL_INPUTS, self._inputs, batch, d.workers, self.device, seed=0,
+                             prefetch=d.prefetch)
 
     def __len__(self) -> int:
         return -(-len(self.indices) // self.batch_size)
@@ -342,7 +362,10 @@ class DaliValLoader:
         b = self.batch_size
         items = [self.indices[i:i + b] for i in range(0, len(self.indices), b)]
         for indices, (images,) in self.runner.epoch(items, self._error):
-            yield images, self.labels[indices].to(images.device)
+            labels = self.labels[indices]
+            if images.is_cuda:  # pinned: the copy does not hold the host
+                labels = labels.pin_memory()
+            yield images, labels.to(images.device, non_blocking=True)
 
     def _error(self, error, items):
         return _name_bad_file(error, [[self.split.files[i] for i in indices] for indices in items])

@@ -2,11 +2,14 @@
 
 A graph's only input is one `fn.external_source` whose Python callback hands over the
 next batch: the encoded files and, for training, each sample's drawn parameters (see
-bot.data.dali). The graphs hold no random operator.
+bot.data.dali), prepared ahead on a thread of their own (Feeder). The graphs hold no
+random operator.
 """
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections import deque
 
 import torch
@@ -20,13 +23,34 @@ from bot.data.constants import MEAN, STD
 VAL_INPUTS = ("jpegs", "size", "crop_x", "crop_y")
 TORCH_DTYPES = {types.UINT8: torch.uint8, types.FLOAT: torch.float32}
 
+# The GPU ("mixed") decoder as NVIDIA's DALI ResNet-50 examples set it up for ImageNet:
+# nvJPEG's device and host buffers padded, and the hardware decoder's preallocated, for the
+# largest ImageNet image (5980 x 6430), so that a larger file never makes it reallocate (and
+# synchronize) mid-run. jpeg_fancy_upsampling: libjpeg-turbo's chroma upsampling, the CPU
+# decoder's and PIL's (the torch loader's); nvJPEG's default differs from them by up to a
+# few levels at colour edges of 4:2:0 JPEGs, as ImageNet's are.
+MIXED_DECODER = dict(device_memory_padding=211025920, host_memory_padding=140544512,
+                     preallocate_width_hint=5980, preallocate_height_hint=6430, jpeg_fancy_upsampling=True)
+
+
+def decoder_args(gpu: bool, hw_decoder_load: float = 0.65) -> dict:
+    """The decoder's device and settings: libjpeg-turbo on the CPU, nvJPEG on a GPU.
+
+    hw_decoder_load (data.hw_decoder_load) is the share of each batch the hardware JPEG
+    decoder takes on GPUs that have one; which images it gets depends on the batch, and its
+    pixels may differ from the CUDA decoder's by rounding (docs/gpu.md).
+    """
+    if not gpu:
+        return dict(device="cpu")
+    return dict(device="mixed", hw_decoder_load=hw_decoder_load, **MIXED_DECODER)
+
 
 def train_inputs(hue: bool, gpu: bool) -> tuple[str, ...]:
     """The names train_graph reads, in order (an unused external source output costs time)."""
     return ("jpegs", "anchor", "shape") + (("width",) if gpu else ()) + (("hue",) if hue else ())
 
 
-def train_graph(inputs, size: int, gpu: bool, hue: bool, antialias: bool = True):
+def train_graph(inputs, size: int, gpu: bool, hue: bool, antialias: bool = True, hw_decoder_load: float = 0.65):
     """Decode each sample's crop window; on the GPU also resize it (flipping on the way).
 
     CPU: the crops as decoded (uint8 HWC, ragged); bot.data.dali resizes them with
@@ -39,9 +63,8 @@ def train_graph(inputs, size: int, gpu: bool, hue: bool, antialias: bool = True)
     gives the same result up to rounding since resizing is linear per channel.
     """
     named = dict(zip(train_inputs(hue, gpu), inputs))
-    images = fn.decoders.image_slice(named["jpegs"], named["anchor"], named["shape"],
-                                     device="mixed" if gpu else "cpu", output_type=types.RGB,
-                                     adjust_orientation=False, axis_names="WH")
+    images = fn.decoders.image_slice(named["jpegs"], named["anchor"], named["shape"], output_type=types.RGB,
+                                     adjust_orientation=False, axis_names="WH", **decoder_args(gpu, hw_decoder_load))
     if hue:  # a rotation of the YIQ chroma plane (off in the paper's recipes); per pixel, so before
         images = fn.hsv(images, hue=named["hue"])  # or after the resize alike, up to rounding
     if not gpu:
@@ -53,11 +76,11 @@ def train_graph(inputs, size: int, gpu: bool, hue: bool, antialias: bool = True)
     return images, fn.reductions.mean(images, axes=[0, 1], dtype=types.FLOAT)
 
 
-def val_graph(inputs, size: int, gpu: bool, antialias: bool = True):
+def val_graph(inputs, size: int, gpu: bool, antialias: bool = True, hw_decoder_load: float = 0.65):
     """Decode, resize to the size torchvision's Resize(shorter side) gives, centre crop, normalize."""
     jpegs, out_size, crop_x, crop_y = inputs
-    images = fn.decoders.image(jpegs, device="mixed" if gpu else "cpu", output_type=types.RGB,
-                               adjust_orientation=False)
+    images = fn.decoders.image(jpegs, output_type=types.RGB, adjust_orientation=False,
+                               **decoder_args(gpu, hw_decoder_load))
     images = fn.resize(images, size=out_size, interp_type=types.INTERP_LINEAR, antialias=antialias)
     return fn.crop_mirror_normalize(images, crop=[size, size], crop_pos_x=crop_x, crop_pos_y=crop_y,
                                     rounding="truncate", mean=list(MEAN), std=list(STD), dtype=types.FLOAT,
@@ -96,12 +119,68 @@ class BatchBuffers:
         return tensor.view(shape)
 
 
+class Feeder:
+    """`make_inputs(item)` for each planned item, in order, on a thread of its own, up to `depth` ahead.
+
+    DALI calls an external source's callback on the thread that schedules its runs, the
+    training loop's: there the file reads, header parsing and per-sample draws (6.5-26 ms
+    per 128 samples on one CPU core) would hold the loop while the GPU waits for work. The
+    thread only computes ahead: the items, their order and every draw (a pure function of
+    seed, epoch and index) are the same, so the batches are too. An error is raised where
+    the item it belongs to is asked for, as it would be without the thread.
+    """
+
+    def __init__(self, items, make_inputs, depth: int):
+        self.queue, self.stopped, self.done = queue.Queue(depth), threading.Event(), False
+        self.thread = threading.Thread(target=self._run, args=(iter(items), make_inputs), daemon=True,
+                                       name="dali-feeder")
+        self.thread.start()
+
+    def _run(self, items, make_inputs) -> None:
+        for item in items:
+            try:
+                result = (item, make_inputs(item), None)
+            except BaseException as e:  # noqa: BLE001 - handed over and raised on the caller's thread
+                result = (item, None, e)
+            if not self._put(result) or result[2] is not None:
+                return
+        self._put(None)
+
+    def _put(self, value) -> bool:
+        while not self.stopped.is_set():
+            try:
+                self.queue.put(value, timeout=0.05)
+                return True
+            except queue.Full:
+                pass
+        return False
+
+    def next(self):
+        """(item, inputs) of the next item; StopIteration after the last."""
+        if self.done:
+            raise StopIteration
+        value = self.queue.get()
+        if value is None:
+            self.done = True
+            raise StopIteration
+        item, inputs, error = value
+        if error is not None:
+            self.done = True
+            raise error
+        return item, inputs
+
+    def stop(self) -> None:
+        self.done = True
+        self.stopped.set()
+        self.thread.join()
+
+
 class Runner:
     """One DALI pipeline fed by a Python callback; `epoch(items)` yields (item, outputs).
 
     `make_inputs(item)` turns one planned batch (any object) into a dict of the graph's
-    input batches, of which `names` are fed, in order. Up to `prefetch` batches are in
-    flight while the caller trains on one. `finish(item, dali_outputs)`, if given, makes
+    input batches, of which `names` are fed, in order; a Feeder thread prepares them ahead.
+    Up to `prefetch` batches are in flight while the caller trains on one. `finish(item, dali_outputs)`, if given, makes
     the outputs from DALI's while they are valid (they may be viewed without a copy);
     otherwise each output is copied into a torch tensor.
     """
@@ -109,7 +188,7 @@ class Runner:
     def __init__(self, graph, names: tuple[str, ...], make_inputs, batch: int, threads: int, device: torch.device,
                  seed: int, prefetch: int = 2, finish=None):
         self.make_inputs, self.names, self.device, self.finish = make_inputs, names, device, finish
-        self.todo, self.inflight, self.running = iter(()), deque(), False
+        self.feeder, self.inflight, self.running, self.prefetch = Feeder((), make_inputs, 1), deque(), False, prefetch
         self.buffers = BatchBuffers(device)
         gpu = device.type == "cuda"
         device_id = (device.index if device.index is not None else torch.cuda.current_device()) if gpu else None
@@ -122,8 +201,7 @@ class Runner:
         self.pipe.build()
 
     def _next(self):
-        item = next(self.todo)  # StopIteration ends DALI's epoch
-        inputs = self.make_inputs(item)
+        item, inputs = self.feeder.next()  # StopIteration ends DALI's epoch
         self.inflight.append(item)
         return tuple(inputs[name] for name in self.names)
 
@@ -136,9 +214,9 @@ class Runner:
 
     def _finish(self) -> None:
         """End an epoch the caller left early: let DALI see the end, drop what is in flight."""
+        self.feeder.stop()
         if not self.running:
             return
-        self.todo = iter(())
         self.pipe.schedule_run()
         while True:
             try:
@@ -156,7 +234,8 @@ class Runner:
         `on_error(exc, in_flight_items)` turns a DALI failure into an error naming the bad file.
         """
         self._finish()
-        self.todo, self.running = iter(items), True
+        # the feeder keeps every batch DALI may ask for ready: its prefetch queue and one more
+        self.feeder, self.running = Feeder(items, self.make_inputs, self.prefetch + 1), True
         self.pipe.schedule_run()
         while True:
             try:
@@ -165,6 +244,7 @@ class Runner:
                 break
             except RuntimeError as e:
                 self.running = False
+                self.feeder.stop()
                 raise on_error(e, list(self.inflight)) from None
             item = self.inflight.popleft()
             tensors = self.finish(item, outputs) if self.finish else [self._to_torch(out) for out in outputs]
@@ -172,5 +252,6 @@ class Runner:
             self.pipe.schedule_run()
             yield item, tensors
         self.pipe.reset()
+        self.feeder.stop()
         self.running = False
 
