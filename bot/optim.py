@@ -32,5 +32,20 @@ def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
     # scale and the overflow flag as device tensors (GradScaler's path for optimizers that
     # `_step_supports_amp_scaling`), where the foreach step makes the scaler read the flag
     # with .item(), a host sync every step. Elsewhere torch's default (foreach) step.
-    fused = next(model.parameters()).is_cuda or None
-    return torch.optim.SGD(groups, lr=peak_lr(cfg), momentum=o.momentum, nesterov=o.nesterov, fused=fused)
+    return torch.optim.SGD(groups, lr=peak_lr(cfg), momentum=o.momentum, nesterov=o.nesterov,
+                           fused=use_fused(model) or None)
+
+
+def use_fused(model: nn.Module) -> bool:
+    """Whether to take the fused SGD step: on CUDA (see build_optimizer)."""
+    return next(model.parameters()).is_cuda
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """optimizer.load_state_dict, keeping this run's step implementation (fused, foreach): torch
+    takes those from the checkpoint's groups, so a run resumed on a GPU from a CPU checkpoint
+    would lose the fused step, and one resumed on a CPU would keep a CUDA choice."""
+    keep = [{k: group.get(k) for k in ("fused", "foreach")} for group in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    for group, flags in zip(optimizer.param_groups, keep):
+        group.update(flags)

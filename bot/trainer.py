@@ -28,7 +28,7 @@ from bot.engine import TrainStep, evaluate
 from bot.errors import UserError
 from bot.losses import Objective
 from bot.models import build_model, count_params_macs
-from bot.optim import build_optimizer
+from bot.optim import build_optimizer, load_optimizer_state
 from bot.runlog import RunLog
 from bot.schedule import build_schedule
 from bot.sync_bn import convert_sync_batchnorm
@@ -145,7 +145,7 @@ def train(cfg: config.Config) -> dict:
     step, epoch, best, history = 0, 0, -1.0, {"train_time": 0.0, "evals": []}
     if state is not None:
         model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(optimizer, state["optimizer"])
         scaler.load_state_dict(state["scaler"])
         checkpoint.set_rng_states(state["rng"])
         step, epoch, best, history = state["step"], state["epoch"], state["best_top1"], state["history"]
