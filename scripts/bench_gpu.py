@@ -1,0 +1,308 @@
+"""GPU img/s of ResNet-50-D at 224: the training step, the loaders, and train.py end to end.
+
+    python scripts/bench_gpu.py [--batch 256] [--images 10240] [--train-steps 300] [--json bench_gpu.json]
+    python scripts/bench_gpu.py --cpu-smoke      (every part, tiny, on the CPU: checks the script, measures nothing)
+
+On one GPU, channels_last, for fp16 and bf16, eager and compiled (torch.compile):
+- step: the project's training step (bot's TrainStep, built by the trainer's build_step)
+  against a bare PyTorch loop (autocast, cross-entropy, GradScaler, fused SGD) and against
+  timm's own `resnet50d` in that bare loop, on one synthetic batch kept on the GPU;
+  rounds alternate between the loops and the median round counts;
+- loaders: the DALI GPU loader alone (nvJPEG, output on the GPU) and the torchvision
+  loader alone with every CPU core (pinned batches copied to the GPU), the paper's full
+  augmentation, on generated ImageNet-like JPEGs (~500 x 375, quality 90);
+- end to end: train.py recipes/resnet50-d.yaml on those JPEGs for --train-steps steps,
+  DALI GPU, bf16, compiled; img/s from metrics.jsonl (the median log line after the first two).
+The batch is --batch, halved until one training step fits in memory. Prints one table and
+writes the figures as JSON (--json). Needs CUDA: without it, exits 2 unless --cpu-smoke.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from multiprocessing import Pool
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+from bench_loader import measure, photo_like  # noqa: E402
+from bot import backends, config  # noqa: E402
+from bot.models import build_model  # noqa: E402
+from bot.trainer import build_step, make_autocast  # noqa: E402
+
+SHAPES = [(500, 375), (375, 500), (500, 333), (500, 400), (480, 360), (640, 480)]
+
+
+class OneDevice:
+    """What a TrainStep needs of accelerate's Accelerator, for one process (no DDP)."""
+    num_processes = 1
+
+    def __init__(self, device):
+        self.device = device
+
+    def prepare_model(self, model):
+        return model
+
+
+# ---------------------------------------------------------------- the training step
+
+
+def bare_loop(model, precision: str, device, x, y, lr: float = 0.1):
+    """forward, cross-entropy, backward, SGD step: what one writes with nothing but torch."""
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=1e-4,
+                          fused=device.type == "cuda" or None)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    autocast = make_autocast(precision, device)
+
+    def step():
+        with autocast():
+            loss = F.cross_entropy(model(x), y)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        opt.zero_grad(set_to_none=True)
+        return loss
+    return step
+
+
+def loops(cfg, device, x, y, compiled):
+    """{name: step function} of the three loops, each on its own freshly built model."""
+    import timm
+
+    def fresh(make):
+        torch.manual_seed(0)
+        model = make().to(device).to(memory_format=torch.channels_last)
+        return backends.compile_model(model, compiled)
+
+    ours = fresh(lambda: build_model(cfg, 1000))
+    train_step = build_step(cfg, ours, OneDevice(device), 1000, len(x), steps_per_epoch=5000)
+    counter = iter(range(10**9))
+    return {"bot step": lambda: train_step(x, y, next(counter), 0),
+            "bare loop": bare_loop(fresh(lambda: build_model(cfg, 1000)), cfg.precision, device, x, y),
+            f"timm {cfg.model.arch}d, bare loop": bare_loop(fresh(lambda: timm.create_model(cfg.model.arch + "d")),
+                                                   cfg.precision, device, x, y)}
+
+
+def timed(step, n: int, device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(n):
+        loss = step()
+    loss.item()  # waits for the device
+    return time.perf_counter() - start
+
+
+def fitting_batch(args, device) -> int:
+    """--batch, halved until a step of the bare loop fits in the GPU's memory."""
+    batch, precision = args.batch, args.precisions[0]
+    cfg = config.load(None, base_overrides(args, batch, precision))
+    while batch >= 8:
+        try:
+            x = torch.randn(batch, 3, args.size, args.size, device=device).contiguous(memory_format=torch.channels_last)
+            model = build_model(cfg, 1000).to(device).to(memory_format=torch.channels_last)
+            timed(bare_loop(model, precision, device, x, torch.zeros(batch, dtype=torch.long, device=device)), 2, device)
+            return batch
+        except torch.OutOfMemoryError:
+            batch //= 2
+        finally:
+            x = model = None
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    raise SystemExit("error: not even a batch of 8 fits in this GPU's memory")
+
+
+def base_overrides(args, batch: int, precision: str) -> list[str]:
+    return [f"model.arch={args.arch}", "model.variant=D", f"data.image_size={args.size}", f"data.batch_size={batch}",
+            f"precision={precision}", "channels_last=true"]
+
+
+def step_rows(args, device, batch: int) -> list[dict]:
+    rows = []
+    x = torch.randn(batch, 3, args.size, args.size, device=device).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 1000, (batch,), device=device)
+    for precision in args.precisions:
+        for compiled in args.compile:
+            cfg = config.load(None, base_overrides(args, batch, precision))
+            backends.configure(cfg, device)
+            steps = loops(cfg, device, x, y, compiled)
+            for step in steps.values():  # warm-up: compilation, cuDNN autotuning
+                timed(step, args.warmup, device)
+            times = {k: [] for k in steps}
+            for _ in range(args.rounds):
+                for k, step in steps.items():
+                    times[k].append(timed(step, args.steps, device))
+            ips = {k: args.steps * batch / statistics.median(v) for k, v in times.items()}
+            for k, v in ips.items():
+                rows.append({"part": "step", "what": k, "precision": precision, "compiled": compiled,
+                             "img_per_s": round(v, 1), "vs_bare": round(v / ips["bare loop"], 3)})
+            print(f"step {precision} compile={compiled}: " + ", ".join(f"{k} {v:,.0f}" for k, v in ips.items()),
+                  file=sys.stderr)
+            del steps
+    return rows
+
+
+# ---------------------------------------------------------------- the loaders
+
+
+def write_one(job) -> None:
+    root, split, i, classes, seed = job
+    rng = np.random.default_rng([seed, i, split == "val"])
+    w, h = SHAPES[int(rng.integers(len(SHAPES)))]
+    folder = Path(root) / split / f"c{i % classes:03d}"
+    folder.mkdir(parents=True, exist_ok=True)
+    photo_like(rng, w, h).save(folder / f"{i:06d}.jpg", quality=90)
+
+
+def write_images(root: Path, n: int, n_val: int, classes: int, workers: int) -> None:
+    jobs = [(str(root), "train", i, classes, 0) for i in range(n)] + [(str(root), "val", i, classes, 0)
+                                                                     for i in range(n_val)]
+    with Pool(workers) as pool:
+        for _ in pool.imap_unordered(write_one, jobs, chunksize=16):
+            pass
+
+
+def loader_rows(args, root: Path, device, batch: int) -> list[dict]:
+    from bot.data import build_loaders
+
+    rows = []
+    kinds = [("dali", "DALI GPU loader alone" if device.type == "cuda" else "DALI CPU loader alone (smoke)"),
+             ("torch", f"torchvision loader alone, {args.cores} workers")]
+    for backend, name in kinds:
+        if backend == "dali":
+            try:
+                import nvidia.dali  # noqa: F401
+            except ImportError:
+                print("DALI is not installed: no DALI row (../shared/gpu/README.md says how to bring it)",
+                      file=sys.stderr)
+                continue
+        cfg = config.load(None, [f"data.root={root}", f"data.backend={backend}", f"data.batch_size={batch}",
+                                 f"data.workers={args.cores}", f"data.image_size={args.size}", "data.antialias=false"])
+
+        def make():
+            loader = build_loaders(cfg, 0, 1, device)[0]
+            if backend == "dali" or device.type != "cuda":
+                return loader
+            return OnDevice(loader, device)
+        rate, cpu_ms = measure(make, args.loader_epochs)
+        rows.append({"part": "loader", "what": name, "img_per_s": round(rate, 1), "cpu_ms_per_img": round(cpu_ms, 2)})
+        print(f"{name}: {rate:,.0f} img/s", file=sys.stderr)
+    return rows
+
+
+class OnDevice:
+    """The torch loader's pinned batches copied to the GPU, as the training step does."""
+
+    def __init__(self, loader, device):
+        self.loader, self.device = loader, device
+
+    def set_epoch(self, epoch):
+        self.loader.set_epoch(epoch)
+
+    def __iter__(self):
+        for x, y in self.loader:
+            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+
+# ---------------------------------------------------------------- end to end
+
+
+def end_to_end_row(args, root: Path, device, batch: int) -> dict:
+    with tempfile.TemporaryDirectory() as out:
+        command = [sys.executable, "train.py", args.recipe, f"data.root={root}", f"run.out={out}",
+                   f"data.batch_size={batch}", f"data.image_size={args.size}", f"data.workers={args.cores}",
+                   f"run.max_steps={args.train_steps}", f"run.log_every={args.log_every}", "schedule.epochs=1000",
+                   "run.checkpoint_every=1000000", *args.train_overrides]
+        print(" ".join(command[1:]), file=sys.stderr)
+        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+        if done.returncode:
+            raise SystemExit(f"error: train.py failed ({done.returncode}): {done.stderr.strip().splitlines()[-1:]}")
+        records = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+    rates = [r["img_per_s"] for r in records if "img_per_s" in r][2:]  # the first two: compilation, warm-up
+    return {"part": "end to end", "what": "train.py " + " ".join(command[2:3] + args.train_overrides),
+            "img_per_s": round(statistics.median(rates), 1) if rates else None, "log_lines": len(rates)}
+
+
+# ---------------------------------------------------------------- main
+
+
+def table(rows: list[dict], header: str) -> str:
+    lines = [header, "", "| part | what | precision | compiled | img/s | vs bare loop |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        compiled = {False: "no", True: "yes"}.get(r.get("compiled"), r.get("compiled", ""))
+        lines.append(f"| {r['part']} | {r['what']} | {r.get('precision', '')} | {compiled} | "
+                     f"{r['img_per_s']:,.0f} | {r.get('vs_bare', '')} |" if r["img_per_s"] is not None else
+                     f"| {r['part']} | {r['what']} | | | not measured | |")
+    return "\n".join(lines)
+
+
+def parse(argv):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--arch", default="resnet50")
+    p.add_argument("--size", type=int, default=224)
+    p.add_argument("--batch", type=int, default=256, help="per GPU; halved until it fits")
+    p.add_argument("--precisions", nargs="+", default=["fp16", "bf16"])
+    p.add_argument("--compile", nargs="+", type=lambda s: {"false": False, "true": True}.get(s, s),
+                   default=[False, True], help="false, true or torch.compile modes")
+    p.add_argument("--steps", type=int, default=20, help="steps per timed round")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--images", type=int, default=10240, help="generated training JPEGs")
+    p.add_argument("--loader-epochs", type=int, default=2)
+    p.add_argument("--cores", type=int, default=os.cpu_count())
+    p.add_argument("--recipe", default="recipes/resnet50-d.yaml")
+    p.add_argument("--train-steps", type=int, default=300)
+    p.add_argument("--log-every", type=int, default=20)
+    p.add_argument("--train-overrides", nargs="*", default=["precision=bf16", "compile=true"])
+    p.add_argument("--json", type=Path, default=Path("bench_gpu.json"))
+    p.add_argument("--cpu-smoke", action="store_true", help="every part, tiny, on the CPU (checks the script only)")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse(argv)
+    if args.cpu_smoke:  # ResNet-18-D at 32 px and a handful of images: minutes on a laptop
+        args.arch, args.size, args.batch, args.precisions, args.compile = "resnet18", 32, 8, ["fp32"], [False]
+        args.steps, args.rounds, args.warmup, args.images, args.loader_epochs = 1, 1, 1, 32, 1
+        args.train_steps, args.log_every, args.cores = 4, 1, min(args.cores, 2)
+        args.train_overrides = ["data.backend=torch", "model.arch=resnet18"]
+        device = torch.device("cpu")
+    elif not torch.cuda.is_available():
+        print("error: bench_gpu.py measures a CUDA GPU and torch sees none; --cpu-smoke runs every part tiny "
+              "on the CPU to check the script", file=sys.stderr)
+        return 2
+    else:
+        device = torch.device("cuda", 0)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU (smoke run: not a measurement)"
+    batch = fitting_batch(args, device)
+    rows = step_rows(args, device, batch)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        write_images(root, args.images, 64 if args.cpu_smoke else 1024, classes=4 if args.cpu_smoke else 100,
+                     workers=args.cores)
+        rows += loader_rows(args, root, device, batch)
+        rows.append(end_to_end_row(args, root, device, batch))
+    header = (f"{args.arch}-D {args.size}px, batch {batch}, channels_last, on {name} (torch {torch.__version__}, "
+              f"{os.cpu_count()} CPU cores); step: median of {args.rounds} rounds x {args.steps} steps")
+    print(table(rows, header))
+    figures = {"device": name, "torch": torch.__version__, "batch": batch, "arch": f"{args.arch}-D", "size": args.size,
+               "cpu_smoke": args.cpu_smoke, "rows": rows}
+    args.json.write_text(json.dumps(figures, indent=1) + "\n")
+    print(json.dumps(figures))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
