@@ -62,3 +62,7 @@ bench: install
 
 clean:
 	rm -rf .venv runs $(TOY)
+
+# One GPU: the training step, the loaders and train.py end to end (docs/gpu.md, docs/benchmarks.md).
+bench-gpu: install
+	$(PY) scripts/bench_gpu.py

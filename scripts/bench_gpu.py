@@ -115,7 +115,7 @@ def fitting_batch(args, device) -> int:
             model = build_model(cfg, 1000).to(device).to(memory_format=torch.channels_last)
             timed(bare_loop(model, precision, device, x, torch.zeros(batch, dtype=torch.long, device=device)), 2, device)
             return batch
-        except torch.OutOfMemoryError:
+        except torch.cuda.OutOfMemoryError:
             batch //= 2
         finally:
             x = model = None
