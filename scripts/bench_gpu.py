@@ -1,6 +1,7 @@
 """GPU img/s of ResNet-50-D at 224: the training step, the loaders, and train.py end to end.
 
     python scripts/bench_gpu.py [--batch 256] [--images 10240] [--train-steps 300] [--json bench_gpu.json]
+    python scripts/bench_gpu.py --parts step --precisions bf16 --compile false   (a part of it)
     python scripts/bench_gpu.py --cpu-smoke      (every part, tiny, on the CPU: checks the script, measures nothing)
 
 On one GPU, channels_last, for fp16 and bf16, eager and compiled (torch.compile):
@@ -266,6 +267,8 @@ def parse(argv):
     p.add_argument("--train-steps", type=int, default=300)
     p.add_argument("--log-every", type=int, default=20)
     p.add_argument("--train-overrides", nargs="*", default=["precision=bf16", "compile=true"])
+    p.add_argument("--parts", nargs="+", choices=["step", "loader", "end-to-end"], default=["step", "loader", "end-to-end"],
+                   help="a subset, to split the run into shorter commands")
     p.add_argument("--json", type=Path, default=Path("bench_gpu.json"))
     p.add_argument("--cpu-smoke", action="store_true", help="every part, tiny, on the CPU (checks the script only)")
     return p.parse_args(argv)
@@ -287,13 +290,16 @@ def main(argv=None) -> int:
         device = torch.device("cuda", 0)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU (smoke run: not a measurement)"
     batch = fitting_batch(args, device)
-    rows = step_rows(args, device, batch)
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        write_images(root, args.images, 64 if args.cpu_smoke else 1024, classes=4 if args.cpu_smoke else 100,
-                     workers=args.cores)
-        rows += loader_rows(args, root, device, batch)
-        rows.append(end_to_end_row(args, root, device, batch))
+    rows = step_rows(args, device, batch) if "step" in args.parts else []
+    if {"loader", "end-to-end"} & set(args.parts):
+        with tempfile.TemporaryDirectory() as tmp:
+            root = Path(tmp)
+            write_images(root, args.images, 64 if args.cpu_smoke else 1024, classes=4 if args.cpu_smoke else 100,
+                         workers=args.cores)
+            if "loader" in args.parts:
+                rows += loader_rows(args, root, device, batch)
+            if "end-to-end" in args.parts:
+                rows.append(end_to_end_row(args, root, device, batch))
     header = (f"{args.arch}-D {args.size}px, batch {batch}, channels_last, on {name} (torch {torch.__version__}, "
               f"{os.cpu_count()} CPU cores); step: median of {args.rounds} rounds x {args.steps} steps")
     print(table(rows, header))
