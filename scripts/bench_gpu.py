@@ -170,6 +170,10 @@ def write_one(job) -> None:
 def write_images(root: Path, n: int, n_val: int, classes: int, workers: int) -> None:
     jobs = [(str(root), "train", i, classes, 0) for i in range(n)] + [(str(root), "val", i, classes, 0)
                                                                      for i in range(n_val)]
+    if workers < 2:
+        for job in jobs:
+            write_one(job)
+        return
     with Pool(workers) as pool:
         for _ in pool.imap_unordered(write_one, jobs, chunksize=16):
             pass
@@ -279,7 +283,7 @@ def main(argv=None) -> int:
     if args.cpu_smoke:  # ResNet-18-D at 32 px and a handful of images: minutes on a laptop
         args.arch, args.size, args.batch, args.precisions, args.compile = "resnet18", 32, 8, ["fp32"], [False]
         args.steps, args.rounds, args.warmup, args.images, args.loader_epochs = 1, 1, 1, 32, 1
-        args.train_steps, args.log_every, args.cores = 4, 1, min(args.cores, 2)
+        args.train_steps, args.log_every, args.cores = 4, 1, 0  # 0: no worker processes to start
         args.train_overrides = ["data.backend=torch", "model.arch=resnet18"]
         device = torch.device("cpu")
     elif not torch.cuda.is_available():
