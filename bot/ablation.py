@@ -20,23 +20,9 @@ Each row's run is `python train.py RECIPE OVERRIDES... run.out=<out>/<slug>` (an
 its summary.json exists (the trainer writes it last); a run with last.pt but no summary
 resumes by running the same command.
 
-Columns (Tables 2 and 6: rows are refinements, columns are networks) make each row one run
-per column, in <out>/<column slug>/<row slug>; see bot/ablation_columns.py:
-
-    columns:
-      - name: ResNet-50-D             # optional recipe: and overrides: for the whole column
-      - name: MobileNet
-        overrides: [model.arch=mobilenet_v1]
-    rows:
-      - name: efficient
-        cells:                        # optional, per column: recipe, overrides, paper
-          ResNet-50-D: {recipe: ../resnet50-d.yaml, paper: {top1: 77.16, top5: 93.52}}
-          MobileNet: {recipe: ../mobilenet-v1.yaml, paper: {top1: 71.90, unverified: true}}
-      - name: reference               # run: false: published figures only, nothing is run
-        run: false
-        cells: {MobileNet: {paper: {top1: 70.6}}}
-
-A paper figure with `unverified: true` is marked * in the table, and its caption says so.
+Columns (Tables 2 and 6: rows are refinements, columns are networks) make each row one
+run per column, in <out>/<column slug>/<row slug>: bot/ablation_columns.py. A paper figure
+with `unverified: true` is marked * in the table, and its caption says so.
 """
 
 from __future__ import annotations

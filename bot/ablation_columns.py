@@ -2,6 +2,19 @@
 paper's Tables 2 and 6 (rows are refinements, columns are networks, each cell ours beside
 the paper's).
 
+    columns:
+      - name: ResNet-50-D             # optional recipe: and overrides: for the whole column
+      - name: MobileNet
+        overrides: [model.arch=mobilenet_v1, model.zero_gamma=false]
+    rows:
+      - name: efficient
+        cells:                        # optional, per column: recipe, overrides, paper
+          ResNet-50-D: {recipe: ../resnet50-d.yaml, paper: {top1: 77.16, top5: 93.52}}
+          MobileNet: {recipe: ../mobilenet-v1.yaml, paper: {top1: 71.90, unverified: true}}
+      - name: reference               # run: false: published figures only, nothing is run
+        run: false
+        cells: {MobileNet: {paper: {top1: 70.6}}}
+
 A grid without `columns:` has one unnamed column, and its rows are its runs as before.
 With columns, a row's run in a column takes, the most specific first:
   recipe     the cell's, the column's, the row's, the grid's
