@@ -56,6 +56,17 @@ table3 table4 table5: install
 table6: install runs/resnet152-d-teacher/summary.json
 	$(PY) scripts/ablate.py recipes/ablations/$@.yaml data.root=$(DATA) $(ARGS)
 
+# Table 2: the section 2 baseline on ResNet-50, Inception-V3 and MobileNet v1, beside the
+# reference implementations' published figures (one grid, a column per network).
+.PHONY: table2 demo-networks
+table2: install
+	$(PY) scripts/ablate.py recipes/ablations/$@.yaml data.root=$(DATA) $(ARGS)
+
+# Table 6's layout on the toy data: ResNet-18-D beside MobileNet v1 at 32 px, three refinements.
+demo-networks: install $(TOY)/.complete
+	$(PY) scripts/ablate.py recipes/ablations/demo-networks.yaml data.root=$(TOY) $(ARGS)
+	@cat runs/demo-networks/table.md
+
 bench: install
 	$(PY) scripts/bench_train.py
 	$(PY) scripts/bench_loader.py

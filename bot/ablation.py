@@ -19,6 +19,10 @@ Each row's run is `python train.py RECIPE OVERRIDES... run.out=<out>/<slug>` (an
 `/seed<k>` with `run.seed=k` when several seeds are asked for). A run is finished when
 its summary.json exists (the trainer writes it last); a run with last.pt but no summary
 resumes by running the same command.
+
+Columns (Tables 2 and 6: rows are refinements, columns are networks) make each row one
+run per column, in <out>/<column slug>/<row slug>: bot/ablation_columns.py. A paper figure
+with `unverified: true` is marked * in the table, and its caption says so.
 """
 
 from __future__ import annotations
@@ -38,9 +42,9 @@ import yaml
 from bot import config as config_mod
 from bot.errors import UserError
 
-GRID_KEYS = {"title", "caption", "out", "recipe", "overrides", "rows"}
-ROW_KEYS = {"name", "section", "recipe", "overrides", "paper"}
-PAPER_KEYS = {"top1", "top5", "min_per_epoch"}
+GRID_KEYS = {"title", "caption", "out", "recipe", "overrides", "rows", "columns"}
+ROW_KEYS = {"name", "section", "recipe", "overrides", "paper", "cells", "run"}
+PAPER_KEYS = {"top1", "top5", "min_per_epoch", "unverified"}
 # keys that ablate.py sets for each run; the user moves a grid with --out, not run.out
 MANAGED_KEYS = {"run.out"}
 
@@ -53,6 +57,9 @@ class Row:
     overrides: list[str]
     section: Optional[str] = None
     paper: dict = field(default_factory=dict)
+    title: str = ""  # the row's name in the table (`name` adds the column: it names the run)
+    column: Optional[str] = None  # None in a grid without columns
+    run: bool = True  # False: published figures only (a `run: false` row)
 
 
 @dataclass
@@ -61,7 +68,14 @@ class Grid:
     title: str
     caption: str
     out: Path
-    rows: list[Row]
+    rows: list[Row]  # the runs, one per row and column, a column's runs together
+    columns: list[Optional[str]] = field(default_factory=lambda: [None])
+    cells: list[Row] = field(default_factory=list)  # the table: every row's cells, `run: false` ones too
+
+    @property
+    def table_cells(self) -> list[Row]:
+        """The table's cells, row by row, each row's in column order."""
+        return self.cells or self.rows
 
     @property
     def group(self) -> str:
@@ -88,6 +102,17 @@ def _string_list(where: str, value) -> list[str]:
     return list(value)
 
 
+def check_paper(where: str, paper) -> dict:
+    """A row's or cell's paper figures: numbers (or null), and `unverified: true|false`."""
+    paper = paper or {}
+    if not isinstance(paper, dict) or set(paper) - PAPER_KEYS or not all(
+            (isinstance(v, bool) if k == "unverified" else v is None or isinstance(v, (int, float))
+             and not isinstance(v, bool)) for k, v in paper.items()):
+        raise UserError(f"{where}: paper must map {sorted(PAPER_KEYS - {'unverified'})} to numbers "
+                        f"(and unverified to true or false), got {paper!r}")
+    return dict(paper)
+
+
 def read_grid(path: str | Path, out: str | Path | None = None) -> Grid:
     """Read and check a grid file; `out` replaces the grid's folder."""
     path = Path(path)
@@ -105,8 +130,11 @@ def read_grid(path: str | Path, out: str | Path | None = None) -> Grid:
     rows_raw = raw.get("rows")
     if not isinstance(rows_raw, list) or not rows_raw:
         raise UserError(f"grid {path}: rows must be a non-empty list")
+    from bot.ablation_columns import read_columns, row_cells
+
+    columns = read_columns(path, raw)
     common = _string_list(f"grid {path}", raw.get("overrides"))
-    rows, seen = [], {}
+    cells, seen = [], {}
     for i, r in enumerate(rows_raw):
         where = f"grid {path} row {i + 1}"
         if not isinstance(r, dict) or not isinstance(r.get("name"), str) or not r["name"].strip():
@@ -115,26 +143,23 @@ def read_grid(path: str | Path, out: str | Path | None = None) -> Grid:
         for key in r:
             if key not in ROW_KEYS:
                 raise UserError(f"{where}: unknown key {key!r} (keys: {', '.join(sorted(ROW_KEYS))})")
-        recipe = r.get("recipe", raw.get("recipe"))
-        if not isinstance(recipe, str):
-            raise UserError(f"{where}: needs a recipe (in the row or at the grid's top level)")
-        paper = r.get("paper") or {}
-        if not isinstance(paper, dict) or set(paper) - PAPER_KEYS or not all(
-                v is None or isinstance(v, (int, float)) for v in paper.values()):
-            raise UserError(f"{where}: paper must map {sorted(PAPER_KEYS)} to numbers, got {paper!r}")
-        slug = slugify(r["name"])
-        if not slug or slug in seen:
-            raise UserError(f"{where}: its folder name {slug!r} is empty or taken by row {seen.get(slug)!r}")
-        seen[slug] = r["name"]
-        overrides = common + _string_list(where, r.get("overrides"))
-        for item in overrides:
-            if item.split("=", 1)[0].strip() in MANAGED_KEYS:
-                raise UserError(f"{where}: run.out is set by the grid (its out: key), not by a row")
-        rows.append(Row(name=r["name"], slug=slug, recipe=_shell_path(path.parent / recipe),
-                        overrides=overrides, section=r.get("section"), paper=dict(paper)))
+        for cell, recipe in row_cells(where, raw, r, columns, common):
+            if cell.run and not isinstance(recipe, str):
+                raise UserError(f"{where}: needs a recipe (in the row or at the grid's top level)")
+            if not cell.slug or cell.slug in seen:
+                raise UserError(f"{where}: its folder name {cell.slug!r} is empty or taken by row "
+                                f"{seen.get(cell.slug)!r}")
+            seen[cell.slug] = cell.name
+            for item in cell.overrides:
+                if item.split("=", 1)[0].strip() in MANAGED_KEYS:
+                    raise UserError(f"{where}: run.out is set by the grid (its out: key), not by a row")
+            cell.recipe = _shell_path(path.parent / recipe) if isinstance(recipe, str) else ""
+            cells.append(cell)
+    order = {c.name: i for i, c in enumerate(columns)}  # a column's runs together, in row order
+    runs = sorted((c for c in cells if c.run), key=lambda c: order[c.column])
     folder = Path(out) if out is not None else Path(raw.get("out") or Path("runs") / path.stem)
     return Grid(path=path, title=str(raw.get("title") or path.stem), caption=str(raw.get("caption") or ""),
-                out=folder, rows=rows)
+                out=folder, rows=runs, columns=[c.name for c in columns], cells=cells)
 
 
 # ---------------------------------------------------------------- runs
@@ -211,27 +236,30 @@ def _mean_std(values: list[float]) -> tuple[Optional[float], Optional[float]]:
 def table_rows(grid: Grid) -> list[dict]:
     """One dict of numbers per row: mean and std over the seeds found, and the deltas.
 
-    A delta compares a row with the row above it in the same section (Table 4 restarts
-    at each batch size); it is empty when either has no result.
+    A delta compares a row with the row above it in the same section and column (Table 4
+    restarts at each batch size); it is empty when either has no result. With columns,
+    there is one dict per row and column, row by row.
     """
-    out, prev = [], None
-    for row in grid.rows:
+    out, prevs = [], {}
+    for row in grid.table_cells:
         if row.section is not None:
-            prev = None
-        summaries = row_summaries(grid, row)
-        folders = row_folders(grid, row)
+            prevs[row.column] = None
+        prev = prevs.get(row.column)
+        summaries = row_summaries(grid, row) if row.run else []
+        folders = row_folders(grid, row) if row.run else []
         top1, top1_std = _mean_std([s.get("top1") for s in summaries])
         top5, top5_std = _mean_std([s.get("top5") for s in summaries])
         status = "done" if summaries else ("unfinished" if folders or (grid.out / row.slug / "last.pt").is_file()
-                                           else "not run")
+                                           else "not run" if row.run else "reference")
         rec = {
-            "row": row.name, "slug": row.slug, "section": row.section or "", "status": status,
+            "row": row.title or row.name, "column": row.column or "", "slug": row.slug,
+            "section": row.section or "", "status": status,
             "seeds": len(summaries),
             "top1": top1, "top1_std": top1_std, "top5": top5, "top5_std": top5_std,
             "best_top1": _mean_std([s.get("best_top1") for s in summaries])[0],
             "delta_top1": None,
             "paper_top1": row.paper.get("top1"), "paper_top5": row.paper.get("top5"),
-            "paper_delta_top1": None,
+            "paper_delta_top1": None, "paper_unverified": bool(row.paper.get("unverified")),
             "time_per_epoch_s": _mean_std([s.get("time_per_epoch_s") for s in summaries])[0],
             "img_per_s": _mean_std([s.get("train_img_per_s") for s in summaries])[0],
             "paper_min_per_epoch": row.paper.get("min_per_epoch"),
@@ -243,7 +271,7 @@ def table_rows(grid: Grid) -> list[dict]:
             if rec["paper_top1"] is not None and prev["paper_top1"] is not None:
                 rec["paper_delta_top1"] = rec["paper_top1"] - prev["paper_top1"]
         out.append(rec)
-        prev = rec
+        prevs[row.column] = rec
     return out
 
 
@@ -263,14 +291,28 @@ def _duration(seconds: Optional[float]) -> str:
     return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.1f} s"
 
 
+UNVERIFIED = "Paper figures marked * are unverified; the grid file gives each figure's provenance."
+
+
+def heading(grid: Grid, recs: list[dict]) -> list[str]:
+    """Title and caption; the caption says so when a paper figure is unverified."""
+    lines = [f"# {grid.title}", ""]
+    if grid.caption:
+        lines += [grid.caption, ""]
+    if any(r["paper_unverified"] for r in recs):
+        lines += [UNVERIFIED, ""]
+    return lines
+
+
 def render_markdown(grid: Grid, recs: list[dict]) -> str:
+    if len(grid.columns) > 1:
+        from bot.ablation_columns import render_columns
+        return render_columns(grid, recs)
     paper_time = any(r["paper_min_per_epoch"] is not None for r in recs)
     head = ["row", "top-1", "top-5", "Δ top-1", "paper top-1", "paper Δ", "time/epoch", "img/s"]
     if paper_time:
         head.append("paper time/epoch")
-    lines = [f"# {grid.title}", ""]
-    if grid.caption:
-        lines += [grid.caption, ""]
+    lines = heading(grid, recs)
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in recs:
         if r["section"]:
@@ -279,7 +321,8 @@ def render_markdown(grid: Grid, recs: list[dict]) -> str:
             top1, top5 = _num(r["top1"], r["top1_std"]), _num(r["top5"], r["top5_std"])
         else:
             top1, top5 = f"({r['status']})", ""
-        cells = [r["row"], top1, top5, _num(r["delta_top1"], signed=True), _num(r["paper_top1"]),
+        paper = _num(r["paper_top1"]) + (" *" if r["paper_unverified"] and r["paper_top1"] is not None else "")
+        cells = [r["row"], top1, top5, _num(r["delta_top1"], signed=True), paper,
                  _num(r["paper_delta_top1"], signed=True), _duration(r["time_per_epoch_s"]),
                  f"{r['img_per_s']:.0f}" if r["img_per_s"] is not None else ""]
         if paper_time:
@@ -293,8 +336,8 @@ def render_markdown(grid: Grid, recs: list[dict]) -> str:
     return "\n".join(lines)
 
 
-CSV_FIELDS = ["row", "slug", "section", "status", "seeds", "top1", "top1_std", "top5", "top5_std",
-              "best_top1", "delta_top1", "paper_top1", "paper_top5", "paper_delta_top1",
+CSV_FIELDS = ["row", "column", "slug", "section", "status", "seeds", "top1", "top1_std", "top5", "top5_std",
+              "best_top1", "delta_top1", "paper_top1", "paper_top5", "paper_delta_top1", "paper_unverified",
               "time_per_epoch_s", "img_per_s", "paper_min_per_epoch", "epochs"]
 
 
@@ -352,25 +395,29 @@ def lr_curve(grid: Grid, row: Row, extra: list[str] = ()) -> tuple[list[float], 
 
 
 def plot(grid: Grid, path: Path, curve, ylabel: str, title: str) -> bool:
-    """Draw one line per row with data; False (and no file) when no row has any."""
+    """Draw one line per row with data, one panel per column; False (and no file) when no
+    row has any."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    series = [(row.name, *curve(grid, row)) for row in grid.rows]
+    series = [(row, *curve(grid, row)) for row in grid.rows]
     series = [s for s in series if s[1]]
     if not series:
         return False
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for i, (name, xs, ys) in enumerate(series):  # line styles keep identical curves visible
-        ax.plot(xs, ys, label=name, marker="." if len(xs) < 30 else None, linewidth=1.2,
-                linestyle=["-", "--", "-.", ":"][i % 4])
-    ax.set_xlabel("epoch")
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
+    columns = [c for c in grid.columns if any(row.column == c for row, _, _ in series)]
+    fig, axes = plt.subplots(1, len(columns), figsize=(8 * len(columns), 5), squeeze=False)
+    for ax, column in zip(axes[0], columns):
+        mine = [s for s in series if s[0].column == column]
+        for i, (row, xs, ys) in enumerate(mine):  # line styles keep identical curves visible
+            ax.plot(xs, ys, label=row.title or row.name, marker="." if len(xs) < 30 else None, linewidth=1.2,
+                    linestyle=["-", "--", "-.", ":"][i % 4])
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title if column is None else f"{title}\n{column}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -54,10 +54,14 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    arch: Literal["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"] = "resnet50"
-    variant: Literal["A", "B", "C", "D"] = "A"  # section 4, figure 2: A is the original ResNet
-    zero_gamma: bool = False  # gamma = 0 in the BN ending each residual branch (section 3.1)
-    init: Literal["xavier", "kaiming"] = "xavier"  # xavier: the paper's (section 2); kaiming: timm's
+    # inception_v3 (299 px) and mobilenet_v1: the other columns of Tables 2 and 6 (bot/models_other.py)
+    arch: Literal["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "inception_v3",
+                  "mobilenet_v1"] = "resnet50"
+    # ResNets only (section 4, figure 2): A is the original ResNet, and null means A for a ResNet;
+    # the other networks have no variants and must leave it null
+    variant: Optional[Literal["A", "B", "C", "D"]] = None
+    zero_gamma: bool = False  # gamma = 0 in the BN ending each residual branch (section 3.1); ResNets only
+    init: Literal["xavier", "kaiming"] = "xavier"  # xavier: the paper's (section 2); kaiming: timm's own init
     sync_bn: bool = False  # BatchNorm statistics over all processes
 
 
@@ -304,6 +308,7 @@ def validate(cfg: Config) -> Config:
     _check(d.pca_lighting >= 0, "data.pca_lighting", "must be 0 or more")
     _check(d.prefetch >= 1, "data.prefetch", f"must be at least 1, got {d.prefetch}")
     _check(0 <= d.hw_decoder_load <= 1, "data.hw_decoder_load", f"must be in [0, 1], got {d.hw_decoder_load}")
+    _validate_arch(cfg)
     _check(o.lr > 0, "optim.lr", f"must be positive, got {o.lr}")
     _check(0 <= o.momentum < 1, "optim.momentum", "must be in [0, 1)")
     _check(o.weight_decay >= 0, "optim.weight_decay", "must be 0 or more")
@@ -321,6 +326,24 @@ def validate(cfg: Config) -> Config:
     _check(r.log_every >= 1, "run.log_every", "must be at least 1")
     _check(r.checkpoint_every >= 1, "run.checkpoint_every", "must be at least 1")
     return cfg
+
+
+def _validate_arch(cfg: Config) -> None:
+    """What only some networks have: ResNet variants, residual blocks (zero gamma), a minimum size."""
+    m, d = cfg.model, cfg.data
+    if m.arch.startswith("resnet"):
+        m.variant = m.variant or "A"
+        return
+    _check(m.variant is None, "model.variant",
+           f"chooses a ResNet variant (section 4); {m.arch} has none: set model.variant=null")
+    # Section 3.1 zeroes the BN that ends a residual branch: Inception-V3 and MobileNet v1 have no
+    # residual blocks, so the trick has nothing to act on (their Table 6 columns train without it).
+    _check(not m.zero_gamma, "model.zero_gamma",
+           f"zeroes the last BN of each residual block (section 3.1); {m.arch} has no residual blocks: "
+           "set model.zero_gamma=false")
+    # Inception-V3's unpadded stem and reductions need 75 px to leave a 1 x 1 map (torchvision, timm)
+    _check(m.arch != "inception_v3" or d.image_size >= 75, "data.image_size",
+           f"inception_v3 needs at least 75 px, got {d.image_size} (the paper trains it at 299)")
 
 
 def load(path: str | Path | None, overrides: list[str] = ()) -> Config:

@@ -10,10 +10,13 @@ use BasicBlock, whose first 3x3 conv already carries the stride: there A and B a
 network.
 
 Two tricks live here too: zero gamma (section 3.1) and the paper's Xavier init (section 2).
+Inception-V3 and MobileNet v1 (Tables 2 and 6) are built in bot/models_other.py.
 No weights are ever downloaded.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet
@@ -40,7 +43,11 @@ VARIANTS = {
 
 
 def build_model(cfg, num_classes: int = 1000) -> nn.Module:
-    """ResNet `cfg.model.arch` in variant `cfg.model.variant`, initialised as `cfg.model` says."""
+    """ResNet `cfg.model.arch` in variant `cfg.model.variant`, initialised as `cfg.model` says;
+    the other networks of Tables 2 and 6 come from bot/models_other.py."""
+    if cfg.model.arch not in ARCHS:
+        from bot.models_other import build_other
+        return build_other(cfg, num_classes)
     block, layers = ARCHS[cfg.model.arch]
     # zero_init_last=False: timm zeroes the last BN of every residual branch by default; here
     # that is the zero gamma trick, off unless the config turns it on (applied below).
@@ -74,10 +81,19 @@ def _stride_on_first_conv(model: ResNet) -> None:
 
 def _xavier_init(model: nn.Module) -> None:
     """Section 2: conv and FC weights uniform in [-a, a], a = sqrt(6 / (fan_in + fan_out))
-    (Xavier, gain 1; a conv's fans include its kernel area), biases 0, BN gamma 1 and beta 0."""
+    (Xavier, gain 1; a conv's fans include its kernel area), biases 0, BN gamma 1 and beta 0.
+
+    Fans are a unit's connections (Glorot and Bengio 2010), so a grouped conv counts them per
+    group: a depthwise 3 x 3 filter has fan_in = fan_out = 9. torch's xavier_uniform_ counts
+    fan_out as if ungrouped (9 x channels), which would shrink MobileNet's 1024-channel depthwise
+    filters 23x; for ungrouped convs and FC layers both give the same bound."""
     for m in model.modules():
         if isinstance(m, (nn.Conv2d, nn.Linear)):
-            nn.init.xavier_uniform_(m.weight)
+            w = m.weight
+            field = w[0, 0].numel()  # kernel area; 1 for a Linear
+            fan_in, fan_out = w.shape[1] * field, w.shape[0] // getattr(m, "groups", 1) * field
+            bound = math.sqrt(6.0 / (fan_in + fan_out))
+            nn.init.uniform_(w, -bound, bound)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
         elif isinstance(m, nn.BatchNorm2d):

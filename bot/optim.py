@@ -7,7 +7,7 @@ from torch import nn
 
 from bot.schedule import peak_lr
 
-DECAYED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+DECAYED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)  # depthwise convs too (MobileNet), as gluon-cv
 
 
 def param_groups(model: nn.Module, weight_decay: float, no_bias_decay: bool) -> list[dict]:

@@ -162,7 +162,8 @@ def train(cfg: config.Config) -> dict:
         (folder / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
     log = RunLog(cfg, folder, main, resume_step=step)
     images_per_step = cfg.data.batch_size
-    log.print(f"{cfg.run.name}: {cfg.model.arch}-{cfg.model.variant} {params / 1e6:.2f} M params "
+    network = "-".join(filter(None, (cfg.model.arch, cfg.model.variant)))  # variants are ResNet-only
+    log.print(f"{cfg.run.name}: {network} {params / 1e6:.2f} M params "
               f"{macs / 1e9:.2f} GMACs, {len(train_loader.classes)} classes, {steps_per_epoch} steps/epoch x "
               f"{cfg.schedule.epochs} epochs, {world} process(es) on {device.type}, {cfg.precision}"
               + (f", resuming at step {step}" if step else ""))

@@ -231,3 +231,141 @@ def test_table_only_writes_the_table_without_running(tmp_path, capsys):
     assert ablate.main([str(grid), "--table-only", "--launcher", "false"]) == 0
     assert "| a | 70.00 |" in (tmp_path / "runs" / "grid" / "table.md").read_text()
     assert "| b | (not run) |" in (tmp_path / "runs" / "grid" / "table.md").read_text()
+
+
+# ---------------------------------------------------------------- columns (Tables 2 and 6)
+
+
+def column_grid(tmp_path):
+    """Two refinements on three networks, a reference row, figures in cells, some unverified."""
+    cells = lambda a, b, c: {"R": {"paper": a}, "I": {"paper": b}, "M": {"paper": c}}  # noqa: E731
+    rows = [
+        {"name": "efficient", "overrides": ["optim.lr=0.2"],
+         "cells": {**cells({"top1": 77.16, "top5": 93.52}, {"top1": 77.5, "top5": 93.6, "unverified": True},
+                           {"top1": 71.9, "top5": 90.53, "unverified": True}),
+                   "M": {"recipe": str(ROOT / "recipes" / "efficient.yaml"), "overrides": ["optim.lr=0.3"],
+                         "paper": {"top1": 71.9, "top5": 90.53, "unverified": True}}}},
+        {"name": "+ cosine", "overrides": ["schedule.kind=cosine"],
+         "cells": cells({"top1": 77.91, "top5": 93.81}, {"top1": 78.19, "top5": 94.06, "unverified": True},
+                        {"top1": 72.83, "top5": 91.0})},
+        {"name": "reference", "section": "published", "run": False,
+         "cells": cells({"top1": 75.3, "top5": 92.2}, {"top1": 78.8, "top5": 94.4}, {"top1": 70.6})},
+    ]
+    columns = [{"name": "R"}, {"name": "I", "overrides": ["model.arch=inception_v3", "data.image_size=299"]},
+               {"name": "M", "overrides": ["model.arch=mobilenet_v1", "model.zero_gamma=false", "optim.lr=0.25"]}]
+    return ablation.read_grid(write_grid(tmp_path, rows, columns=columns, overrides=["data.workers=8"]))
+
+
+def test_columns_make_one_run_per_row_and_column(tmp_path):
+    grid = column_grid(tmp_path)
+    assert grid.columns == ["R", "I", "M"]
+    assert [r.name for r in grid.rows] == ["R: efficient", "R: + cosine", "I: efficient", "I: + cosine",
+                                           "M: efficient", "M: + cosine"]  # a column's runs together
+    assert [r.slug for r in grid.rows[:2]] == ["r/efficient", "r/cosine"]
+    assert [(c.title, c.column, c.run) for c in grid.cells[-3:]] == [("reference", col, False) for col in "RIM"]
+    # overrides: grid, row, column, cell; the cell's recipe wins over the grid's
+    m_eff = grid.rows[4]
+    assert m_eff.overrides == ["data.workers=8", "optim.lr=0.2", "model.arch=mobilenet_v1", "model.zero_gamma=false",
+                               "optim.lr=0.25", "optim.lr=0.3"]
+    assert Path(m_eff.recipe).resolve() == ROOT / "recipes" / "efficient.yaml"
+    cfg = ablation.row_config(grid, m_eff)
+    assert (cfg.model.arch, cfg.optim.lr, cfg.data.batch_size, cfg.run.out) == (
+        "mobilenet_v1", 0.3, 1024, f"{grid.out.as_posix()}/m/efficient")
+    i_cos = ablation.row_config(grid, grid.rows[3])
+    assert (i_cos.model.arch, i_cos.data.image_size, i_cos.schedule.kind, i_cos.optim.lr) == (
+        "inception_v3", 299, "cosine", 0.1)
+
+
+@pytest.mark.parametrize("top,rows,match", [
+    ({"columns": [{"name": "a", "overides": []}]}, [{"name": "x"}], "unknown key 'overides'"),
+    ({"columns": [{"name": "a"}, {"name": "A"}]}, [{"name": "x"}], "two columns are named"),
+    ({"columns": [{"name": "a"}]}, [{"name": "x", "cells": {"b": {}}}], "cells must map column names"),
+    ({"columns": [{"name": "a"}]}, [{"name": "x", "paper": {"top1": 1}}], "paper figures go in the row's cells"),
+    ({"columns": [{"name": "a"}]}, [{"name": "x", "cells": {"a": {"paper": {"top1": "high"}}}}], "column 'a': paper"),
+    ({}, [{"name": "x", "cells": {"a": {}}}], "cells need columns"),
+    ({}, [{"name": "x", "run": "no"}], "run must be true or false"),
+    ({}, [{"name": "x", "paper": {"top1": 1, "unverified": "yes"}}], "unverified to true or false"),
+])
+def test_bad_columns_and_cells_are_refused(tmp_path, top, rows, match):
+    with pytest.raises(UserError, match=match):
+        ablation.read_grid(write_grid(tmp_path, rows, **top))
+
+
+def test_table6_dry_run_shows_all_18_commands(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    out = tmp_path / "t6"
+    assert ablate.main([str(ROOT / "recipes" / "ablations" / "table6.yaml"), "--dry-run", "--out", str(out),
+                        "data.root=/data/imagenet"]) == 0
+    cmds = commands(capsys.readouterr().out)
+    assert len(cmds) == 18
+    recipes = [c[2] for c in cmds]
+    assert recipes[:6] == ["recipes/resnet50-d.yaml", "recipes/resnet50-d-cosine.yaml", "recipes/resnet50-d-ls.yaml",
+                           "recipes/resnet50-d-distill.yaml", "recipes/resnet50-d-mixup.yaml",
+                           "recipes/resnet50-all-tricks.yaml"]
+    for stem, part in (("inception-v3", recipes[6:12]), ("mobilenet-v1", recipes[12:])):
+        assert part == [f"recipes/{stem}{s}.yaml" for s in ("", "-cosine", "-ls", "-distill", "-mixup", "-all-tricks")]
+    assert cmds[7][-1] == f"run.out={out}/inception-v3/cosine-decay"
+    assert 'run.name="MobileNet: + distillation and mixup"' in cmds[-1]
+    assert not out.exists()
+
+
+def md_table(text: str) -> list[dict]:
+    """The markdown table of table.md as dicts keyed by its header."""
+    lines = [line for line in text.splitlines() if line.startswith("|")]
+    head = [c.strip() for c in lines[0].strip("|").split("|")]
+    return [dict(zip(head, (c.strip() for c in line.strip("|").split("|")))) for line in lines[2:]]
+
+
+def test_columns_table_puts_each_figure_in_its_cell(tmp_path):
+    grid = column_grid(tmp_path)
+    plant(grid.out / "r" / "efficient", summary(77.0, 93.0), metrics=[{"epoch": 0, "top1": 77.0, "top5": 93.0}])
+    plant(grid.out / "r" / "cosine", summary(77.5, 93.4))
+    plant(grid.out / "i" / "cosine", summary(70.0, 90.0))
+    plant(grid.out / "m" / "efficient", last=True)
+    recs = ablation.table_rows(grid)
+    assert [(r["row"], r["column"]) for r in recs] == [(t, c) for t in ("efficient", "+ cosine", "reference")
+                                                      for c in "RIM"]
+    by = {(r["row"], r["column"]): r for r in recs}
+    assert by["+ cosine", "R"]["delta_top1"] == pytest.approx(0.5)  # deltas within a column
+    assert by["+ cosine", "I"]["delta_top1"] is None and by["+ cosine", "I"]["paper_delta_top1"] == pytest.approx(0.69)
+    assert by["reference", "R"]["status"] == "reference" and by["reference", "R"]["paper_delta_top1"] is None
+
+    written = ablation.write_table(grid)
+    assert {p.name for p in written} == {"table.md", "table.csv", "curves.png", "lr.png"}
+    md = (grid.out / "table.md").read_text()
+    assert "Paper figures marked * are unverified" in md.split("| row |")[0]  # in the caption, above the table
+    table = md_table(md)
+    assert list(table[0]) == ["row", "R ours", "R paper", "I ours", "I paper", "M ours", "M paper"]
+    eff, cos, section, ref = table
+    assert eff == {"row": "efficient", "R ours": "77.00 / 93.00", "R paper": "77.16 / 93.52", "I ours": "(not run)",
+                   "I paper": "77.50 / 93.60 *", "M ours": "(unfinished)", "M paper": "71.90 / 90.53 *"}
+    assert cos == {"row": "+ cosine", "R ours": "77.50 / 93.40 (+0.50)", "R paper": "77.91 / 93.81 (+0.75)",
+                   "I ours": "70.00 / 90.00", "I paper": "78.19 / 94.06 (+0.69) *", "M ours": "(not run)",
+                   "M paper": "72.83 / 91.00 (+0.93)"}
+    assert section["row"] == "**published**"
+    assert ref == {"row": "reference", "R ours": "", "R paper": "75.30 / 92.20", "I ours": "", "I paper": "78.80 / 94.40",
+                   "M ours": "", "M paper": "70.60"}
+    rows = list(csv.DictReader((grid.out / "table.csv").open()))
+    assert [(r["row"], r["column"], r["paper_unverified"]) for r in rows[:3]] == [
+        ("efficient", "R", "False"), ("efficient", "I", "True"), ("efficient", "M", "True")]
+
+
+def test_unverified_figure_is_marked_in_a_single_column_table(tmp_path):
+    grid = ablation.read_grid(write_grid(tmp_path, [{"name": "a", "paper": {"top1": 70.6, "unverified": True}},
+                                                    {"name": "b", "paper": {"top1": 75.3}}]))
+    md = ablation.render_markdown(grid, ablation.table_rows(grid))
+    assert "Paper figures marked * are unverified" in md.split("| row |")[0]
+    assert [r["paper top-1"] for r in md_table(md)] == ["70.60 *", "75.30"]
+
+
+def test_columns_grid_runs_every_cell_and_skips_the_reference(tmp_path, capsys):
+    fake = tmp_path / "fake_train.py"
+    fake.write_text(FAKE_TRAIN)
+    grid = column_grid(tmp_path)
+    assert ablate.main([str(grid.path), "--launcher", f"{sys.executable} {fake}"]) == 0
+    calls = [json.loads(line) for line in (tmp_path / "calls.jsonl").read_text().splitlines()]
+    assert [c["name"] for c in calls] == [r.name for r in grid.rows] and len(calls) == 6
+    assert all((grid.out / r.slug / "summary.json").is_file() for r in grid.rows)
+    # the fake trainer's top-1 is 70 + len(run name) / 10: "R: efficient" 71.2, "R: + cosine" 71.1
+    cosine = md_table((grid.out / "table.md").read_text())[1]
+    assert (cosine["R ours"], cosine["R paper"]) == ("71.10 / 90.00 (-0.10)", "77.91 / 93.81 (+0.75)")

@@ -146,10 +146,90 @@ def test_table_rows_use_the_recipes():
         assert diff(recipe(n), row_cfg("table5", i)) == {}
     names = ["resnet50-d", "resnet50-d-cosine", "resnet50-d-ls", "resnet50-d-distill", "resnet50-d-mixup",
              "resnet50-all-tricks"]
-    for i, n in enumerate(names):
+    for i, n in enumerate(names):  # the ResNet-50-D column's runs come first
         assert diff(recipe(n), row_cfg("table6", i)) == {}
-    last = ablation.read_grid(ROOT / "recipes" / "ablations" / "table6.yaml").rows[-1]
+    grid = ablation.read_grid(ROOT / "recipes" / "ablations" / "table6.yaml")
+    last = [c for c in grid.cells if c.column == "ResNet-50-D"][-1]
     assert last.paper == {"top1": 79.29, "top5": 94.63}
+
+
+# ---------------------------------------------------------------- the other networks (Tables 2 and 6)
+
+NETWORKS = {"Inception-V3": "inception-v3", "MobileNet": "mobilenet-v1"}
+REFINEMENTS = ["", "-cosine", "-ls", "-distill", "-mixup", "-all-tricks"]  # Table 6's rows, as recipe suffixes
+
+
+def test_other_networks_change_only_the_network():
+    # the efficient setting less zero gamma (no residual blocks), and no ResNet variant
+    network = {"model.zero_gamma": False, "model.variant": None}
+    assert diff(recipe("efficient"), recipe("inception-v3")) == {
+        **network, "model.arch": "inception_v3", "data.image_size": 299, "data.val_resize": 342}
+    assert diff(recipe("efficient"), recipe("mobilenet-v1")) == {**network, "model.arch": "mobilenet_v1"}
+    assert diff(recipe("baseline"), recipe("inception-v3-baseline")) == {
+        "model.variant": None, "model.arch": "inception_v3", "data.image_size": 299, "data.val_resize": 342}
+    assert diff(recipe("baseline"), recipe("mobilenet-v1-baseline")) == {"model.variant": None,
+                                                                         "model.arch": "mobilenet_v1"}
+    # each refinement adds to its network what it adds to ResNet-50-D (distillation and mixup
+    # both start from label smoothing; the last row adds distillation to mixup)
+    parent = {1: 0, 2: 1, 3: 2, 4: 2, 5: 4}
+    resnet = ["resnet50-d" + s for s in REFINEMENTS[:-1]] + ["resnet50-all-tricks"]
+    for stem in NETWORKS.values():
+        ours = [stem + s for s in REFINEMENTS]
+        for i, j in parent.items():
+            assert diff(recipe(ours[j]), recipe(ours[i])) == diff(recipe(resnet[j]), recipe(resnet[i])), ours[i]
+
+
+def test_other_networks_mixup_recipe_is_the_authors_script():
+    """gluon-cv's released scripts: 200 epochs, batch 128 x 8, lr 0.4 cosine, warmup 5, FP16, no bias
+    decay, label smoothing, mixup 0.2; Inception-V3 at 299."""
+    from bot.schedule import peak_lr
+
+    for stem, size in (("inception-v3", 299), ("mobilenet-v1", 224)):
+        cfg = recipe(f"{stem}-mixup")
+        assert (cfg.schedule.epochs, cfg.data.batch_size, peak_lr(cfg), cfg.schedule.kind) == (200, 1024, 0.4, "cosine")
+        assert (cfg.schedule.warmup_epochs, cfg.precision, cfg.optim.no_bias_decay) == (5, "fp16", True)
+        assert (cfg.loss.label_smoothing, cfg.loss.mixup_alpha, cfg.data.image_size) == (0.1, 0.2, size)
+
+
+# Table 6's and Table 2's figures as PAPER.md section 5 gives them; True: marked unverified (*) there
+TABLE6 = {
+    "ResNet-50-D": [(77.16, 93.52, False), (77.91, 93.81, False), (78.31, 94.09, False), (78.67, 94.36, False),
+                    (79.15, 94.58, False), (79.29, 94.63, False)],
+    "Inception-V3": [(77.50, 93.60, True), (78.19, 94.06, True), (78.40, 94.35, True), (78.26, 94.01, True),
+                     (78.77, 94.39, False), (78.34, 94.16, True)],
+    "MobileNet": [(71.90, 90.53, True), (72.83, 91.00, True), (72.93, 91.14, False), (71.97, 90.89, True),
+                  (73.28, 91.30, False), (72.51, 91.02, True)],
+}
+TABLE2 = {"ResNet-50": [(75.87, 92.70, False), (75.3, 92.2, False)],
+          "Inception-V3": [(77.32, 93.43, True), (78.8, 94.4, True)],
+          "MobileNet": [(69.03, 88.71, True), (70.6, None, True)]}
+
+
+def paper_cells(grid):
+    out = {}
+    for c in grid.cells:
+        out.setdefault(c.column, []).append((c.paper.get("top1"), c.paper.get("top5"), c.paper.get("unverified", False)))
+    return out
+
+
+def test_table6_is_one_grid_of_three_networks():
+    grid = ablation.read_grid(ROOT / "recipes" / "ablations" / "table6.yaml")
+    assert grid.columns == list(TABLE6) and len(grid.rows) == 18 and all(c.run for c in grid.cells)
+    assert paper_cells(grid) == TABLE6
+    resnet = ["resnet50-d" + s for s in REFINEMENTS[:-1]] + ["resnet50-all-tricks"]
+    for column, stems in [("ResNet-50-D", resnet)] + [(c, [s + r for r in REFINEMENTS]) for c, s in NETWORKS.items()]:
+        cells = [c for c in grid.rows if c.column == column]
+        assert [c.title for c in cells] == [c.title for c in grid.rows[:6]]
+        for cell, stem in zip(cells, stems):
+            assert diff(recipe(stem), ablation.row_config(grid, cell)) == {}, cell.name
+
+
+def test_table2_runs_the_baseline_and_shows_the_reference():
+    grid = ablation.read_grid(ROOT / "recipes" / "ablations" / "table2.yaml")
+    assert grid.columns == list(TABLE2) and paper_cells(grid) == TABLE2
+    assert [c.name for c in grid.rows] == [f"{c}: baseline" for c in TABLE2]  # the reference row runs nothing
+    for cell, stem in zip(grid.rows, ["baseline", "inception-v3-baseline", "mobilenet-v1-baseline"]):
+        assert diff(recipe(stem), ablation.row_config(grid, cell)) == {}
 
 
 def test_demo_grid_is_cumulative_and_ends_at_the_demo_recipe():
@@ -183,8 +263,9 @@ def toy(tmp_path_factory):
     return root
 
 
-def shrink(toy, out) -> list[str]:
-    return [f"data.root={toy}", "data.backend=torch", "data.image_size=32", "data.batch_size=4",
+def shrink(toy, out, arch: str = "resnet50") -> list[str]:
+    size = 75 if arch == "inception_v3" else 32  # Inception-V3's smallest input
+    return [f"data.root={toy}", "data.backend=torch", f"data.image_size={size}", "data.batch_size=4",
             "data.workers=0", "data.accumulate=1", "run.max_steps=1", "run.log_every=1", f"run.out={out}"]
 
 
@@ -223,7 +304,7 @@ def test_one_training_step(path, overrides, keep_precision, toy, tmp_path, reque
     extra = [] if keep_precision else ["precision=fp32"]
     if cfg.loss.distill_teacher:
         extra.append(f"loss.distill_teacher={request.getfixturevalue('teacher')}")
-    cfg = config.load(path, overrides + shrink(toy, tmp_path / "run") + extra)
+    cfg = config.load(path, overrides + shrink(toy, tmp_path / "run", cfg.model.arch) + extra)
     summary = trainer.train(cfg)
     assert summary["steps"] == 1 and 0 <= summary["top1"] <= 100
     assert (tmp_path / "run" / "summary.json").is_file() and (tmp_path / "run" / "last.pt").is_file()
