@@ -131,7 +131,7 @@ def train(cfg: config.Config) -> dict:
         model = convert_sync_batchnorm(model, device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    teacher = (load_teacher(cfg.loss.distill_teacher, num_classes, device, cfg.channels_last)
+    teacher = (load_teacher(cfg.loss.distill_teacher, train_loader.classes, device, cfg.channels_last)
                if cfg.loss.distill_teacher else None)
     train_step = build_step(cfg, model, accelerator, num_classes, train_loader.batch_size, steps_per_epoch, teacher)
     optimizer, scaler, lr_at = train_step.optimizer, train_step.scaler, train_step.lr_at
