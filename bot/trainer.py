@@ -8,7 +8,6 @@ no checkpoint. The same command resumes from `last.pt`.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -19,12 +18,11 @@ from pathlib import Path
 
 import torch
 import yaml
-from accelerate import Accelerator
 from tqdm import tqdm
 
 from bot import checkpoint, config
 from bot.data import build_loaders
-from bot.engine import TrainStep, evaluate
+from bot.engine import TrainStep, evaluate, make_accelerator
 from bot.errors import UserError
 from bot.losses import Objective
 from bot.models import build_model, count_params_macs
@@ -110,11 +108,7 @@ def train(cfg: config.Config) -> dict:
     folder = Path(cfg.run.out)
     if folder.exists() and not folder.is_dir():
         raise UserError(f"run.out {folder} is a file, not a folder")
-    # accelerate takes a torchrun launch on a machine without CUDA for a single process unless
-    # told cpu=True (state.py, _prepare_backend): each process would then train alone and all
-    # would write the same run folder. Under a launcher with no GPU, ask for gloo on the CPU.
-    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    accelerator = Accelerator(cpu=launched and not torch.cuda.is_available())
+    accelerator = make_accelerator()
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
     autocast = make_autocast(cfg.precision, device)
     torch.manual_seed(cfg.run.seed)  # the same initial weights on every process
