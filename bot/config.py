@@ -53,6 +53,9 @@ class ModelConfig:
     zero_gamma: bool = False  # gamma = 0 in the BN ending each residual branch (section 3.1)
     init: Literal["xavier", "kaiming"] = "xavier"  # xavier: the paper's (section 2); kaiming: timm's
     sync_bn: bool = False  # BatchNorm statistics over all processes
+    # Fine-tuning (section 6): a checkpoint or run folder whose weights start this run; the
+    # classifier is re-initialised when the classes differ. A resumed run ignores it (last.pt wins).
+    init_from: Optional[str] = None
 
 
 @dataclass
@@ -293,6 +296,8 @@ def validate(cfg: Config) -> Config:
         _check(0 <= getattr(d, key) <= 1, f"data.{key}", "must be in [0, 1] (factor in [1 - x, 1 + x])")
     _check(0 <= d.hue <= 0.5, "data.hue", "must be in [0, 0.5]")
     _check(d.pca_lighting >= 0, "data.pca_lighting", "must be 0 or more")
+    _check(m.init_from is None or m.init_from.strip() != "", "model.init_from",
+           "must be a checkpoint or run folder, or null")
     _check(o.lr > 0, "optim.lr", f"must be positive, got {o.lr}")
     _check(0 <= o.momentum < 1, "optim.momentum", "must be in [0, 1)")
     _check(o.weight_decay >= 0, "optim.weight_decay", "must be 0 or more")

@@ -24,6 +24,7 @@ from bot import checkpoint, config
 from bot.data import build_loaders
 from bot.engine import TrainStep, evaluate, make_accelerator
 from bot.errors import UserError
+from bot.finetune import init_from
 from bot.losses import Objective
 from bot.models import build_model, count_params_macs
 from bot.optim import build_optimizer
@@ -120,6 +121,8 @@ def train(cfg: config.Config) -> dict:
     if state is not None:
         check_same_run(cfg, state["config"], folder)
     model = build_model(cfg, num_classes).to(device)
+    if cfg.model.init_from and state is None:  # fine-tuning; a resumed run continues from last.pt instead
+        init_from(model, cfg.model.init_from, train_loader.classes, say=accelerator.is_main_process)
     params, macs = count_params_macs(model, cfg.data.image_size)
     if cfg.model.sync_bn and world > 1:
         model = convert_sync_batchnorm(model, device)
