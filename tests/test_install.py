@@ -1,6 +1,7 @@
 """The package installs (pyproject.toml) and works from outside the repository."""
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -8,11 +9,15 @@ from conftest import ROOT
 
 
 def test_installed_package_imports_and_runs_its_commands_anywhere(tmp_path):
-    target, elsewhere = tmp_path / "site", tmp_path / "elsewhere"
+    target, elsewhere, source = tmp_path / "site", tmp_path / "elsewhere", tmp_path / "source"
     elsewhere.mkdir()
+    # built from a copy: setuptools writes build/ into the folder it builds
+    shutil.copytree(ROOT / "bot", source / "bot", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
     # --no-deps: the venv's packages serve; --no-build-isolation: setuptools from the venv, no network
     pip = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                          "--target", str(target), str(ROOT)], capture_output=True, text=True, timeout=600)
+                          "--target", str(target), str(source)], capture_output=True, text=True, timeout=600)
     assert pip.returncode == 0, pip.stderr[-2000:]
     env = {**os.environ, "PYTHONPATH": str(target)}
     code = "import bot, bot.cli.evaluate, bot.trainer; print(bot.__file__)"
