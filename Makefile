@@ -6,7 +6,7 @@ TEACHER ?=
 TOY     := data/toy
 ARGS    ?=
 
-.PHONY: install test demo demo-recipe bench resnet50-all-tricks teacher table3 table4 table5 table6 clean
+.PHONY: install test demo demo-recipe demo-finetune bench resnet50-all-tricks teacher table3 table4 table5 table6 clean
 
 install: .venv/.installed
 
@@ -31,6 +31,23 @@ demo: install $(TOY)/.complete
 # One run of recipes/demo.yaml (every trick but mixup and distillation): about 3 minutes.
 demo-recipe: install $(TOY)/.complete
 	$(PY) train.py recipes/demo.yaml data.root=$(TOY) $(ARGS)
+
+# Fine-tuning: the demo-recipe model (trained first if runs/demo has no summary) fine-tuned on
+# 5 new toy classes, and the same recipe from scratch, both 10 epochs; prints both top-1.
+TOY_NEW := data/toy-new
+
+$(TOY_NEW)/.complete: | install
+	$(PY) scripts/make_toy_data.py $(TOY_NEW) --classes 5 --first-shape 5 --train 30 --val 50 --seed 1
+
+runs/demo/summary.json: | install $(TOY)/.complete
+	$(PY) train.py recipes/demo.yaml data.root=$(TOY) run.out=runs/demo
+
+demo-finetune: install $(TOY_NEW)/.complete runs/demo/summary.json
+	$(PY) train.py recipes/finetune-demo.yaml data.root=$(TOY_NEW) $(ARGS)
+	$(PY) train.py recipes/finetune-demo.yaml data.root=$(TOY_NEW) model.init_from=null \
+		run.out=runs/finetune-demo-scratch $(ARGS)
+	@for d in finetune-demo finetune-demo-scratch; do $(PY) -c "import json, sys; \
+		print(f'{sys.argv[1]}: top-1 {json.load(open(sys.argv[1]))[\"top1\"]:.2f}')" runs/$$d/summary.json; done
 
 # The distillation teacher, ResNet-152-D with cosine + label smoothing (section 5.3).
 # Its summary.json marks it finished, so it is trained once. It gets ARGS when made by

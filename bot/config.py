@@ -63,6 +63,9 @@ class ModelConfig:
     zero_gamma: bool = False  # gamma = 0 in the BN ending each residual branch (section 3.1); ResNets only
     init: Literal["xavier", "kaiming"] = "xavier"  # xavier: the paper's (section 2); kaiming: timm's own init
     sync_bn: bool = False  # BatchNorm statistics over all processes
+    # Fine-tuning (section 6): a checkpoint or run folder whose weights start this run; the
+    # classifier is re-initialised when the classes differ. A resumed run ignores it (last.pt wins).
+    init_from: Optional[str] = None
 
 
 @dataclass
@@ -309,6 +312,8 @@ def validate(cfg: Config) -> Config:
     _check(d.prefetch >= 1, "data.prefetch", f"must be at least 1, got {d.prefetch}")
     _check(0 <= d.hw_decoder_load <= 1, "data.hw_decoder_load", f"must be in [0, 1], got {d.hw_decoder_load}")
     _validate_arch(cfg)
+    _check(m.init_from is None or m.init_from.strip() != "", "model.init_from",
+           "must be a checkpoint or run folder, or null")
     _check(o.lr > 0, "optim.lr", f"must be positive, got {o.lr}")
     _check(0 <= o.momentum < 1, "optim.momentum", "must be in [0, 1)")
     _check(o.weight_decay >= 0, "optim.weight_decay", "must be 0 or more")

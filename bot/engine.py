@@ -2,9 +2,22 @@
 
 from __future__ import annotations
 
+import os
 from contextlib import nullcontext
 
 import torch
+
+
+def make_accelerator():
+    """accelerate's Accelerator for this process, as training and evaluation both need it.
+
+    accelerate takes a torchrun launch on a machine without CUDA for a single process unless
+    told cpu=True (state.py, _prepare_backend): each process would then work alone and all
+    would write the same files. Under a launcher with no GPU, ask for gloo on the CPU."""
+    from accelerate import Accelerator
+
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return Accelerator(cpu=launched and not torch.cuda.is_available())
 
 
 class TrainStep:
@@ -50,13 +63,17 @@ class TrainStep:
 
 
 @torch.no_grad()
-def evaluate(model, loader, accelerator, autocast, channels_last: bool) -> dict:
-    """Top-1 and top-5 over the whole val set, every image counted once over all processes."""
+def evaluate(model, loader, accelerator, autocast, channels_last: bool, per_class: int = 0) -> dict:
+    """Top-1 and top-5 over the whole val set, every image counted once over all processes.
+
+    per_class=K also counts images and top-1 hits of each of K classes (lists under
+    `class_images` and `class_top1_hits`)."""
     was_training = model.training
     model.eval()
     device = accelerator.device
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     totals = torch.zeros(4, dtype=torch.float64, device=device)  # top1 hits, top5 hits, loss sum, count
+    classes = torch.zeros(2, per_class, dtype=torch.float64, device=device)  # images, top-1 hits per class
     for images, labels in loader:
         images = images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
         labels = labels.to(device, non_blocking=True)
@@ -67,8 +84,15 @@ def evaluate(model, loader, accelerator, autocast, channels_last: bool) -> dict:
         loss = torch.nn.functional.cross_entropy(logits.float(), labels, reduction="sum")
         totals[:3] += torch.stack([hits[:, 0].sum(), hits.any(1).sum(), loss]).to(totals.dtype)
         totals[3] += len(labels)  # a scalar operand: no host-to-device copy, no sync
+        if per_class:
+            classes[0] += torch.bincount(labels, minlength=per_class).to(classes.dtype)
+            classes[1] += torch.bincount(labels[hits[:, 0]], minlength=per_class).to(classes.dtype)
     totals = accelerator.reduce(totals, reduction="sum")
     model.train(was_training)
     n = max(totals[3].item(), 1)
-    return {"top1": 100 * totals[0].item() / n, "top5": 100 * totals[1].item() / n,
-            "val_loss": totals[2].item() / n, "val_images": int(totals[3].item())}
+    metrics = {"top1": 100 * totals[0].item() / n, "top5": 100 * totals[1].item() / n,
+               "val_loss": totals[2].item() / n, "val_images": int(totals[3].item())}
+    if per_class:
+        classes = accelerator.reduce(classes, reduction="sum")
+        metrics |= {"class_images": classes[0].long().tolist(), "class_top1_hits": classes[1].long().tolist()}
+    return metrics

@@ -10,48 +10,36 @@ from pathlib import Path
 
 import torch
 
+from bot import trained
 from bot.errors import UserError
 
+WHAT = "loss.distill_teacher"
 
-def load_teacher(spec: str, num_classes: int, device, channels_last: bool = False) -> torch.nn.Module:
-    if Path(spec).is_file():
-        model, classes = _from_checkpoint(Path(spec))
+
+def load_teacher(spec: str, classes: list[str], device, channels_last: bool = False) -> torch.nn.Module:
+    """`classes`: the data's class names in label order. A checkpoint's own names must be the
+    same in the same order, or the teacher's soft labels would be another class's."""
+    if Path(spec).exists():
+        teacher = trained.read(spec, WHAT)
+        trained.check_classes(teacher, classes, WHAT, "the data")
+        model = trained.build(teacher)
     else:
-        model, classes = _from_timm(spec)
-    if classes != num_classes:
-        raise UserError(f"loss.distill_teacher {spec} predicts {classes} classes but the data has {num_classes}")
+        model = _from_timm(spec)
+        if model.num_classes != len(classes):  # timm names no classes: only the count can be compared
+            raise UserError(f"{WHAT} {spec} predicts {model.num_classes} classes but the data has {len(classes)}")
     model.eval().requires_grad_(False).to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
     return model
 
 
-def _from_checkpoint(path: Path):
-    from bot import config
-    from bot.models import build_model
-
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-        cfg = config.from_dict(ckpt["config"])
-        classes = int(ckpt["num_classes"])
-        model = build_model(cfg, num_classes=classes)
-        model.load_state_dict(ckpt["model"])
-    except UserError:
-        raise
-    except Exception as e:  # a truncated file, a foreign checkpoint: one line, not a traceback
-        raise UserError(f"loss.distill_teacher {path} is not a readable bot checkpoint "
-                        f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
-    return model, classes
-
-
 def _from_timm(name: str):
     import timm
 
     if not timm.is_model(name):
-        raise UserError(f"loss.distill_teacher {name!r} is neither a checkpoint file nor a timm model name")
+        raise UserError(f"{WHAT} {name!r} is neither a checkpoint file nor a timm model name")
     try:
-        model = timm.create_model(name, pretrained=True)
+        return timm.create_model(name, pretrained=True)
     except Exception as e:
-        raise UserError(f"loss.distill_teacher: timm could not load pretrained weights for {name!r} "
+        raise UserError(f"{WHAT}: timm could not load pretrained weights for {name!r} "
                         f"(offline? give a checkpoint path instead): {str(e).splitlines()[0]}") from None
-    return model, model.num_classes

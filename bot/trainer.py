@@ -8,7 +8,6 @@ no checkpoint. The same command resumes from `last.pt`.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -19,13 +18,13 @@ from pathlib import Path
 
 import torch
 import yaml
-from accelerate import Accelerator
 from tqdm import tqdm
 
 from bot import backends, checkpoint, config
 from bot.data import build_loaders
-from bot.engine import TrainStep, evaluate
+from bot.engine import TrainStep, evaluate, make_accelerator
 from bot.errors import UserError
+from bot.finetune import init_from
 from bot.losses import Objective
 from bot.models import build_model, count_params_macs
 from bot.optim import build_optimizer, load_optimizer_state
@@ -112,11 +111,7 @@ def train(cfg: config.Config) -> dict:
     folder = Path(cfg.run.out)
     if folder.exists() and not folder.is_dir():
         raise UserError(f"run.out {folder} is a file, not a folder")
-    # accelerate takes a torchrun launch on a machine without CUDA for a single process unless
-    # told cpu=True (state.py, _prepare_backend): each process would then train alone and all
-    # would write the same run folder. Under a launcher with no GPU, ask for gloo on the CPU.
-    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    accelerator = Accelerator(cpu=launched and not torch.cuda.is_available())
+    accelerator = make_accelerator()
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
     autocast = make_autocast(cfg.precision, device)
     backends.configure(cfg, device)
@@ -129,12 +124,14 @@ def train(cfg: config.Config) -> dict:
     if state is not None:
         check_same_run(cfg, state["config"], folder)
     model = build_model(cfg, num_classes).to(device)
+    if cfg.model.init_from and state is None:  # fine-tuning; a resumed run continues from last.pt instead
+        init_from(model, cfg.model.init_from, train_loader.classes, say=accelerator.is_main_process)
     params, macs = count_params_macs(model, cfg.data.image_size)
     if cfg.model.sync_bn and world > 1:
         model = convert_sync_batchnorm(model, device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    teacher = (load_teacher(cfg.loss.distill_teacher, num_classes, device, cfg.channels_last)
+    teacher = (load_teacher(cfg.loss.distill_teacher, train_loader.classes, device, cfg.channels_last)
                if cfg.loss.distill_teacher else None)
     train_step = build_step(cfg, model, accelerator, num_classes, train_loader.batch_size, steps_per_epoch, teacher)
     optimizer, scaler, lr_at = train_step.optimizer, train_step.scaler, train_step.lr_at

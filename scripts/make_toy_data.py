@@ -1,6 +1,10 @@
 """Write a small, learnable, deterministic image-classification dataset of real JPEGs.
 
     python scripts/make_toy_data.py data/toy [--classes 10 --train 100 --val 50 --size 64 --seed 0]
+    python scripts/make_toy_data.py data/toy-new --classes 5 --first-shape 5 --train 30 --seed 1
+
+`--first-shape N` starts the classes at the N-th shape: another set of classes (names and
+colours), as a dataset to fine-tune on.
 
 The layout is ImageNet's: OUT/train/<class>/*.jpg and OUT/val/<class>/*.jpg. A class is
 a shape (circle, square, triangle, ...) in a colour of the class's own hue (saturation
@@ -84,7 +88,7 @@ def class_colour(rng: np.random.Generator, label: int, classes: int):
     return int(r * 255), int(g * 255), int(b * 255)
 
 
-def make_image(rng: np.random.Generator, label: int, classes: int, size: int) -> Image.Image:
+def make_image(rng: np.random.Generator, label: int, classes: int, size: int, first: int = 0) -> Image.Image:
     w = int(size * rng.uniform(0.7, 1.4))
     h = int(size * rng.uniform(0.7, 1.4))
     colour = class_colour(rng, label, classes)
@@ -105,12 +109,12 @@ def make_image(rng: np.random.Generator, label: int, classes: int, size: int) ->
             d.ellipse([x0 - s, y0 - s, x0 + s, y0 + s], fill=c)
     r = min(w, h) * rng.uniform(0.22, 0.36)
     cx, cy = rng.uniform(r, w - r), rng.uniform(r, h - r)
-    draw_shape(img, SHAPES[label % len(SHAPES)], cx, cy, r, rng.uniform(0, 2 * math.pi), colour, bg)
+    draw_shape(img, SHAPES[(first + label) % len(SHAPES)], cx, cy, r, rng.uniform(0, 2 * math.pi), colour, bg)
     return img.filter(ImageFilter.GaussianBlur(rng.uniform(0, 0.8)))
 
 
-def write(out: Path, classes: int, counts: dict[str, int], size: int, seed: int) -> None:
-    names = [f"{k:02d}_{SHAPES[k % len(SHAPES)]}" for k in range(classes)]
+def write(out: Path, classes: int, counts: dict[str, int], size: int, seed: int, first: int = 0) -> None:
+    names = [f"{k:02d}_{SHAPES[k % len(SHAPES)]}" for k in range(first, first + classes)]
     total = sum(counts.values()) * classes
     done = 0
     for split_id, (split, n) in enumerate(counts.items()):
@@ -119,12 +123,12 @@ def write(out: Path, classes: int, counts: dict[str, int], size: int, seed: int)
             folder.mkdir(parents=True, exist_ok=True)
             for i in range(n):
                 rng = np.random.default_rng([seed, split_id, label, i])
-                make_image(rng, label, classes, size).save(folder / f"{i:05d}.jpg", quality=90)
+                make_image(rng, label, classes, size, first).save(folder / f"{i:05d}.jpg", quality=90)
                 done += 1
             print(f"\r{out}: {done}/{total} images", end="", file=sys.stderr, flush=True)
     print(file=sys.stderr)
     (out / ".complete").write_text(f"classes={classes} train={counts['train']} val={counts['val']} "
-                                   f"size={size} seed={seed}\n")
+                                   f"size={size} seed={seed} first_shape={first}\n")
 
 
 def main(argv=None) -> int:
@@ -135,12 +139,13 @@ def main(argv=None) -> int:
     p.add_argument("--val", type=int, default=50, help="images per class in val/")
     p.add_argument("--size", type=int, default=64, help="typical image side; each image varies around it")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--first-shape", type=int, default=0, help="classes start at this shape (another class set)")
     a = p.parse_args(argv)
-    if not 2 <= a.classes <= len(SHAPES):
-        p.error(f"--classes must be in [2, {len(SHAPES)}]")
+    if not 2 <= a.classes <= len(SHAPES) - a.first_shape or a.first_shape < 0:
+        p.error(f"--classes must be in [2, {len(SHAPES)} - --first-shape], --first-shape 0 or more")
     if a.train < 1 or a.val < 1 or a.size < 32:
         p.error("--train and --val must be at least 1 and --size at least 32")
-    write(a.out, a.classes, {"train": a.train, "val": a.val}, a.size, a.seed)
+    write(a.out, a.classes, {"train": a.train, "val": a.val}, a.size, a.seed, a.first_shape)
     return 0
 
 

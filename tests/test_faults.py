@@ -190,10 +190,11 @@ def damaged_copy(toy, tmp_path, damage):
     return root, path
 
 
-def teacher_with_3_classes(tmp_path):
+def teacher_with_classes(tmp_path, classes: int, names: list[str] | None = None):
     cfg = config.load(RECIPE, ARGS)
     path = tmp_path / "teacher.pt"
-    torch.save({"model": build_model(cfg, 3).state_dict(), "config": cfg.to_dict(), "num_classes": 3}, path)
+    torch.save({"model": build_model(cfg, classes).state_dict(), "config": cfg.to_dict(), "num_classes": classes,
+                **({"classes": names} if names else {})}, path)
     return path
 
 
@@ -204,7 +205,7 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", ["corrupt JPEG", "zero-byte file", "batch not divisible", "mixup with a batch of 1",
-                                  "teacher with another class count"])
+                                  "teacher with another class count", "teacher with the classes in another order"])
 def test_bad_input_exits_2_with_one_line_and_keeps_last_pt(toy, tmp_path, run_folder, case):
     kept = (run_folder / "last.pt").read_bytes()
     root, extra, message = toy, [], None
@@ -217,9 +218,14 @@ def test_bad_input_exits_2_with_one_line_and_keeps_last_pt(toy, tmp_path, run_fo
         extra = ["data.batch_size=1", "loss.mixup_alpha=0.2", "run.resume=force"]
         message = "loss.mixup_alpha needs at least 2 images per micro-batch"
     elif case == "teacher with another class count":
-        teacher = teacher_with_3_classes(tmp_path)
+        teacher = teacher_with_classes(tmp_path, 3)
         extra = [f"loss.distill_teacher={teacher}", "run.resume=force"]
-        message = f"loss.distill_teacher {teacher} predicts 3 classes but the data has 4"
+        message = f"loss.distill_teacher {teacher} was trained on other classes than the data: 3 classes against 4"
+    elif case == "teacher with the classes in another order":  # as many classes: only the names tell
+        names = sorted(p.name for p in (toy / "train").iterdir() if p.is_dir())
+        teacher = teacher_with_classes(tmp_path, 4, names[1::-1] + names[2:])
+        extra = [f"loss.distill_teacher={teacher}", "run.resume=force"]
+        message = f"other classes than the data: class 0 is {names[1]!r} against {names[0]!r}"
     done = run_cli(*cli_args(root, run_folder, *extra))
     assert done.returncode == 2, done.stderr[-2000:]
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr[-2000:]

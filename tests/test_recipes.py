@@ -304,6 +304,8 @@ def test_one_training_step(path, overrides, keep_precision, toy, tmp_path, reque
     extra = [] if keep_precision else ["precision=fp32"]
     if cfg.loss.distill_teacher:
         extra.append(f"loss.distill_teacher={request.getfixturevalue('teacher')}")
+    if cfg.model.init_from:  # a fine-tuning recipe starts from the same stand-in run (a ResNet-18-D)
+        extra.append(f"model.init_from={request.getfixturevalue('teacher')}")
     cfg = config.load(path, overrides + shrink(toy, tmp_path / "run", cfg.model.arch) + extra)
     summary = trainer.train(cfg)
     assert summary["steps"] == 1 and 0 <= summary["top1"] <= 100

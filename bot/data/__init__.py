@@ -8,7 +8,7 @@ global batch). The val loader covers this process's share of the val set once.
 
 from __future__ import annotations
 
-from bot.data.folder import scan_dataset
+from bot.data.folder import dataset_root, scan_dataset, scan_split
 from bot.errors import UserError
 
 
@@ -35,3 +35,17 @@ def build_loaders(cfg, rank: int | None = None, world: int | None = None, device
         return build_dali_loaders(train, val, cfg, rank, world, batch, device)
     from bot.data.torch_loader import build_torch_loaders
     return build_torch_loaders(train, val, cfg, rank, world, batch, device)
+
+
+def build_val_loader(cfg, rank: int, world: int, device):
+    """The val loader alone, for evaluating a trained model: data.root needs only val/.
+    data.batch_size stays the global batch; every image is counted once over the processes."""
+    val = scan_split(dataset_root(cfg.data.root), "val")
+    batch = max(1, cfg.data.batch_size // world)
+    if cfg.data.backend == "dali":
+        from bot.data.dali import DaliValLoader
+        return DaliValLoader(val, cfg.data, rank, world, batch, device)
+    import torch
+
+    from bot.data.torch_loader import ValLoader
+    return ValLoader(val, cfg.data, rank, world, batch, pin=torch.device(device).type == "cuda")

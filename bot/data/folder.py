@@ -43,13 +43,18 @@ def scan_split(root: Path, split: str) -> Split:
     return Split(classes, files, labels)
 
 
-def scan_dataset(root: str | None) -> tuple[Split, Split]:
-    """(train, val) of a dataset root, checked: both present, same classes, none empty."""
+def dataset_root(root: str | None) -> Path:
     if not root:
         raise UserError(f"data.root is not set: give data.root=/path/to/data ({TOY_HINT})")
     path = Path(root).expanduser()
     if not path.is_dir():
         raise UserError(f"data.root {root} does not exist or is not a folder ({TOY_HINT})")
+    return path
+
+
+def scan_dataset(root: str | None) -> tuple[Split, Split]:
+    """(train, val) of a dataset root, checked: both present, same classes, none empty."""
+    path = dataset_root(root)
     train, val = scan_split(path, "train"), scan_split(path, "val")
     if train.classes != val.classes:
         only_train = sorted(set(train.classes) - set(val.classes))

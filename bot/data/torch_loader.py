@@ -7,6 +7,10 @@ uninterrupted one would have seen.
 
 from __future__ import annotations
 
+import sys
+import types
+from contextlib import contextmanager
+
 import numpy as np
 import torch
 from PIL import Image
@@ -20,6 +24,31 @@ from bot.errors import UserError
 # Workers start from a fork server, not a fork of this process: forking a process that
 # already runs threads (DALI's, or a torch thread pool) can deadlock the child.
 CONTEXT = "forkserver"
+
+
+@contextmanager
+def workers_without_main():
+    """Start workers that do not re-run the user's __main__, whatever it is.
+
+    A fork-server (or spawn) child is prepared from `multiprocessing.spawn.get_preparation_data`,
+    which tells it to re-import the parent's __main__ as `__mp_main__`: by path when __main__
+    has a `__file__` (`init_main_from_path`, runpy.run_path), by module name when it has a
+    `__spec__` (`init_main_from_name`, `python -m`). An unguarded script is then run again in
+    every worker, which starts loaders while still bootstrapping and dies ("DataLoader worker
+    exited unexpectedly"); a script read from stdin has `__file__ == "<stdin>"`, a file that
+    does not exist; a notebook's `%run script.py` puts the script's `__file__` into __main__.
+    The workers run only code from bot, torch and torchvision, found by import, and need
+    nothing from __main__; so while they start, __main__ is swapped for a bare module, the
+    state of `python -c`, which gives no preparation entry. The user's module is not changed,
+    only looked up elsewhere for those milliseconds, and the fork server is kept.
+    """
+    modules = sys.modules
+    user_main = modules["__main__"]
+    modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        modules["__main__"] = user_main
 
 
 def decode(path: str) -> torch.Tensor:
@@ -93,7 +122,8 @@ class TrainLoader:
         return self.steps
 
     def __iter__(self):
-        return iter(self.loader)
+        with workers_without_main():  # persistent workers start on the first iter()
+            return iter(self.loader)
 
 
 class ValLoader:
@@ -110,7 +140,8 @@ class ValLoader:
         return len(self.loader)
 
     def __iter__(self):
-        return iter(self.loader)
+        with workers_without_main():  # persistent workers start on the first iter()
+            return iter(self.loader)
 
 
 def build_torch_loaders(train: Split, val: Split, cfg, rank: int, world: int, batch: int, device):

@@ -1,0 +1,39 @@
+"""The command lines: `python train.py`, `scripts/*.py` and the installed `bot-*` commands
+all call the `main(argv) -> exit status` of a module here.
+
+Bad input (bot.errors.UserError) is one line on stderr and exit status 2, whichever
+command met it.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Callable
+
+from bot.errors import UserError, one_line
+
+
+def run(body: Callable[[], int | None], interrupted: str = "interrupted") -> int:
+    """`body()`'s exit status, with bad input turned into one line and status 2."""
+    try:
+        return body() or 0
+    except UserError as e:
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(interrupted, file=sys.stderr)
+        return 130
+    except RuntimeError as e:  # a UserError raised in a loader worker comes back as RuntimeError
+        if "UserError" in str(e):
+            print(f"error: {one_line(e)}", file=sys.stderr)
+            return 2
+        raise
+
+
+def checkout_file(name: str):
+    """A file of the source checkout this package runs from (train.py beside bot/), or None
+    when bot is installed from a wheel."""
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / name
+    return path if path.is_file() else None

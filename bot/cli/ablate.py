@@ -1,0 +1,97 @@
+"""Run an ablation grid (recipes/ablations/*.yaml) and write its table.
+
+    python scripts/ablate.py GRID [--dry-run] [--seeds N] [--out DIR] [--table-only]
+                             [--launcher "accelerate launch ..."] [dotted.key=value ...]
+
+Each row whose run has no summary.json is started, or resumed when it has a last.pt
+(the trainer resumes from it); a finished row is never rerun. The key=value arguments
+apply to every row (e.g. data.root=/data/imagenet). Then table.md, table.csv,
+curves.png and lr.png are written into the grid's folder. A failed row is reported and
+the next one runs; the exit status is then 1. Bad input (grid, row, key) exits 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import subprocess
+import sys
+import time
+from bot import ablation
+from bot.cli import checkout_file
+from bot.errors import UserError, one_line
+
+
+def train_command() -> list[str]:
+    """What runs one row after the launcher: the checkout's train.py, or the installed module."""
+    path = checkout_file("train.py")
+    return [ablation._shell_path(path)] if path else ["-m", "bot.cli.train"]
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("grid", help="a grid file, e.g. recipes/ablations/table4.yaml")
+    p.add_argument("overrides", nargs="*", help="dotted.key=value applied to every row")
+    p.add_argument("--dry-run", action="store_true", help="print each row's command and state; run nothing")
+    p.add_argument("--seeds", type=int, default=1, help="runs per row, in <row>/seed<k> with run.seed=k")
+    p.add_argument("--launcher", default=None,
+                   help='replaces "python", e.g. "accelerate launch --config_file configs/accelerate/8gpu.yaml"')
+    p.add_argument("--out", default=None, help="the grid's folder (default: the grid's out:, else runs/<grid>)")
+    p.add_argument("--table-only", action="store_true", help="write the table from the runs on disk; run nothing")
+    args = p.parse_intermixed_args(argv)
+    if args.seeds < 1:
+        p.error("--seeds must be at least 1")
+    bad = [o for o in args.overrides if "=" not in o]
+    if bad:
+        p.error(f"overrides must look like key.sub=value, got {bad[0]!r}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(sys.argv[1:] if argv is None else argv)
+    launcher = shlex.split(args.launcher) if args.launcher else [sys.executable]
+    train = train_command()
+    try:
+        grid = ablation.read_grid(args.grid, args.out)
+        for row in grid.rows:  # every row must load before the first one runs
+            ablation.row_config(grid, row, args.overrides, args.seeds)
+    except UserError as e:
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        return 2
+
+    failed = []
+    if not args.table_only:
+        runs = [(row, folder, seed) for row in grid.rows for folder, seed in ablation.run_dirs(grid, row, args.seeds)]
+        for i, (row, folder, seed) in enumerate(runs, 1):
+            state = ablation.run_status(folder)
+            cmd = launcher + train + [row.recipe] + ablation.run_overrides(grid, row, folder, seed, args.overrides)
+            label = f"[{i}/{len(runs)}] {row.name}" + (f" seed {seed}" if seed is not None else "")
+            if state == "done":
+                print(f"{label}: done, skipped ({folder.as_posix()}/summary.json)", flush=True)
+                continue
+            print(f"{label}: {state} -> {folder.as_posix()}", flush=True)
+            if args.dry_run:
+                print("  " + shlex.join(cmd), flush=True)
+                continue
+            t0 = time.time()
+            rc = subprocess.call(cmd)
+            took = f"{(time.time() - t0) / 60:.1f} min"
+            if rc != 0 or ablation.run_status(folder) != "done":
+                why = f"exit status {rc}" if rc != 0 else "exited 0 but wrote no summary.json"
+                print(f"{label}: FAILED ({why}, {took}); going on with the next row", flush=True)
+                failed.append(label)
+            else:
+                print(f"{label}: finished in {took}", flush=True)
+            ablation.write_table(grid, args.overrides)  # the table grows as rows finish
+    if args.dry_run:
+        return 0
+    for path in ablation.write_table(grid, args.overrides):
+        print(f"wrote {path.as_posix()}")
+    if failed:
+        print(f"{len(failed)} run(s) failed: {'; '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""Evaluate a trained model on a val folder:  top-1, top-5 and loss  (installed as `bot-evaluate`)
+
+    python scripts/evaluate.py CHECKPOINT_OR_RUN [dotted.key=value ...] [--sizes 224,256,288]
+                               [--ema] [--per-class CSV]
+    torchrun --nproc_per_node 8 scripts/evaluate.py runs/x data.root=/data/imagenet
+
+A run folder means its best.pt. The checkpoint's own config is the starting point
+(data.root, the backend, the val resize and crop, precision), so with no overrides
+the run's val set is measured again exactly as the trainer measured it. Overrides use
+the training keys: data.root (a folder with val/<class>/ is enough), data.backend,
+data.batch_size (global), data.workers, data.image_size, data.val_resize.
+`--sizes` tests several resolutions (the val resize keeps the 256/224 ratio unless
+data.val_resize is given): a network trained at one resolution is often best tested
+at a slightly larger one. Under torchrun or accelerate every image is counted once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from pathlib import Path
+
+import torch
+
+from bot import config, trained
+from bot.cli import run
+from bot.errors import UserError
+
+
+def parse(argv) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                epilog="Overrides are dotted.key=value, as for train.py.")
+    p.add_argument("checkpoint", help="a checkpoint (best.pt, last.pt) or a run folder (its best.pt)")
+    p.add_argument("overrides", nargs="*", help="e.g. data.root=/data/imagenet data.backend=dali")
+    p.add_argument("--sizes", default=None, help="test resolutions, e.g. 224,256,288 (default: data.image_size)")
+    p.add_argument("--ema", action="store_true", help=f"the moving average of the weights (checkpoint key "
+                                                       f"{trained.EMA_KEY!r})")
+    p.add_argument("--per-class", metavar="CSV", default=None, help="write each class's images and top-1 here")
+    args = p.parse_intermixed_args(argv)
+    try:
+        args.sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else [None]
+    except ValueError:
+        p.error(f"--sizes must be integers separated by commas, got {args.sizes!r}")
+    return args
+
+
+def eval_config(model: trained.Trained, overrides: list[str], size: int | None) -> config.Config:
+    """The checkpoint's config with `overrides`, at test resolution `size` (None: as it is)."""
+    tree = model.cfg.to_dict()
+    for item in overrides:
+        config.apply_override(tree, item)
+    keys = {item.split("=", 1)[0].strip() for item in overrides}
+    if size is not None:
+        tree["data"]["image_size"] = size
+    if "data.val_resize" not in keys and (size is not None or "data.image_size" in keys):
+        tree["data"]["val_resize"] = None  # derived again from the new size (256/224, config.validate)
+    return config.from_dict(tree)
+
+
+def evaluate_sizes(model_info: trained.Trained, args) -> list[dict]:
+    from bot.data import build_val_loader
+    from bot.engine import evaluate, make_accelerator
+    from bot.trainer import make_autocast
+
+    accelerator = make_accelerator()
+    net = trained.build(model_info, ema=args.ema).to(accelerator.device)
+    rows = []
+    for size in args.sizes:
+        cfg = eval_config(model_info, args.overrides, size)
+        loader = build_val_loader(cfg, accelerator.process_index, accelerator.num_processes, accelerator.device)
+        trained.check_classes(model_info, loader.classes, "checkpoint", f"{cfg.data.root}/val")
+        if cfg.channels_last:
+            net = net.to(memory_format=torch.channels_last)
+        metrics = evaluate(net, loader, accelerator, make_autocast(cfg.precision, accelerator.device),
+                           cfg.channels_last, per_class=len(loader.classes))
+        rows.append({"size": cfg.data.image_size, "resize": cfg.data.val_resize, "root": cfg.data.root,
+                     "classes": loader.classes, **metrics})
+    return rows if accelerator.is_main_process else []
+
+
+def print_table(model_info: trained.Trained, rows: list[dict], ema: bool) -> None:
+    first = rows[0]
+    print(f"{model_info.describe()}{' EMA weights' if ema else ''} on {first['root']}/val: "
+          f"{first['val_images']} images")
+    print("| test size | resize | top-1 | top-5 | loss |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['size']} | {r['resize']} | {r['top1']:.2f} | {r['top5']:.2f} | {r['val_loss']:.4f} |")
+
+
+def write_per_class(path: str, rows: list[dict]) -> None:
+    with open(path, "w", newline="") as f:
+        out = csv.writer(f)
+        out.writerow(["class", "images"] + [f"top1_{r['size']}" for r in rows])
+        first = rows[0]
+        for k, name in enumerate(first["classes"]):
+            n = first["class_images"][k]
+            out.writerow([name, n] + [f"{100 * r['class_top1_hits'][k] / n:.2f}" if n else "" for r in rows])
+    print(f"per-class top-1 in {path}")
+
+
+def main(argv=None) -> int:
+    args = parse(sys.argv[1:] if argv is None else argv)
+
+    def body():
+        model_info = trained.read(args.checkpoint)
+        if args.per_class and not Path(args.per_class).parent.is_dir():
+            raise UserError(f"--per-class {args.per_class}: folder {Path(args.per_class).parent} does not exist")
+        rows = evaluate_sizes(model_info, args)
+        if rows:  # the main process reports
+            print_table(model_info, rows, args.ema)
+            if args.per_class:
+                write_per_class(args.per_class, rows)
+
+    return run(body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,40 @@
+"""Train a recipe:  python train.py RECIPE [dotted.key=value ...] [--print-config]  (or bot-train)
+
+    python train.py recipes/resnet50-all-tricks.yaml data.root=/data/imagenet
+    accelerate launch --config_file configs/accelerate/8gpu.yaml train.py recipes/efficient.yaml data.root=...
+
+Running the same command again resumes from the run folder's last.pt. Bad input (an
+unknown key, a wrong type, a missing data folder, a corrupt image ...) exits with status
+2 and one line naming the problem.
+"""
+
+import argparse
+import sys
+
+from bot.cli import run
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description="Train a Bag-of-Tricks recipe.",
+                                     epilog="Overrides are dotted.key=value; values parse as YAML.")
+    parser.add_argument("recipe", help="a YAML recipe, e.g. recipes/demo.yaml")
+    parser.add_argument("overrides", nargs="*", help="e.g. data.root=/data/imagenet optim.lr=0.2")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    args = parser.parse_args(argv)
+
+    def body():
+        from bot import config
+
+        cfg = config.load(args.recipe, args.overrides)
+        if args.print_config:
+            print(cfg.to_yaml(), end="")
+            return 0
+        from bot.trainer import train
+
+        train(cfg)
+
+    return run(body, interrupted="interrupted: run the same command again to resume from last.pt")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

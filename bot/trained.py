@@ -1,0 +1,111 @@
+"""A trained model read back from a checkpoint or a run folder.
+
+The one place where evaluate, predict, export, fine-tuning (`model.init_from`) and the
+distillation teacher read a checkpoint and check its classes.
+
+A checkpoint is what the trainer writes (`best.pt`, `last.pt`): the weights under `model`
+(a plain state_dict), the resolved `config`, `num_classes` and `classes` (the class folder
+names in label order). Where the run kept a moving average of its weights, it is under
+`ema`: a state_dict with the same keys as `model`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from bot import config
+from bot.checkpoint import BEST, LAST
+from bot.errors import UserError
+
+EMA_KEY = "ema"
+
+
+@dataclass
+class Trained:
+    path: Path
+    cfg: config.Config
+    num_classes: int
+    classes: list[str] | None  # None: a checkpoint written before class names were kept
+    weights: dict
+    ema: dict | None = None
+    info: dict = field(default_factory=dict)  # epoch, step, top1 where the checkpoint has them
+
+    def describe(self) -> str:
+        m = self.cfg.model
+        where = ", ".join(f"{k} {self.info[k]:.2f}" if isinstance(self.info[k], float) else f"{k} {self.info[k]}"
+                          for k in ("epoch", "step", "top1") if k in self.info)
+        return f"{self.path} ({m.arch}-{m.variant}, {self.num_classes} classes{', ' + where if where else ''})"
+
+
+def checkpoint_path(spec: str | Path, what: str) -> Path:
+    """A checkpoint file, or a run folder's best.pt (its last.pt when there is no best.pt)."""
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        for name in (BEST, LAST):
+            if (path / name).is_file():
+                return path / name
+        raise UserError(f"{what} {spec} is a folder with neither {BEST} nor {LAST}")
+    if not path.is_file():
+        raise UserError(f"{what} {spec} does not exist (give a checkpoint file or a run folder)")
+    return path
+
+
+def read(spec: str | Path, what: str = "checkpoint") -> Trained:
+    """The checkpoint at `spec` (a file or a run folder), or one UserError line naming it.
+
+    `what` names the argument in messages (e.g. "model.init_from")."""
+    path = checkpoint_path(spec, what)
+    try:
+        # weights_only=False: a training checkpoint holds the RNG states (numpy arrays) to resume
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        weights, num_classes, tree = ckpt["model"], int(ckpt["num_classes"]), ckpt["config"]
+    except Exception as e:  # a truncated file, a foreign checkpoint: one line, not a traceback
+        detail = str(e).splitlines()[0] if str(e) else ""
+        raise UserError(f"{what} {path} is not a readable bot checkpoint ({type(e).__name__}: {detail})") from None
+    try:
+        cfg = config.from_dict(tree)
+    except UserError as e:
+        raise UserError(f"{what} {path}: its config does not load here ({e})") from None
+    classes = ckpt.get("classes")
+    info = {k: ckpt[k] for k in ("epoch", "step", "top1") if k in ckpt}
+    return Trained(path, cfg, num_classes, list(classes) if classes is not None else None, weights,
+                   ckpt.get(EMA_KEY), info)
+
+
+def build(trained: Trained, ema: bool = False) -> torch.nn.Module:
+    """The checkpoint's model in eval mode, with its weights (or their moving average)."""
+    from bot.models import build_model
+
+    if ema and trained.ema is None:
+        raise UserError(f"{trained.path} has no moving average of the weights (key {EMA_KEY!r}): "
+                        f"train with model.ema_decay, or leave out --ema")
+    model = build_model(trained.cfg, num_classes=trained.num_classes)
+    try:
+        model.load_state_dict(trained.ema if ema else trained.weights)
+    except RuntimeError as e:
+        raise UserError(f"{trained.path}: weights do not fit {trained.cfg.model.arch}-{trained.cfg.model.variant} "
+                        f"({str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else e})") from None
+    return model.eval()
+
+
+def class_difference(theirs: list[str] | None, their_count: int, ours: list[str]) -> str | None:
+    """None when a model trained on `theirs` predicts labels in the order of `ours`; else the
+    first difference in words. Without names (an old checkpoint) only the count is compared."""
+    if their_count != len(ours):
+        return f"{their_count} classes against {len(ours)}"
+    if theirs is None:
+        return None
+    for label, (a, b) in enumerate(zip(theirs, ours)):
+        if a != b:
+            return f"class {label} is {a!r} against {b!r}"
+    return None
+
+
+def check_classes(trained: Trained, classes: list[str], what: str, where: str) -> None:
+    """UserError naming the first class that differs between the checkpoint and `where`."""
+    diff = class_difference(trained.classes, trained.num_classes, classes)
+    if diff is not None:
+        raise UserError(f"{what} {trained.path} was trained on other classes than {where}: {diff}")

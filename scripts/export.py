@@ -1,0 +1,11 @@
+"""Export a trained model: see bot/cli/export.py (installed as `bot-export`)."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bot, when not installed
+
+from bot.cli.export import main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main())
