@@ -36,7 +36,7 @@ class Trained:
     def describe(self) -> str:
         m = self.cfg.model
         where = ", ".join(f"{k} {self.info[k]:.2f}" if isinstance(self.info[k], float) else f"{k} {self.info[k]}"
-                          for k in ("epoch", "step", "top1") if k in self.info)
+                          for k in ("step", "top1") if k in self.info)
         return f"{self.path} ({m.arch}-{m.variant}, {self.num_classes} classes{', ' + where if where else ''})"
 
 
