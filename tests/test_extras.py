@@ -233,3 +233,23 @@ def test_ema_keys_are_checked():
         cfg_of("run.best_of=ema")
     with pytest.raises(UserError, match="model.ema_decay"):
         cfg_of("model.ema_decay=1")
+
+
+# ---------------------------------------------------------------- recipes
+
+
+def test_each_extras_recipe_is_the_all_tricks_recipe_plus_its_extra():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "recipes"
+    base = config.load(root / "resnet50-all-tricks.yaml").to_dict()
+    changed = {}
+    for path in sorted((root / "extras").glob("*.yaml")):
+        assert f"python train.py recipes/extras/{path.name}" in path.read_text(), path.name
+        cfg = config.load(path).to_dict()
+        changed[path.stem] = sorted(f"{s}.{k}" for s in cfg if isinstance(cfg[s], dict) and s != "run"
+                                    for k in cfg[s] if cfg[s][k] != base[s][k])
+    assert changed == {
+        "cutmix": ["loss.cutmix_alpha"], "cutout": ["data.cutout"], "ema": ["model.ema_decay", "model.ema_warmup"],
+        "mish": ["model.act"], "progressive": ["data.size_schedule", "data.train_sizes"],
+        "random-shapes": ["data.train_sizes"], "swish": ["model.act"]}
