@@ -30,6 +30,7 @@ from bot.finetune import init_from
 from bot.losses import Objective
 from bot.models import build_model, count_params_macs
 from bot.optim import build_optimizer, load_optimizer_state
+from bot.preempt import StopSignals, Stopped
 from bot.runlog import RunLog
 from bot.schedule import build_schedule
 from bot.sync_bn import convert_sync_batchnorm
@@ -153,6 +154,7 @@ class Run:
             self.total_steps = min(self.total_steps, cfg.run.max_steps)
         self.step, self.epoch, self.best, self.history = 0, 0, -1.0, {"train_time": 0.0, "evals": []}
         self.resumed = saved is not None
+        self.stop_signals = StopSignals(self.world)
         if saved is not None:
             self.resume(saved)
 
@@ -218,8 +220,20 @@ class Run:
             self.after_step(loss)
             if self.step >= self.total_steps:  # the one place the loop decides whether to go on
                 break
+            if signal_name := self.stop_signals.agreed():
+                self.stop(signal_name)
         self.bar.close()
         self.count_train_time()
+
+    def stop(self, signal_name: str) -> None:
+        """End on a scheduler's signal (bot/preempt.py): last.pt at this step, then Stopped."""
+        self.bar.close()
+        self.count_train_time()
+        self.save_last()
+        self.log.print(f"stopped by {signal_name} at step {self.step}; run the same command to resume")
+        self.log.close()
+        self.accelerator.wait_for_everyone()  # no process exits while rank 0 still writes
+        raise Stopped(signal_name, self.step)
 
     def after_step(self, loss: torch.Tensor) -> None:
         """The training line every run.log_every steps, last.pt every run.checkpoint_every."""
@@ -355,7 +369,8 @@ def train(cfg: config.Config) -> dict:
             print(f"{run.folder}: already finished at step {run.step}; nothing to do")
         return json.loads(run.summary_path.read_text())
     run.start()
-    while run.step < run.total_steps:
-        run.train_epoch()
-        run.validate()
+    with run.stop_signals:
+        while run.step < run.total_steps:
+            run.train_epoch()
+            run.validate()
     return run.finish()

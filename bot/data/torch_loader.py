@@ -23,6 +23,7 @@ from bot.data.folder import Split
 from bot.data.sizes import size_schedule
 from bot.data.transforms import train_transform, val_transform
 from bot.errors import UserError
+from bot.preempt import ignore_stop_signals  # the main process saves, then ends its workers
 
 # Workers start from a fork server, not a fork of this process: forking a process that
 # already runs threads (DALI's, or a torch thread pool) can deadlock the child.
@@ -126,7 +127,8 @@ class TrainLoader:
         self.sampler = EpochSampler(len(split), seed, rank, world, batch, self.size_of)
         self.loader = DataLoader(ImageFiles(split, train=d), batch_size=batch, sampler=self.sampler,
                                  num_workers=d.workers, pin_memory=pin, drop_last=True,
-                                 persistent_workers=d.workers > 0, multiprocessing_context=CONTEXT if d.workers else None)
+                                 persistent_workers=d.workers > 0, multiprocessing_context=CONTEXT if d.workers else None,
+                                 worker_init_fn=ignore_stop_signals)
         self.steps = sampling.steps_per_epoch(len(split), world, batch)
 
     def set_epoch(self, epoch: int, start_step: int = 0) -> None:
@@ -148,7 +150,8 @@ class ValLoader:
         self.indices = sampling.val_order(len(split), rank, world).tolist()
         self.loader = DataLoader(ImageFiles(split, val_transform(d)), batch_size=batch, sampler=self.indices,
                                  num_workers=d.workers, pin_memory=pin, persistent_workers=d.workers > 0,
-                                 multiprocessing_context=CONTEXT if d.workers else None)
+                                 multiprocessing_context=CONTEXT if d.workers else None,
+                                 worker_init_fn=ignore_stop_signals)
 
     def __len__(self) -> int:
         return len(self.loader)
