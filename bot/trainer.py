@@ -193,9 +193,14 @@ class Run:
     def start(self) -> None:
         cfg = self.cfg
         if self.main:
-            self.folder.mkdir(parents=True, exist_ok=True)
             resolved = cfg.to_dict() | {"provenance": provenance()}
-            (self.folder / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+            try:
+                self.folder.mkdir(parents=True, exist_ok=True)
+                (self.folder / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+            except OSError as e:
+                if e.errno in checkpoint.UNWRITABLE:
+                    raise checkpoint.unwritable(e, self.folder) from e
+                raise
         self.log = RunLog(cfg, self.folder, self.main, resume_step=self.step)
         network = "-".join(filter(None, (cfg.model.arch, cfg.model.variant)))  # variants are ResNet-only
         self.log.print(f"{cfg.run.name}: {network} {self.params / 1e6:.2f} M params "
