@@ -84,6 +84,13 @@ demo-networks: install $(TOY)/.complete
 	$(PY) scripts/ablate.py recipes/ablations/demo-networks.yaml data.root=$(TOY) $(ARGS)
 	@cat runs/demo-networks/table.md
 
+# Beyond the paper on the toy data: every trick, then + CutMix, Cutout, Swish, Mish, random
+# shapes or the weight EMA, one per row (recipes/ablations/extras.yaml; README "Beyond the paper").
+.PHONY: demo-extras
+demo-extras: install $(TOY)/.complete
+	$(PY) scripts/ablate.py recipes/ablations/extras.yaml data.root=$(TOY) $(ARGS)
+	@cat runs/demo-extras/table.md
+
 bench: install
 	$(PY) scripts/bench_train.py
 	$(PY) scripts/bench_loader.py

@@ -41,6 +41,7 @@ import yaml
 
 from bot import config as config_mod
 from bot.errors import UserError
+from bot.ema import reported
 
 GRID_KEYS = {"title", "caption", "out", "recipe", "overrides", "rows", "columns"}
 ROW_KEYS = {"name", "section", "recipe", "overrides", "paper", "cells", "run"}
@@ -247,8 +248,8 @@ def table_rows(grid: Grid) -> list[dict]:
         prev = prevs.get(row.column)
         summaries = row_summaries(grid, row) if row.run else []
         folders = row_folders(grid, row) if row.run else []
-        top1, top1_std = _mean_std([s.get("top1") for s in summaries])
-        top5, top5_std = _mean_std([s.get("top5") for s in summaries])
+        top1, top1_std = _mean_std([reported(s, "top1") for s in summaries])  # bot.ema: run.best_of
+        top5, top5_std = _mean_std([reported(s, "top5") for s in summaries])
         status = "done" if summaries else ("unfinished" if folders or (grid.out / row.slug / "last.pt").is_file()
                                            else "not run" if row.run else "reference")
         rec = {

@@ -1,11 +1,15 @@
 """Checkpoints that survive a kill: written to a temporary file, then renamed.
 
 `last.pt` is replaced atomically and the one it replaces is kept as `last.prev.pt`, so a
-kill at any moment, or a truncated file, still leaves a readable checkpoint to resume.
+kill at any moment, or a truncated file, still leaves a readable checkpoint to resume. A
+write that fails for want of space or permission stops the run with one line (exit 2)
+before anything is renamed: the checkpoints already there stay as they were.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import random
 import sys
@@ -19,12 +23,30 @@ from bot.errors import UserError
 LAST, PREV, BEST = "last.pt", "last.prev.pt", "best.pt"
 
 
+# a full disk or quota, a read-only file system, a folder the run may not write: the user's to fix
+UNWRITABLE = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def unwritable(e: OSError, folder: Path) -> UserError:
+    """The one line for a write into the run folder that failed for a reason the user must fix."""
+    reason = os.strerror(e.errno) if e.errno else str(e)
+    return UserError(f"cannot write to {folder}: {reason} ({errno.errorcode.get(e.errno, e.errno)}); "
+                     f"the checkpoints already there are kept as they were")
+
+
 def atomic_save(obj, path: Path, keep_previous: Path | None = None) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:  # nothing renamed yet: path and keep_previous are untouched
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if e.errno in UNWRITABLE:
+            raise unwritable(e, path.parent) from e
+        raise
     if keep_previous is not None and path.exists():
         os.replace(path, keep_previous)
     os.replace(tmp, path)

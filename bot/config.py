@@ -50,6 +50,17 @@ class DataConfig:
     # DALI GPU only: the share of each batch's JPEGs that the hardware decoder (A100, H100)
     # takes; nvJPEG's CUDA decoder and the CPU threads take the rest. DALI's default.
     hw_decoder_load: float = 0.65
+    # Beyond the paper (README "Beyond the paper"):
+    # Cutout (DeVries and Taylor 2017): a square of side cutout x the training size at a uniform
+    # centre, clipped at the border, set to 0 after normalization (the mean pixel); 0 disables
+    cutout: float = 0.0
+    # Random-shape training (YOLOv3's multi-scale; FFCV's progressive resizing): the training
+    # crop side of each epoch; empty keeps data.image_size. Evaluation stays at data.image_size.
+    train_sizes: list[int] = field(default_factory=list)
+    size_every: int = 1  # epochs between size changes
+    # random: every size_every epochs a size drawn uniformly from train_sizes (seeded by run.seed);
+    # progressive: linear from the first size to the last over the run, rounded to a multiple of 32 (FFCV)
+    size_schedule: Literal["random", "progressive"] = "random"
 
 
 @dataclass
@@ -66,6 +77,16 @@ class ModelConfig:
     # Fine-tuning (section 6): a checkpoint or run folder whose weights start this run; the
     # classifier is re-initialised when the classes differ. A resumed run ignores it (last.pt wins).
     init_from: Optional[str] = None
+    # Beyond the paper: the activation of every block and the stem, through timm's act_layer
+    # (silu = Swish, Ramachandran et al. 2017; mish: Misra 2019); parameter-free, so parameters
+    # and MACs are those of relu. All networks (ResNets, Inception-V3, MobileNet v1).
+    act: Literal["relu", "silu", "mish"] = "relu"
+    # Exponential moving average of the weights and BN buffers after every optimizer step (timm's
+    # ModelEma, bot/ema.py): ema = d ema + (1 - d) weights; 0 disables. Evaluated beside the raw weights.
+    ema_decay: float = 0.0
+    # d_t = min(ema_decay, (1 + t) / (10 + t)) at update t (TensorFlow's ExponentialMovingAverage with
+    # num_updates): the average forgets the random init quickly in short runs. false: d_t = ema_decay
+    ema_warmup: bool = False
 
 
 @dataclass
@@ -97,6 +118,11 @@ class LossConfig:
     distill_teacher: Optional[str] = None  # checkpoint path (a run's best.pt) or a timm name (section 5.3)
     distill_temperature: float = 20.0  # T (section 5.3)
     distill_hard_weight: float = 0.5  # w in w CE(y, z) + (1 - w) T^2 CE(r/T, z/T) (gluon-cv)
+    # CutMix (Yun et al. 2019), beyond the paper: lambda ~ Beta(a, a), a box of area 1 - lambda pasted
+    # from the mirrored sample, lambda recomputed from the clipped box; 0 disables. Off in the last
+    # loss.mixup_off_epochs too, as timm's mixup_off_epoch stops both.
+    cutmix_alpha: float = 0.0
+    cutmix_prob: float = 0.5  # with mixup on too: the chance a batch uses CutMix instead (timm's switch_prob)
 
 
 @dataclass
@@ -110,6 +136,7 @@ class RunConfig:
     log_every: int = 50  # steps between training lines in metrics.jsonl
     checkpoint_every: int = 1000  # steps between last.pt writes; each epoch end writes one too
     resume: Literal["auto", "force"] = "auto"  # force: resume even though the config changed
+    best_of: Literal["raw", "ema"] = "raw"  # which weights best.pt keeps, chosen by their top-1 (ema: model.ema_decay)
 
 
 @dataclass
@@ -327,10 +354,29 @@ def validate(cfg: Config) -> Config:
     _check(0 <= l.mixup_off_epochs <= s.epochs, "loss.mixup_off_epochs", "must be in [0, schedule.epochs]")
     _check(l.distill_temperature > 0, "loss.distill_temperature", "must be positive")
     _check(0 <= l.distill_hard_weight <= 1, "loss.distill_hard_weight", "must be in [0, 1]")
+    _check(l.cutmix_alpha >= 0, "loss.cutmix_alpha", "must be 0 or more")
+    _check(0 <= l.cutmix_prob <= 1, "loss.cutmix_prob", "must be in [0, 1]")
+    _validate_extras(cfg)
     _check(r.max_steps is None or r.max_steps >= 1, "run.max_steps", "must be at least 1 or null")
     _check(r.log_every >= 1, "run.log_every", "must be at least 1")
     _check(r.checkpoint_every >= 1, "run.checkpoint_every", "must be at least 1")
     return cfg
+
+
+def _validate_extras(cfg: Config) -> None:
+    """The fields from beyond the paper that are data or model (README "Beyond the paper")."""
+    d, m, r = cfg.data, cfg.model, cfg.run
+    _check(0 <= d.cutout < 1, "data.cutout", f"must be in [0, 1) (a fraction of the image side), got {d.cutout}")
+    _check(all(x >= 16 for x in d.train_sizes), "data.train_sizes", f"sizes must be at least 16, got {d.train_sizes}")
+    _check(d.size_every >= 1, "data.size_every", f"must be at least 1 (epochs), got {d.size_every}")
+    if d.size_schedule == "progressive" and d.train_sizes:
+        _check(len(d.train_sizes) == 2 and all(x % 32 == 0 for x in d.train_sizes), "data.train_sizes",
+               f"progressive takes [first, last], multiples of 32 (FFCV), got {d.train_sizes}")
+    if m.arch == "inception_v3":
+        _check(all(x >= 75 for x in d.train_sizes), "data.train_sizes",
+               f"inception_v3 needs at least 75 px, got {d.train_sizes}")
+    _check(0 <= m.ema_decay < 1, "model.ema_decay", f"must be in [0, 1), got {m.ema_decay}")
+    _check(r.best_of == "raw" or m.ema_decay > 0, "run.best_of", "ema needs model.ema_decay > 0")
 
 
 def _validate_arch(cfg: Config) -> None:

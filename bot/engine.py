@@ -26,11 +26,13 @@ class TrainStep:
     The batch is this process's share of the global batch; it is split into
     `accumulate` micro-batches whose gradients add up before the step (DDP syncs only
     on the last one). The lr comes from the pure schedule function of the global step.
+    `ema` (bot.ema.WeightEma or None) folds the weights in after each optimizer step.
     """
 
     def __init__(self, model, optimizer, scaler, objective, lr_at, autocast, accumulate: int,
-                 accelerator, channels_last: bool):
+                 accelerator, channels_last: bool, ema=None):
         self.model, self.optimizer, self.scaler, self.objective = model, optimizer, scaler, objective
+        self.ema = ema
         self.lr_at, self.autocast, self.accumulate = lr_at, autocast, accumulate
         self.accelerator, self.device = accelerator, accelerator.device
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -57,6 +59,8 @@ class TrainStep:
         self.scaler.step(self.optimizer)  # fp16: skipped when the scaled gradients overflowed
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update(step + 1)
         finite = torch.isfinite(total)
         self.nonfinite = torch.where(finite, torch.zeros_like(self.nonfinite), self.nonfinite + 1)
         return total

@@ -9,7 +9,9 @@ timm has no A, so A is B with the stride moved back (`_stride_on_first_conv`). R
 use BasicBlock, whose first 3x3 conv already carries the stride: there A and B are the same
 network.
 
-Two tricks live here too: zero gamma (section 3.1) and the paper's Xavier init (section 2).
+Two tricks live here too: zero gamma (section 3.1) and the paper's Xavier init (section 2),
+and one from beyond the paper: the activation (`model.act`: ReLU, Swish/SiLU or Mish), through
+timm's `act_layer`, which reaches every block and the stem.
 Inception-V3 and MobileNet v1 (Tables 2 and 6) are built in bot/models_other.py.
 No weights are ever downloaded.
 """
@@ -42,6 +44,10 @@ VARIANTS = {
 }
 
 
+# model.act: parameter-free modules, so parameters and MACs are those of ReLU
+ACTIVATIONS = {"relu": nn.ReLU, "silu": nn.SiLU, "mish": nn.Mish}
+
+
 def build_model(cfg, num_classes: int = 1000) -> nn.Module:
     """ResNet `cfg.model.arch` in variant `cfg.model.variant`, initialised as `cfg.model` says;
     the other networks of Tables 2 and 6 come from bot/models_other.py."""
@@ -52,7 +58,7 @@ def build_model(cfg, num_classes: int = 1000) -> nn.Module:
     # zero_init_last=False: timm zeroes the last BN of every residual branch by default; here
     # that is the zero gamma trick, off unless the config turns it on (applied below).
     model = ResNet(block=block, layers=layers, num_classes=num_classes, zero_init_last=False,
-                   **VARIANTS[cfg.model.variant])
+                   act_layer=ACTIVATIONS[cfg.model.act], **VARIANTS[cfg.model.variant])
     if cfg.model.variant == "A":
         _stride_on_first_conv(model)
     if cfg.model.init == "xavier":

@@ -11,6 +11,7 @@ Inception-V3 and MobileNet. Both are timm's networks, set up as the authors' own
                 0.5 before the classifier and BN epsilon 1e-3, as gluon-cv (timm: no dropout).
   mobilenet_v1  timm's `mobilenetv1_100`, 4.2 M parameters, 0.57 G multiply-adds at 224 px,
                 with ReLU as gluon-cv's `mobilenet1.0` and the MobileNet paper (timm: ReLU6).
+Both take `model.act` (relu | silu | mish) through timm's act_layer, as the ResNets do.
 
 The tricks on these networks (the config rejects the ones that do not apply):
   zero gamma     does not apply: neither network has a residual block (timm builds MobileNet
@@ -31,19 +32,22 @@ from __future__ import annotations
 import timm
 from torch import nn
 
-from bot.models import _xavier_init
+from bot.models import ACTIVATIONS, _xavier_init
 
 # arch -> (timm name, constructor kwargs that make it the authors' network)
 OTHER_ARCHS = {
     "inception_v3": ("inception_v3", dict(aux_logits=False, drop_rate=0.5)),
-    "mobilenet_v1": ("mobilenetv1_100", dict(act_layer="relu")),
+    "mobilenet_v1": ("mobilenetv1_100", dict()),
 }
 
 
 def build_other(cfg, num_classes: int) -> nn.Module:
     """Inception-V3 or MobileNet v1 as `cfg.model` says (no zero gamma: config.py rejects it)."""
     name, kwargs = OTHER_ARCHS[cfg.model.arch]
-    model = timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
+    # model.act through timm's act_layer, as for the ResNets: every conv block of both networks
+    # (relu by default: gluon-cv's and the MobileNet paper's, where timm's MobileNet has ReLU6)
+    model = timm.create_model(name, pretrained=False, num_classes=num_classes, act_layer=ACTIVATIONS[cfg.model.act],
+                              **kwargs)
     if cfg.model.init == "xavier":
         _xavier_init(model)
     return model

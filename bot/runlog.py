@@ -9,6 +9,8 @@ import hashlib
 import json
 from pathlib import Path
 
+from bot import checkpoint
+
 
 def _step(line: str) -> float:
     """A metrics line's step; infinity for a line cut short by a kill, so that it is dropped."""
@@ -46,8 +48,13 @@ class RunLog:
     def log(self, record: dict) -> None:
         if not self.enabled:
             return
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        try:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+        except OSError as e:
+            if e.errno in checkpoint.UNWRITABLE:
+                raise checkpoint.unwritable(e, self.path.parent) from e
+            raise
         if self.wandb is not None:
             self.wandb.log({k: v for k, v in record.items() if k != "step"}, step=record.get("step"))
 

@@ -2,7 +2,8 @@
 
 Everything the loop needs (loaders, model, optimizer, schedule, objective, teacher,
 precision) is built and checked before the run folder is touched, so bad input costs
-no checkpoint. The same command resumes from `last.pt`.
+no checkpoint. The same command resumes from `last.pt`. `Run` holds one run's state;
+its methods are the phases `train` calls in order.
 """
 
 from __future__ import annotations
@@ -22,12 +23,14 @@ from tqdm import tqdm
 
 from bot import backends, checkpoint, config
 from bot.data import build_loaders
+from bot.ema import WeightEma
 from bot.engine import TrainStep, evaluate, make_accelerator
 from bot.errors import UserError
 from bot.finetune import init_from
 from bot.losses import Objective
 from bot.models import build_model, count_params_macs
 from bot.optim import build_optimizer, load_optimizer_state
+from bot.preempt import StopSignals, Stopped
 from bot.runlog import RunLog
 from bot.schedule import build_schedule
 from bot.sync_bn import convert_sync_batchnorm
@@ -67,6 +70,8 @@ def flat(tree: dict, prefix: str = "") -> dict:
 def check_same_run(cfg, saved: dict, folder: Path) -> None:
     """Never silently resume a run folder that holds a different recipe."""
     now, before = flat(cfg.to_dict()), flat({k: v for k, v in saved.items() if k != "provenance"})
+    # a key newer than the saved run was trained at its default, which is always "off"
+    before = flat(config.Config().to_dict()) | before
     changed = [k for k in now if k not in RESUMABLE_CHANGES and now[k] != before.get(k)]
     if changed and cfg.run.resume != "force":
         diffs = ", ".join(f"{k} {before.get(k)!r} -> {now[k]!r}" for k in changed[:3])
@@ -100,162 +105,277 @@ def build_step(cfg, model, accelerator, num_classes: int, batch: int, steps_per_
     optimizer = build_optimizer(model, cfg)
     scaler = torch.amp.GradScaler(accelerator.device.type, enabled=cfg.precision == "fp16")
     objective = Objective(cfg, num_classes, batch // cfg.data.accumulate, teacher, autocast)
+    # the average is a copy of the eager model, made before any wrapper or compilation
+    ema = WeightEma(model, cfg.model.ema_decay, cfg.model.ema_warmup) if cfg.model.ema_decay > 0 else None
     prepared = accelerator.prepare_model(model)
     backends.compile_for_training(model, prepared, cfg.compile)
     return TrainStep(prepared, optimizer, scaler, objective,
                      build_schedule(cfg, steps_per_epoch), autocast, cfg.data.accumulate, accelerator,
-                     cfg.channels_last)
+                     cfg.channels_last, ema)
+
+
+class Run:
+    """One training run, in the order `train` drives it:
+
+    __init__     build and check everything (loaders, model, step) and read last.pt; writes nothing
+    start        write config.yaml, open the log
+    train_epoch  the steps of the current epoch from where it stands (to the run's end at most)
+    validate     top-1/top-5 on the val set, best.pt, last.pt
+    finish       summary.json
+    """
+
+    def __init__(self, cfg: config.Config):
+        self.cfg, self.folder = cfg, Path(cfg.run.out)
+        if self.folder.exists() and not self.folder.is_dir():
+            raise UserError(f"run.out {self.folder} is a file, not a folder")
+        self.accelerator = make_accelerator()
+        self.device, self.world = self.accelerator.device, self.accelerator.num_processes
+        self.main = self.accelerator.is_main_process
+        self.autocast = make_autocast(cfg.precision, self.device)
+        backends.configure(cfg, self.device)
+        torch.manual_seed(cfg.run.seed)  # the same initial weights on every process
+
+        # ---- everything is built and checked before anything is written
+        self.train_loader, self.val_loader = build_loaders(cfg, self.accelerator.process_index, self.world,
+                                                           self.device)
+        self.classes = self.train_loader.classes
+        self.num_classes, self.steps_per_epoch = len(self.classes), len(self.train_loader)
+        saved = checkpoint.load_last(self.folder) if self.folder.is_dir() else None
+        if saved is not None:
+            check_same_run(cfg, saved["config"], self.folder)
+        self.model = self.make_model(fine_tune=saved is None)
+        teacher = (load_teacher(cfg.loss.distill_teacher, self.classes, self.device, cfg.channels_last)
+                   if cfg.loss.distill_teacher else None)
+        self.train_step = build_step(cfg, self.model, self.accelerator, self.num_classes,
+                                     self.train_loader.batch_size, self.steps_per_epoch, teacher)
+        self.ema = self.train_step.ema
+        self.total_steps = cfg.schedule.epochs * self.steps_per_epoch
+        if cfg.run.max_steps is not None:
+            self.total_steps = min(self.total_steps, cfg.run.max_steps)
+        self.step, self.epoch, self.best, self.history = 0, 0, -1.0, {"train_time": 0.0, "evals": []}
+        self.resumed = saved is not None
+        self.stop_signals = StopSignals(self.world)
+        if saved is not None:
+            self.resume(saved)
+
+    def make_model(self, fine_tune: bool) -> torch.nn.Module:
+        """The model on the run's device in its final form (before any distributed wrapper);
+        `fine_tune`: start from model.init_from (a resumed run continues from last.pt instead)."""
+        cfg = self.cfg
+        model = build_model(cfg, self.num_classes).to(self.device)
+        if cfg.model.init_from and fine_tune:
+            init_from(model, cfg.model.init_from, self.classes, say=self.main)
+        self.params, self.macs = count_params_macs(model, cfg.data.image_size)
+        if cfg.model.sync_bn and self.world > 1:
+            model = convert_sync_batchnorm(model, self.device)
+        if cfg.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        return model
+
+    def resume(self, state: dict) -> None:
+        """Everything an uninterrupted run would hold at `state`'s step, random generators included."""
+        self.model.load_state_dict(state["model"])
+        load_optimizer_state(self.train_step.optimizer, state["optimizer"])
+        self.train_step.scaler.load_state_dict(state["scaler"])
+        checkpoint.set_rng_states(state["rng"])
+        if self.ema is not None:  # a run forced on with EMA newly on starts its average from the weights
+            self.ema.load_state_dict(state.get("ema", state["model"]))
+        self.step, self.epoch, self.best, self.history = (state["step"], state["epoch"], state["best_top1"],
+                                                          state["history"])
+
+    @property
+    def summary_path(self) -> Path:
+        return self.folder / "summary.json"
+
+    def finished(self) -> bool:
+        return self.resumed and self.step >= self.total_steps and self.summary_path.exists()
+
+    def start(self) -> None:
+        cfg = self.cfg
+        if self.main:
+            resolved = cfg.to_dict() | {"provenance": provenance()}
+            try:
+                self.folder.mkdir(parents=True, exist_ok=True)
+                (self.folder / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+            except OSError as e:
+                if e.errno in checkpoint.UNWRITABLE:
+                    raise checkpoint.unwritable(e, self.folder) from e
+                raise
+        self.log = RunLog(cfg, self.folder, self.main, resume_step=self.step)
+        network = "-".join(filter(None, (cfg.model.arch, cfg.model.variant)))  # variants are ResNet-only
+        self.log.print(f"{cfg.run.name}: {network} {self.params / 1e6:.2f} M params "
+                       f"{self.macs / 1e9:.2f} GMACs, {self.num_classes} classes, {self.steps_per_epoch} steps/epoch x "
+                       f"{cfg.schedule.epochs} epochs, {self.world} process(es) on {self.device.type}, {cfg.precision}"
+                       + (f", resuming at step {self.step}" if self.step else ""))
+
+    # ------------------------------------------------------------ training
+
+    def train_epoch(self) -> None:
+        """The steps of the current epoch from where the run stands, to the run's end at most."""
+        position = self.step - self.epoch * self.steps_per_epoch
+        self.train_loader.set_epoch(self.epoch, position)
+        self.bar = tqdm(total=self.steps_per_epoch, initial=position,
+                        desc=f"epoch {self.epoch + 1}/{self.cfg.schedule.epochs}",
+                        disable=None if self.main else True, leave=False, dynamic_ncols=True)
+        self.tick, self.tick_step, self.clock = time.perf_counter(), self.step, time.perf_counter()
+        for images, labels in self.train_loader:
+            loss = self.train_step(images, labels, self.step, self.epoch)  # the step: bot.engine.TrainStep
+            self.step += 1
+            self.bar.update()
+            self.after_step(loss)
+            if self.step >= self.total_steps:  # the one place the loop decides whether to go on
+                break
+            if signal_name := self.stop_signals.agreed():
+                self.stop(signal_name)
+        self.bar.close()
+        self.count_train_time()
+
+    def stop(self, signal_name: str) -> None:
+        """End on a scheduler's signal (bot/preempt.py): last.pt at this step, then Stopped."""
+        self.bar.close()
+        self.count_train_time()
+        self.save_last()
+        self.log.print(f"stopped by {signal_name} at step {self.step}; run the same command to resume")
+        self.log.close()
+        self.accelerator.wait_for_everyone()  # no process exits while rank 0 still writes
+        raise Stopped(signal_name, self.step)
+
+    def after_step(self, loss: torch.Tensor) -> None:
+        """The training line every run.log_every steps, last.pt every run.checkpoint_every."""
+        step, run = self.step, self.cfg.run
+        if step % run.log_every == 0 or step == self.total_steps:
+            now = time.perf_counter()
+            loss = self.accelerator.reduce(loss, reduction="mean")  # the global batch's loss, not rank 0's share
+            record = {"epoch": self.epoch, "step": step, "lr": self.train_step.lr_at(step - 1), "loss": loss.item(),
+                      "img_per_s": self.cfg.data.batch_size * (step - self.tick_step) / (now - self.tick)}
+            self.log.log(record)
+            self.bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.4g}",
+                                 img_s=f"{record['img_per_s']:.0f}")
+            if self.bar.disable:
+                self.log.print(json.dumps(record))
+            self.check_finite()
+            self.tick, self.tick_step = time.perf_counter(), step
+        if step % run.checkpoint_every == 0 and step < self.total_steps:
+            self.count_train_time()
+            self.save_last()
+
+    def count_train_time(self) -> None:
+        now = time.perf_counter()
+        self.history["train_time"] += now - self.clock
+        self.clock = now
+
+    def check_finite(self) -> None:
+        """Stop (UserError) when the loss has not been finite too often or the state is not finite.
+
+        `bad`: steps in a row whose loss was not finite, the largest over processes, so that all
+        of them stop together instead of one raising while the others wait in the next collective.
+        `broken`: weights or BatchNorm statistics not finite. A step whose loss was finite can still
+        overflow its update, and a forward that overflows (fp16) writes into BN's running statistics
+        even when the scaler then skips the step: no later step repairs either, and the checkpoint
+        written in between must not hold them.
+        """
+        model, limit = self.model, NONFINITE_LIMIT[self.cfg.precision]
+        finite = torch.stack([torch.isfinite(t).all() for t in (*model.parameters(), *model.buffers())
+                              if t.is_floating_point()]).all()
+        state = torch.stack([self.train_step.nonfinite, (~finite).long()]).view(1, 2)  # one gather, one sync
+        bad, broken = (int(v) for v in self.accelerator.gather(state).max(0).values)
+        if broken or bad > limit:
+            fp16 = self.cfg.precision == "fp16"
+            if broken and bad <= limit:
+                what = f"the model's weights or BatchNorm statistics are not finite at step {self.step}"
+            else:
+                skipped = f" ({bad} steps in a row skipped by the fp16 loss scaler)" if fp16 else ""
+                what = f"loss is not finite since step {self.step - bad + 1}{skipped}"
+            hint = "lower optim.lr" + ("" if fp16 else ", or use fp16 with its loss scaling")
+            raise UserError(f"{what}; stopped, keeping the last good checkpoint in {self.folder} ({hint})")
+
+    # ------------------------------------------------------------ evaluation and checkpoints
+
+    def validate(self) -> None:
+        """Evaluate at the end of an epoch (or of a capped run), keep best.pt, write last.pt."""
+        epoch_done = self.step % self.steps_per_epoch == 0
+        self.check_finite()  # before evaluating: best.pt must not take non-finite weights either
+        metrics = evaluate(self.model, self.val_loader, self.accelerator, self.autocast, self.cfg.channels_last)
+        text = f"top1 {metrics['top1']:.2f} top5 {metrics['top5']:.2f} val_loss {metrics['val_loss']:.3f}"
+        if self.ema is not None:
+            self.ema.sync()
+            averaged = evaluate(self.ema.module, self.val_loader, self.accelerator, self.autocast,
+                                self.cfg.channels_last)
+            metrics |= {f"ema_{k}": v for k, v in averaged.items() if k != "val_images"}
+            text += f", ema top1 {metrics['ema_top1']:.2f} top5 {metrics['ema_top5']:.2f}"
+        record = {"epoch": self.epoch, "step": self.step, **metrics}
+        self.log.log(record)
+        self.log.print(f"epoch {self.epoch + 1}/{self.cfg.schedule.epochs} step {self.step}: {text}")
+        self.history["evals"].append(record)
+        score = metrics["ema_top1" if self.cfg.run.best_of == "ema" else "top1"]
+        if score > self.best:
+            self.best = score
+            self.save_best(self.best)
+        if epoch_done:
+            self.epoch += 1
+        self.save_last()
+
+    def identity(self) -> dict:
+        """What every checkpoint carries to be read on its own."""
+        return {"config": self.cfg.to_dict(), "num_classes": self.num_classes, "classes": self.classes}
+
+    def averaged(self) -> dict:
+        """The weight average under the key `ema` (a state_dict with the model's keys), if kept."""
+        if self.ema is None:
+            return {}
+        self.ema.sync()  # every process saves (and goes on with) rank 0's average
+        return {"ema": self.ema.state_dict()}
+
+    def save_last(self) -> None:
+        self.check_finite()  # raises: a non-finite state is never written
+        ema = self.averaged()
+        if self.main:
+            ts = self.train_step
+            checkpoint.save_last({
+                "model": self.model.state_dict(), "optimizer": ts.optimizer.state_dict(),
+                "scaler": ts.scaler.state_dict(), "step": self.step, "epoch": self.epoch, "best_top1": self.best,
+                "history": self.history, "rng": checkpoint.rng_states(), **ema, **self.identity()}, self.folder)
+
+    def save_best(self, top1: float) -> None:
+        """best.pt: under `model` the weights run.best_of names (raw or the average), and the
+        average under `ema` when the run keeps one; `top1` is the chosen weights' val top-1."""
+        ema = self.averaged()
+        if self.main:
+            best_of = self.cfg.run.best_of
+            weights = ema["ema"] if best_of == "ema" else self.model.state_dict()
+            checkpoint.atomic_save({"model": weights, **ema, "best_of": best_of, **self.identity(), "top1": top1,
+                                    "epoch": self.epoch, "step": self.step}, self.folder / checkpoint.BEST)
+
+    def finish(self) -> dict:
+        final, history = self.history["evals"][-1], self.history
+        epochs_trained = self.step / self.steps_per_epoch
+        summary = {"top1": final["top1"], "top5": final["top5"], "best_top1": self.best,
+                   "epochs": round(epochs_trained, 3), "steps": self.step,
+                   "time_per_epoch_s": history["train_time"] / max(epochs_trained, 1e-9),
+                   "train_img_per_s": self.step * self.cfg.data.batch_size / max(history["train_time"], 1e-9),
+                   "params": self.params, "macs": self.macs,
+                   "macs_note": "multiply-accumulates per image at data.image_size"}
+        if self.ema is not None:
+            summary |= {"ema_top1": final["ema_top1"], "ema_top5": final["ema_top5"], "best_of": self.cfg.run.best_of}
+        if self.main:
+            self.summary_path.write_text(json.dumps(summary, indent=2) + "\n")
+            self.log.print(f"{self.cfg.run.name}: top1 {summary['top1']:.2f} top5 {summary['top5']:.2f} "
+                           f"(best {self.best:.2f}) in {self.step} steps; summary in {self.summary_path}")
+        self.log.close()
+        self.accelerator.wait_for_everyone()
+        return summary
 
 
 def train(cfg: config.Config) -> dict:
-    folder = Path(cfg.run.out)
-    if folder.exists() and not folder.is_dir():
-        raise UserError(f"run.out {folder} is a file, not a folder")
-    accelerator = make_accelerator()
-    device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
-    autocast = make_autocast(cfg.precision, device)
-    backends.configure(cfg, device)
-    torch.manual_seed(cfg.run.seed)  # the same initial weights on every process
-
-    # ---- everything is built and checked before anything is written
-    train_loader, val_loader = build_loaders(cfg, rank, world, device)
-    num_classes, steps_per_epoch = len(train_loader.classes), len(train_loader)
-    state = checkpoint.load_last(folder) if folder.is_dir() else None
-    if state is not None:
-        check_same_run(cfg, state["config"], folder)
-    model = build_model(cfg, num_classes).to(device)
-    if cfg.model.init_from and state is None:  # fine-tuning; a resumed run continues from last.pt instead
-        init_from(model, cfg.model.init_from, train_loader.classes, say=accelerator.is_main_process)
-    params, macs = count_params_macs(model, cfg.data.image_size)
-    if cfg.model.sync_bn and world > 1:
-        model = convert_sync_batchnorm(model, device)
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    teacher = (load_teacher(cfg.loss.distill_teacher, train_loader.classes, device, cfg.channels_last)
-               if cfg.loss.distill_teacher else None)
-    train_step = build_step(cfg, model, accelerator, num_classes, train_loader.batch_size, steps_per_epoch, teacher)
-    optimizer, scaler, lr_at = train_step.optimizer, train_step.scaler, train_step.lr_at
-    total_steps = cfg.schedule.epochs * steps_per_epoch
-    if cfg.run.max_steps is not None:
-        total_steps = min(total_steps, cfg.run.max_steps)
-
-    step, epoch, best, history = 0, 0, -1.0, {"train_time": 0.0, "evals": []}
-    if state is not None:
-        model.load_state_dict(state["model"])
-        load_optimizer_state(optimizer, state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        checkpoint.set_rng_states(state["rng"])
-        step, epoch, best, history = state["step"], state["epoch"], state["best_top1"], state["history"]
-    summary_path = folder / "summary.json"
-    if state is not None and step >= total_steps and summary_path.exists():
-        if accelerator.is_main_process:
-            print(f"{folder}: already finished at step {step}; nothing to do")
-        return json.loads(summary_path.read_text())
-
-    main = accelerator.is_main_process
-    if main:
-        folder.mkdir(parents=True, exist_ok=True)
-        resolved = cfg.to_dict() | {"provenance": provenance()}
-        (folder / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
-    log = RunLog(cfg, folder, main, resume_step=step)
-    images_per_step = cfg.data.batch_size
-    network = "-".join(filter(None, (cfg.model.arch, cfg.model.variant)))  # variants are ResNet-only
-    log.print(f"{cfg.run.name}: {network} {params / 1e6:.2f} M params "
-              f"{macs / 1e9:.2f} GMACs, {len(train_loader.classes)} classes, {steps_per_epoch} steps/epoch x "
-              f"{cfg.schedule.epochs} epochs, {world} process(es) on {device.type}, {cfg.precision}"
-              + (f", resuming at step {step}" if step else ""))
-
-    def check_finite():
-        # `bad`: steps in a row whose loss was not finite, the largest over processes, so that all
-        # of them stop together instead of one raising while the others wait in the next collective.
-        # `broken`: weights or BatchNorm statistics not finite. A step whose loss was finite can still
-        # overflow its update, and a forward that overflows (fp16) writes into BN's running statistics
-        # even when the scaler then skips the step: no later step repairs either, and the checkpoint
-        # written in between must not hold them.
-        finite = torch.stack([torch.isfinite(t).all() for t in (*model.parameters(), *model.buffers())
-                              if t.is_floating_point()]).all()
-        state = torch.stack([train_step.nonfinite, (~finite).long()]).view(1, 2)  # one gather, one sync
-        bad, broken = (int(v) for v in accelerator.gather(state).max(0).values)
-        if broken or bad > NONFINITE_LIMIT[cfg.precision]:
-            if broken and bad <= NONFINITE_LIMIT[cfg.precision]:
-                what = f"the model's weights or BatchNorm statistics are not finite at step {step}"
-            else:
-                skipped = f" ({bad} steps in a row skipped by the fp16 loss scaler)" if cfg.precision == "fp16" else ""
-                what = f"loss is not finite since step {step - bad + 1}{skipped}"
-            hint = "lower optim.lr" + ("" if cfg.precision == "fp16" else ", or use fp16 with its loss scaling")
-            raise UserError(f"{what}; stopped, keeping the last good checkpoint in {folder} ({hint})")
-
-    def save_last():
-        check_finite()  # raises: a non-finite state is never written
-        if main:
-            checkpoint.save_last({
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                "step": step, "epoch": epoch, "best_top1": best, "history": history,
-                "rng": checkpoint.rng_states(), "config": cfg.to_dict(), "num_classes": num_classes,
-                "classes": train_loader.classes}, folder)
-
-    def save_best(top1):
-        if main:
-            checkpoint.atomic_save({"model": model.state_dict(), "config": cfg.to_dict(),
-                                    "num_classes": num_classes, "classes": train_loader.classes,
-                                    "top1": top1, "epoch": epoch, "step": step}, folder / checkpoint.BEST)
-
-    while step < total_steps:
-        position = step - epoch * steps_per_epoch
-        train_loader.set_epoch(epoch, position)
-        bar = tqdm(total=steps_per_epoch, initial=position, desc=f"epoch {epoch + 1}/{cfg.schedule.epochs}",
-                   disable=None if main else True, leave=False, dynamic_ncols=True)
-        tick, tick_step, epoch_start = time.perf_counter(), step, time.perf_counter()
-        for images, labels in train_loader:
-            loss = train_step(images, labels, step, epoch)
-            step += 1
-            bar.update()
-            if step % cfg.run.log_every == 0 or step == total_steps:
-                now = time.perf_counter()
-                loss = accelerator.reduce(loss, reduction="mean")  # the global batch's loss, not rank 0's share
-                record = {"epoch": epoch, "step": step, "lr": lr_at(step - 1), "loss": loss.item(),
-                          "img_per_s": images_per_step * (step - tick_step) / (now - tick)}
-                log.log(record)
-                bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.4g}",
-                                img_s=f"{record['img_per_s']:.0f}")
-                if bar.disable:
-                    log.print(json.dumps(record))
-                check_finite()
-                tick, tick_step = time.perf_counter(), step
-            if step % cfg.run.checkpoint_every == 0 and step < total_steps:
-                history["train_time"] += time.perf_counter() - epoch_start
-                epoch_start = time.perf_counter()
-                save_last()
-            if step >= total_steps:
-                break
-        bar.close()
-        history["train_time"] += time.perf_counter() - epoch_start
-        epoch_done = step % steps_per_epoch == 0
-        check_finite()  # before evaluating: best.pt must not take non-finite weights either
-        metrics = evaluate(model, val_loader, accelerator, autocast, cfg.channels_last)
-        record = {"epoch": epoch, "step": step, **metrics}
-        log.log(record)
-        log.print(f"epoch {epoch + 1}/{cfg.schedule.epochs} step {step}: top1 {metrics['top1']:.2f} "
-                  f"top5 {metrics['top5']:.2f} val_loss {metrics['val_loss']:.3f}")
-        history["evals"].append(record)
-        if metrics["top1"] > best:
-            best = metrics["top1"]
-            save_best(best)
-        if epoch_done:
-            epoch += 1
-        save_last()
-
-    final = history["evals"][-1]
-    epochs_trained = step / steps_per_epoch
-    summary = {"top1": final["top1"], "top5": final["top5"], "best_top1": best,
-               "epochs": round(epochs_trained, 3), "steps": step,
-               "time_per_epoch_s": history["train_time"] / max(epochs_trained, 1e-9),
-               "train_img_per_s": step * images_per_step / max(history["train_time"], 1e-9),
-               "params": params, "macs": macs, "macs_note": "multiply-accumulates per image at data.image_size"}
-    if main:
-        summary_path.write_text(json.dumps(summary, indent=2) + "\n")
-        log.print(f"{cfg.run.name}: top1 {summary['top1']:.2f} top5 {summary['top5']:.2f} "
-                  f"(best {best:.2f}) in {step} steps; summary in {summary_path}")
-    log.close()
-    accelerator.wait_for_everyone()
-    return summary
+    """Train `cfg`'s run to its end, resuming from its folder's last.pt if there is one."""
+    run = Run(cfg)
+    if run.finished():
+        if run.main:
+            print(f"{run.folder}: already finished at step {run.step}; nothing to do")
+        return json.loads(run.summary_path.read_text())
+    run.start()
+    with run.stop_signals:
+        while run.step < run.total_steps:
+            run.train_epoch()
+            run.validate()
+    return run.finish()

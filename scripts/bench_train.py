@@ -6,7 +6,11 @@
 Both loops train the same model on the same synthetic batch (no loader). The bare loop is
 forward, F.cross_entropy, backward, SGD step. The project's step is bot's TrainStep built
 by the trainer from a config: with no tricks, and with every trick but distillation
-(zero gamma, no bias decay, warmup + cosine, label smoothing, mixup). Rounds alternate
+(zero gamma, no bias decay, warmup + cosine, label smoothing, mixup), and with those and
+the extras from beyond the paper that act in the step (CutMix switched with mixup, Swish,
+the weight EMA; Cutout and random shapes are the loader's). Both loops build the model from
+the same config, so model.act changes both alike. The EMA's update is also timed on its own
+(ms per step and share of the step). Rounds alternate
 between the loops so that a noisy machine slows both alike; the median round counts.
 Prints a table, appends nothing else, and ends with one JSON line of the figures.
 """
@@ -35,6 +39,8 @@ TRICKS = {
     "all but distillation": ["model.zero_gamma=true", "optim.no_bias_decay=true", "schedule.warmup_epochs=1",
                              "schedule.kind=cosine", "loss.label_smoothing=0.1", "loss.mixup_alpha=0.2"],
 }
+TRICKS["all but distillation + extras"] = TRICKS["all but distillation"] + [
+    "loss.cutmix_alpha=1.0", "model.act=silu", "model.ema_decay=0.9999"]
 
 
 def bare_loop(cfg, device, x, y):
@@ -65,7 +71,9 @@ def project_loop(cfg, accelerator, x, y):
         model = model.to(memory_format=torch.channels_last)
     train_step = build_step(cfg, model, accelerator, 10, len(x), steps_per_epoch=100)
     counter = iter(range(10**9))
-    return lambda: train_step(x, y, next(counter), 0)
+    step = lambda: train_step(x, y, next(counter), 0)  # noqa: E731
+    step.ema = train_step.ema
+    return step
 
 
 def timed(step, n: int, device) -> float:
@@ -111,11 +119,20 @@ def main(argv=None) -> int:
         ips = {k: a.steps * a.batch / statistics.median(v) for k, v in times.items()}
         rows.append({"tricks": name, "bare_img_per_s": round(ips["bare"], 1), "bot_img_per_s": round(ips["bot"], 1),
                      "ratio": round(ips["bot"] / ips["bare"], 3)})
+        if loops["bot"].ema is not None:
+            ema = loops["bot"].ema
+            per_update = statistics.median(timed(lambda: ema.update(10**6) or torch.zeros((), device=device),
+                                                 a.steps, device) / a.steps for _ in range(a.rounds))
+            step_s = statistics.median(times["bot"]) / a.steps
+            ema_cost = {"ema_update_ms": round(1e3 * per_update, 3), "step_ms": round(1e3 * step_s, 2),
+                        "ema_share_of_step_pct": round(100 * per_update / step_s, 2)}
     print(f"| tricks | bare PyTorch img/s | bot step img/s | bot / bare |\n|---|---|---|---|")
     for r in rows:
         print(f"| {r['tricks']} | {r['bare_img_per_s']:.1f} | {r['bot_img_per_s']:.1f} | {r['ratio']:.3f} |")
+    print(f"EMA update: {ema_cost['ema_update_ms']:.3f} ms per step, {ema_cost['ema_share_of_step_pct']:.2f}% "
+          f"of the {ema_cost['step_ms']:.1f} ms step with the extras")
     print(json.dumps({"device": device.type, "arch": f"{a.arch}-{a.variant}", "image_size": a.image_size,
-                      "batch": a.batch, "precision": a.precision, "rows": rows}))
+                      "batch": a.batch, "precision": a.precision, "rows": rows, "ema": ema_cost}))
     return 0
 
 

@@ -2,7 +2,8 @@
 all call the `main(argv) -> exit status` of a module here.
 
 Bad input (bot.errors.UserError) is one line on stderr and exit status 2, whichever
-command met it.
+command met it. A run stopped by SIGTERM/SIGUSR1 after saving exits with
+bot.preempt.REQUEUE_STATUS (75), for a scheduler to requeue.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import sys
 from typing import Callable
 
 from bot.errors import UserError, one_line
+from bot.preempt import REQUEUE_STATUS, Stopped
 
 
 def run(body: Callable[[], int | None], interrupted: str = "interrupted") -> int:
@@ -20,6 +22,8 @@ def run(body: Callable[[], int | None], interrupted: str = "interrupted") -> int
     except UserError as e:
         print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
+    except Stopped:  # its line is printed (by rank 0) and last.pt written
+        return REQUEUE_STATUS
     except KeyboardInterrupt:
         print(interrupted, file=sys.stderr)
         return 130

@@ -27,6 +27,9 @@ the rest of the pixel work is where it is cheapest:
   any order, and where it differs from torchvision's: no clamping; colour_normalize
   applies it, on the CPU or the GPU).
 - Each file's size (for the crop window) is read from its header once and kept.
+- Beyond the paper: the epoch's training size (bot.data.sizes) goes with each planned batch,
+  and Cutout (bot.data.cutout) zeroes each sample's square after normalization, drawn from
+  the sample's seed as in the torch path.
 
 CPU mode (`device_id=None`) when the run's device is the CPU; on CUDA the "mixed" nvJPEG
 decoder and GPU operators, output on the process's GPU. dali_pipeline.py holds the DALI
@@ -43,6 +46,7 @@ from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
 from bot.data import sampling
+from bot.data.cutout import cutout_box, erase
 from bot.data.constants import EIGVAL, EIGVEC, GREY, MEAN, STD
 from bot.data.folder import Split
 from bot.errors import UserError
@@ -238,7 +242,7 @@ class DaliTrainLoader:
     augmentation from sampling.sample_seed(seed, epoch, index), neither from DALI state.
     """
 
-    def __init__(self, split: Split, d, seed: int, rank: int, world: int, batch: int, device):
+    def __init__(self, split: Split, d, seed: int, rank: int, world: int, batch: int, device, size_of=None):
         from bot.data.dali_pipeline import BatchBuffers, Runner, train_graph, train_inputs
 
         self.classes, self.batch_size = split.classes, batch
@@ -247,9 +251,9 @@ class DaliTrainLoader:
         self.steps = sampling.steps_per_epoch(len(split), world, batch)
         self.epoch, self.start = 0, 0
         self.sizes: dict[int, tuple[int, int]] = {}  # index -> (width, height), read once
+        self.size_of = size_of or (lambda epoch: d.image_size)  # the epoch's crop side (bot.data.sizes)
         hue = bool(d.hue)
-        graph = lambda inputs, gpu: train_graph(inputs, d.image_size, gpu, hue, d.antialias,  # noqa: E731
-                                                d.hw_decoder_load)
+        graph = lambda inputs, gpu: train_graph(inputs, gpu, hue, d.antialias, d.hw_decoder_load)  # noqa: E731
         self.device = torch.device(device)
         self.gpu = gpu = self.device.type == "cuda"
         self.runner = Runner(graph, train_inputs(hue, gpu), self._inputs, batch, d.workers, self.device,
@@ -284,10 +288,14 @@ class DaliTrainLoader:
         jpegs, r = self.draws(item["epoch"], item["indices"])
         item["maps"], item["flip"] = colour_maps(r), r[:, 4] > 0
         item["labels"] = self.labels[item["indices"]]
+        size = item["size"]
+        if self.d.cutout > 0:
+            item["boxes"] = [cutout_box(sampling.sample_seed(self.seed, item["epoch"], int(i)), size, self.d.cutout)
+                             for i in item["indices"]]
         if self.gpu:
             item["maps"], item["labels"] = tuple(t.pin_memory() for t in item["maps"]), item["labels"].pin_memory()
         return dict(jpegs=jpegs, anchor=r[:, 0:2].astype(np.int32), shape=r[:, 2:4].astype(np.int32),
-                    width=(self.d.image_size * (1 - 2 * r[:, 4])).astype(np.float32),
+                    width=(size * (1 - 2 * r[:, 4])).astype(np.float32), height=np.full(len(r), size, np.float32),
                     hue=(r[:, 8] * 360).astype(np.float32))
 
     def _resize(self, item: dict, outputs) -> list[torch.Tensor]:
@@ -296,7 +304,7 @@ class DaliTrainLoader:
         torchvision's resize of a uint8 CHW view of HWC pixels (its fast channels-last
         kernels), exactly the torch path's RandomResizedCrop after the same crop.
         """
-        crops, size = outputs[0], self.d.image_size
+        crops, size = outputs[0], item["size"]
         out = self.buffers.take((len(crops), size, size, 3), torch.uint8)
         for k, flip in enumerate(item["flip"]):
             crop = torch.from_numpy(np.asarray(crops[k])).permute(2, 0, 1)
@@ -306,12 +314,14 @@ class DaliTrainLoader:
 
     def __iter__(self):
         order = sampling.train_order(len(self.split), self.seed, self.epoch, self.rank, self.world, self.batch_size)
-        b = self.batch_size
-        items = [dict(epoch=self.epoch, indices=order[i:i + b]) for i in range(self.start * b, len(order), b)]
+        b, size = self.batch_size, self.size_of(self.epoch)
+        items = [dict(epoch=self.epoch, indices=order[i:i + b], size=size) for i in range(self.start * b, len(order), b)]
         for item, (resized, *means) in self.runner.epoch(items, self._error):
             n, h, w, _ = resized.shape
             images = colour_normalize(resized, item["maps"], self.buffers.take((n, 3, h, w), torch.float32),
                                       *means)
+            for k, box in enumerate(item.get("boxes", ())):
+                erase(images[k], box)
             yield images, item["labels"].to(images.device, non_blocking=True)
 
     def _error(self, error, items):
@@ -372,5 +382,7 @@ class DaliValLoader:
 
 
 def build_dali_loaders(train: Split, val: Split, cfg, rank: int, world: int, batch: int, device):
-    return (DaliTrainLoader(train, cfg.data, cfg.run.seed, rank, world, batch, device),
+    from bot.data.sizes import size_schedule
+
+    return (DaliTrainLoader(train, cfg.data, cfg.run.seed, rank, world, batch, device, size_schedule(cfg)),
             DaliValLoader(val, cfg.data, rank, world, batch, device))

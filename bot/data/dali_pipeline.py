@@ -47,16 +47,18 @@ def decoder_args(gpu: bool, hw_decoder_load: float = 0.65) -> dict:
 
 def train_inputs(hue: bool, gpu: bool) -> tuple[str, ...]:
     """The names train_graph reads, in order (an unused external source output costs time)."""
-    return ("jpegs", "anchor", "shape") + (("width",) if gpu else ()) + (("hue",) if hue else ())
+    return ("jpegs", "anchor", "shape") + (("width", "height") if gpu else ()) + (("hue",) if hue else ())
 
 
-def train_graph(inputs, size: int, gpu: bool, hue: bool, antialias: bool = True, hw_decoder_load: float = 0.65):
+def train_graph(inputs, gpu: bool, hue: bool, antialias: bool = True, hw_decoder_load: float = 0.65):
     """Decode each sample's crop window; on the GPU also resize it (flipping on the way).
 
     CPU: the crops as decoded (uint8 HWC, ragged); bot.data.dali resizes them with
     torchvision's resize, the reference path's own function, whose uint8 kernels take
     0.16 ms per image where DALI's CPU resize takes 0.7-1.0 ms (scripts/bench_loader.py).
-    GPU: uint8 HWC, size x size, and each image's mean pixel (float, 3), which contrast needs.
+    GPU: uint8 HWC, at each sample's `height` x |`width`| (the epoch's training size, fed per
+    batch: random-shape training changes it), and each image's mean pixel (float, 3), which
+    contrast needs.
     Colour jitter, PCA lighting and normalization follow in torch as one affine map per
     image (bot.data.dali.colour_normalize): after the resize, so on size x size pixels
     rather than on the crop (8%-100% of a ~500 x 375 image, usually more pixels), which
@@ -71,7 +73,7 @@ def train_graph(inputs, size: int, gpu: bool, hue: bool, antialias: bool = True,
         return images
     # torchvision's RandomResizedCrop: bilinear, with antialias a triangle filter when shrinking;
     # width -size flips (the filter is symmetric: the mirror image of the unflipped output)
-    images = fn.resize(images, resize_x=named["width"], resize_y=float(size), interp_type=types.INTERP_LINEAR,
+    images = fn.resize(images, resize_x=named["width"], resize_y=named["height"], interp_type=types.INTERP_LINEAR,
                        antialias=antialias)
     return images, fn.reductions.mean(images, axes=[0, 1], dtype=types.FLOAT)
 

@@ -2,7 +2,8 @@
 
 Each training sample's augmentation is seeded by (seed, epoch, index), so a batch is the
 same whatever the number of workers, and a resumed run sees exactly the batches an
-uninterrupted one would have seen.
+uninterrupted one would have seen. The sampler hands each sample its seed and the epoch's
+training size (bot.data.sizes) with its index: the workers hold no per-epoch state.
 """
 
 from __future__ import annotations
@@ -17,9 +18,12 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from bot.data import sampling
+from bot.data.cutout import cutout_box, erase
 from bot.data.folder import Split
+from bot.data.sizes import size_schedule
 from bot.data.transforms import train_transform, val_transform
 from bot.errors import UserError
+from bot.preempt import ignore_stop_signals  # the main process saves, then ends its workers
 
 # Workers start from a fork server, not a fork of this process: forking a process that
 # already runs threads (DALI's, or a torch thread pool) can deadlock the child.
@@ -67,29 +71,36 @@ def decode(path: str) -> torch.Tensor:
 
 
 class ImageFiles(Dataset):
-    """Items are an index (val) or (index, seed) (train: the augmentation's seed)."""
+    """Items are an index (val: `transform` applies) or (index, seed, size) for training: the
+    augmentation's seed and the crop side; `train` is then the data config, from which a
+    transform per size is made when first asked for, and Cutout follows the transform."""
 
-    def __init__(self, split: Split, transform):
-        self.split, self.transform = split, transform
+    def __init__(self, split: Split, transform=None, train=None):
+        self.split, self.transform, self.train, self.by_size = split, transform, train, {}
 
     def __len__(self) -> int:
         return len(self.split)
 
     def __getitem__(self, item):
-        index, seed = item if isinstance(item, tuple) else (item, None)
+        if not isinstance(item, tuple):
+            return self.transform(decode(self.split.files[item])), self.split.labels[item]
+        (index, seed, size), d = item, self.train
+        if size not in self.by_size:
+            self.by_size[size] = train_transform(d, size)
         image = decode(self.split.files[index])
-        if seed is None:
-            return self.transform(image), self.split.labels[index]
         with torch.random.fork_rng(devices=[]):  # leave the caller's generator alone
             torch.manual_seed(seed)
-            return self.transform(image), self.split.labels[index]
+            image = self.by_size[size](image)
+        if d.cutout > 0:
+            erase(image, cutout_box(seed, size, d.cutout))
+        return image, self.split.labels[index]
 
 
 class EpochSampler(Sampler):
     """This process's share of one epoch (sampling.train_order), from a given step on."""
 
-    def __init__(self, n: int, seed: int, rank: int, world: int, batch: int):
-        self.n, self.seed, self.rank, self.world, self.batch = n, seed, rank, world, batch
+    def __init__(self, n: int, seed: int, rank: int, world: int, batch: int, size_of):
+        self.n, self.seed, self.rank, self.world, self.batch, self.size_of = n, seed, rank, world, batch, size_of
         self.epoch, self.start = 0, 0
 
     def set_epoch(self, epoch: int, start_step: int = 0) -> None:
@@ -100,19 +111,24 @@ class EpochSampler(Sampler):
 
     def __iter__(self):
         order = sampling.train_order(self.n, self.seed, self.epoch, self.rank, self.world, self.batch)
+        size = self.size_of(self.epoch)
         for index in order[self.start:]:
-            yield int(index), sampling.sample_seed(self.seed, self.epoch, int(index))
+            yield int(index), sampling.sample_seed(self.seed, self.epoch, int(index)), size
 
 
 class TrainLoader:
-    """Batches of (images float NCHW normalized, labels) for one process, one epoch at a time."""
+    """Batches of (images float NCHW normalized, labels) for one process, one epoch at a time.
 
-    def __init__(self, split: Split, d, seed: int, rank: int, world: int, batch: int, pin: bool):
+    `size_of(epoch)` is the epoch's crop side (bot.data.sizes; default data.image_size)."""
+
+    def __init__(self, split: Split, d, seed: int, rank: int, world: int, batch: int, pin: bool, size_of=None):
         self.classes, self.batch_size = split.classes, batch
-        self.sampler = EpochSampler(len(split), seed, rank, world, batch)
-        self.loader = DataLoader(ImageFiles(split, train_transform(d)), batch_size=batch, sampler=self.sampler,
+        self.size_of = size_of or (lambda epoch: d.image_size)
+        self.sampler = EpochSampler(len(split), seed, rank, world, batch, self.size_of)
+        self.loader = DataLoader(ImageFiles(split, train=d), batch_size=batch, sampler=self.sampler,
                                  num_workers=d.workers, pin_memory=pin, drop_last=True,
-                                 persistent_workers=d.workers > 0, multiprocessing_context=CONTEXT if d.workers else None)
+                                 persistent_workers=d.workers > 0, multiprocessing_context=CONTEXT if d.workers else None,
+                                 worker_init_fn=ignore_stop_signals)
         self.steps = sampling.steps_per_epoch(len(split), world, batch)
 
     def set_epoch(self, epoch: int, start_step: int = 0) -> None:
@@ -134,7 +150,8 @@ class ValLoader:
         self.indices = sampling.val_order(len(split), rank, world).tolist()
         self.loader = DataLoader(ImageFiles(split, val_transform(d)), batch_size=batch, sampler=self.indices,
                                  num_workers=d.workers, pin_memory=pin, persistent_workers=d.workers > 0,
-                                 multiprocessing_context=CONTEXT if d.workers else None)
+                                 multiprocessing_context=CONTEXT if d.workers else None,
+                                 worker_init_fn=ignore_stop_signals)
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -146,5 +163,5 @@ class ValLoader:
 
 def build_torch_loaders(train: Split, val: Split, cfg, rank: int, world: int, batch: int, device):
     pin = torch.device(device).type == "cuda"
-    return (TrainLoader(train, cfg.data, cfg.run.seed, rank, world, batch, pin),
+    return (TrainLoader(train, cfg.data, cfg.run.seed, rank, world, batch, pin, size_schedule(cfg)),
             ValLoader(val, cfg.data, rank, world, batch, pin))

@@ -32,10 +32,11 @@ class PCALighting(torch.nn.Module):
         return img + offset.view(3, 1, 1).to(img.dtype)
 
 
-def train_transform(d) -> v2.Compose:
-    """Steps 2-6 on a decoded uint8 CHW tensor; `d` is the config's data section."""
+def train_transform(d, size: int | None = None) -> v2.Compose:
+    """Steps 2-6 on a decoded uint8 CHW tensor; `d` is the config's data section, `size` the
+    crop side (default data.image_size; random-shape training changes it per epoch)."""
     steps = [
-        v2.RandomResizedCrop(d.image_size, scale=tuple(d.random_area), ratio=tuple(d.random_aspect),
+        v2.RandomResizedCrop(size or d.image_size, scale=tuple(d.random_area), ratio=tuple(d.random_aspect),
                              antialias=d.antialias),
         v2.RandomHorizontalFlip(0.5),
     ]
