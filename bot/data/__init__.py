@@ -8,7 +8,7 @@ global batch). The val loader covers this process's share of the val set once.
 
 from __future__ import annotations
 
-from bot.data.folder import dataset_root, scan_dataset, scan_split
+from bot.data.folder import dataset_root, on_rank_zero, scan_dataset, scan_split
 from bot.errors import UserError
 
 
@@ -40,7 +40,7 @@ def build_loaders(cfg, rank: int | None = None, world: int | None = None, device
 def build_val_loader(cfg, rank: int, world: int, device):
     """The val loader alone, for evaluating a trained model: data.root needs only val/.
     data.batch_size stays the global batch; every image is counted once over the processes."""
-    val = scan_split(dataset_root(cfg.data.root), "val")
+    val = on_rank_zero(lambda: scan_split(dataset_root(cfg.data.root), "val"))
     batch = max(1, cfg.data.batch_size // world)
     if cfg.data.backend == "dali":
         from bot.data.dali import DaliValLoader

@@ -55,15 +55,28 @@ def workers_without_main():
         modules["__main__"] = user_main
 
 
+def eight_bit(img: Image.Image) -> Image.Image:
+    """A 16-bit greyscale image ("I;16*", or "I" as PIL opens some) scaled to 8 bits as DALI's
+    decoder does it: round(v / 257), so 65535 is 255 and 0x8080 is 128; other modes as they are.
+
+    PIL opens 16-bit RGB(A) PNGs as 8-bit already (their high byte, within one level of this).
+    """
+    if not img.mode.startswith("I"):
+        return img
+    grey = np.rint(np.asarray(img, dtype=np.float64) / 257.0).clip(0, 255).astype(np.uint8)
+    return Image.fromarray(grey, "L")
+
+
 def decode(path: str) -> torch.Tensor:
     """A file as a uint8 RGB CHW tensor, or a UserError naming the file.
 
     PIL (libjpeg-turbo) decodes; it also reads CMYK and greyscale JPEGs and PNGs, which
-    ImageNet has a few of, and converts them to RGB.
+    ImageNet has a few of, and converts them to RGB. 16-bit greyscale goes through eight_bit
+    first: PIL's convert("RGB") would clip it.
     """
     try:
         with Image.open(path) as img:
-            rgb = np.asarray(img.convert("RGB"))
+            rgb = np.asarray(eight_bit(img).convert("RGB"))
     except (OSError, ValueError, Image.DecompressionBombError) as e:
         raise UserError(f"cannot read image {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__} "
                         f"(scripts/check_dataset.py lists every bad file)") from None
