@@ -10,6 +10,8 @@ names in label order). Where the run kept a moving average of its weights, it is
 
 evaluate and predict also read the int8 ONNX model of scripts/quantize.py (bot/onnx_model.py);
 everything that needs torch weights (export, fine-tuning, distillation) refuses it.
+A slimmed checkpoint (scripts/slim.py) has narrower layers than its config builds: `build`
+gives the model the shapes of its weights (bot/slimming.py).
 """
 
 from __future__ import annotations
@@ -91,6 +93,7 @@ def read(spec: str | Path, what: str = "checkpoint", onnx: bool = False) -> Trai
 def build(trained: Trained, ema: bool = False) -> torch.nn.Module:
     """The checkpoint's model in eval mode, with its weights (or their moving average)."""
     from bot.models import build_model
+    from bot.slimming import fit_shapes
 
     if trained.onnx:
         if ema:
@@ -102,6 +105,7 @@ def build(trained: Trained, ema: bool = False) -> torch.nn.Module:
         raise UserError(f"{trained.path} has no moving average of the weights (key {EMA_KEY!r}): "
                         f"train with model.ema_decay, or leave out --ema")
     model = build_model(trained.cfg, num_classes=trained.num_classes)
+    fit_shapes(model, trained.weights)
     try:
         model.load_state_dict(trained.ema if ema else trained.weights)
     except RuntimeError as e:

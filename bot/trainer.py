@@ -30,6 +30,7 @@ from bot.models import build_model, count_params_macs
 from bot.optim import build_optimizer, load_optimizer_state
 from bot.runlog import RunLog
 from bot.schedule import build_schedule
+from bot.slimming import fit_shapes, with_slim_l1
 from bot.sync_bn import convert_sync_batchnorm
 from bot.teacher import load_teacher
 
@@ -100,6 +101,7 @@ def build_step(cfg, model, accelerator, num_classes: int, batch: int, steps_per_
     optimizer = build_optimizer(model, cfg)
     scaler = torch.amp.GradScaler(accelerator.device.type, enabled=cfg.precision == "fp16")
     objective = Objective(cfg, num_classes, batch // cfg.data.accumulate, teacher, autocast)
+    objective = with_slim_l1(objective, model, cfg.model.slim_l1)  # network slimming's L1 on BN scales
     prepared = accelerator.prepare_model(model)
     backends.compile_for_training(model, prepared, cfg.compile)
     return TrainStep(prepared, optimizer, scaler, objective,
@@ -124,6 +126,8 @@ def train(cfg: config.Config) -> dict:
     if state is not None:
         check_same_run(cfg, state["config"], folder)
     model = build_model(cfg, num_classes).to(device)
+    if state is not None:
+        fit_shapes(model, state["model"])  # a fine-tuned slimmed network keeps its narrower layers
     if cfg.model.init_from and state is None:  # fine-tuning; a resumed run continues from last.pt instead
         init_from(model, cfg.model.init_from, train_loader.classes, say=accelerator.is_main_process)
     params, macs = count_params_macs(model, cfg.data.image_size)
