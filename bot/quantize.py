@@ -7,10 +7,11 @@ and gives a file that evaluate, predict and any ONNX runtime read; torch's own e
 and FX quantization APIs are deprecated in the pinned torch (docs/compress.md).
 
 1. export fp32 ONNX (checked against the torch model by bot/export.py);
-2. `quant_pre_process`: onnxruntime's graph optimizer folds every BatchNorm into the
-   conv before it, including the shortcut conv after ResNet-D's average pool, and
-   zero-gamma BNs (their conv's weights become exactly 0, which per-channel
-   quantization keeps at 0); `folded_batchnorms` checks that none is left;
+2. every BatchNorm is folded into the conv before it (torch's ONNX exporter already does
+   it in eval mode; `quant_pre_process`, onnxruntime's graph optimizer, would otherwise),
+   including the shortcut conv after ResNet-D's average pool, and zero-gamma BNs (their
+   conv's weights become exactly 0, which per-channel quantization keeps at 0);
+   `folded_batchnorms` checks that none is left;
 3. `quantize_static`: int8 weights per output channel (symmetric), uint8 activations
    with ranges calibrated (min/max) on training images through the val transform, in
    the QDQ format that onnxruntime fuses into integer convs and matmuls.

@@ -93,7 +93,7 @@ def test_batchnorm_folding_with_zero_gamma_and_average_pooled_shortcut(tmp_path)
     export.to_onnx(model, 32, tmp_path / "fp32.onnx")
     batches = [torch.randn(16, 3, 32, 32) for _ in range(4)]
     quantize.quantize_onnx(tmp_path / "fp32.onnx", tmp_path / "int8.onnx", batches, {})
-    assert quantize.folded_batchnorms(tmp_path / "fp32.onnx") > 0 == quantize.folded_batchnorms(tmp_path / "int8.onnx")
+    assert quantize.folded_batchnorms(tmp_path / "int8.onnx") == 0
     x = torch.randn(16, 3, 32, 32)
     with torch.no_grad():
         ref, got = model(x), OnnxModule(tmp_path / "int8.onnx")(x)

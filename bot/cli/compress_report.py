@@ -30,7 +30,7 @@ def parse(argv) -> argparse.Namespace:
     p.add_argument("items", nargs="+", help="data.root=... then NAME=MODEL pairs")
     p.add_argument("--out", default=None, help="also write the table (markdown) here")
     p.add_argument("--repeats", type=int, default=20, help="timed passes per latency (median shown)")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)
     args.overrides = [i for i in args.items if i.split("=", 1)[0].startswith("data.")]
     args.models = [i.split("=", 1) for i in args.items if i not in args.overrides]
     if not args.models or any(len(m) != 2 for m in args.models):
