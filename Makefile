@@ -97,7 +97,8 @@ bench-gpu: install
 
 # Smaller, faster models (docs/compress.md): the demo network trained with network slimming's
 # L1 penalty, then int8 (onnxruntime), slimmed 30% (+ 10 epochs of fine-tuning), slimmed + int8,
-# side by side: runs/compress-demo/table.md. About 6 minutes on 2 idle cores.
+# side by side: runs/compress-demo/table.md. 30 + 10 epochs (the demo recipe's 3 minutes, plus
+# fine-tuning, 2 int8 calibrations and the table); not yet timed on an idle machine.
 .PHONY: demo-compress
 runs/compress-demo/summary.json: | install $(TOY)/.complete
 	$(PY) train.py recipes/compress-demo.yaml data.root=$(TOY) $(ARGS)
