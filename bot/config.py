@@ -87,6 +87,10 @@ class ModelConfig:
     # d_t = min(ema_decay, (1 + t) / (10 + t)) at update t (TensorFlow's ExponentialMovingAverage with
     # num_updates): the average forgets the random init quickly in short runs. false: d_t = ema_decay
     ema_warmup: bool = False
+    # Network slimming (Liu et al., ICCV 2017): lambda of an L1 penalty on the BN scales inside
+    # the residual blocks (bot/slimming.py), so scripts/slim.py can remove the channels whose
+    # gamma it drove to ~0. ResNets only; 0 = off. Liu et al. use 1e-5 to 1e-4.
+    slim_l1: float = 0.0
 
 
 @dataclass
@@ -341,6 +345,9 @@ def validate(cfg: Config) -> Config:
     _validate_arch(cfg)
     _check(m.init_from is None or m.init_from.strip() != "", "model.init_from",
            "must be a checkpoint or run folder, or null")
+    _check(m.slim_l1 >= 0, "model.slim_l1", f"must be 0 (off) or positive, got {m.slim_l1}")
+    _check(m.slim_l1 == 0 or m.arch.startswith("resnet"), "model.slim_l1",
+           f"slims the channels inside residual blocks; {m.arch} has none: set model.slim_l1=0")
     _check(o.lr > 0, "optim.lr", f"must be positive, got {o.lr}")
     _check(0 <= o.momentum < 1, "optim.momentum", "must be in [0, 1)")
     _check(o.weight_decay >= 0, "optim.weight_decay", "must be 0 or more")

@@ -13,6 +13,7 @@ from torch import nn
 
 from bot import trained
 from bot.errors import UserError
+from bot.slimming import fit_shapes
 
 WHAT = "model.init_from"
 
@@ -42,6 +43,7 @@ def init_from(model: nn.Module, spec: str, classes: list[str], say: bool = True)
     """Load the weights of checkpoint or run folder `spec` into `model` (built for `classes`);
     `say`: print what was loaded (the main process)."""
     source = trained.read(spec, WHAT)
+    fit_shapes(model, source.weights)  # a slimmed checkpoint (scripts/slim.py): its narrower layers
     ours, theirs = model.state_dict(), source.weights
     head = classifier_keys(model)
     differ = trained.class_difference(source.classes, source.num_classes, classes)

@@ -7,6 +7,11 @@ A checkpoint is what the trainer writes (`best.pt`, `last.pt`): the weights unde
 (a plain state_dict), the resolved `config`, `num_classes` and `classes` (the class folder
 names in label order). Where the run kept a moving average of its weights, it is under
 `ema`: a state_dict with the same keys as `model`.
+
+evaluate and predict also read the int8 ONNX model of scripts/quantize.py (bot/onnx_model.py);
+everything that needs torch weights (export, fine-tuning, distillation) refuses it.
+A slimmed checkpoint (scripts/slim.py) has narrower layers than its config builds: `build`
+gives the model the shapes of its weights (bot/slimming.py).
 """
 
 from __future__ import annotations
@@ -32,12 +37,14 @@ class Trained:
     weights: dict
     ema: dict | None = None
     info: dict = field(default_factory=dict)  # epoch, step, top1 where the checkpoint has them
+    onnx: bool = False  # an ONNX model from scripts/quantize.py: `weights` is empty
 
     def describe(self) -> str:
         m = self.cfg.model
         where = ", ".join(f"{k} {self.info[k]:.2f}" if isinstance(self.info[k], float) else f"{k} {self.info[k]}"
                           for k in ("step", "top1") if k in self.info)
-        return f"{self.path} ({m.arch}-{m.variant}, {self.num_classes} classes{', ' + where if where else ''})"
+        kind = f"int8 ONNX of {self.info['from']}, " if self.onnx else ""
+        return f"{self.path} ({kind}{m.arch}-{m.variant}, {self.num_classes} classes{', ' + where if where else ''})"
 
 
 def checkpoint_path(spec: str | Path, what: str) -> Path:
@@ -53,11 +60,19 @@ def checkpoint_path(spec: str | Path, what: str) -> Path:
     return path
 
 
-def read(spec: str | Path, what: str = "checkpoint") -> Trained:
+def read(spec: str | Path, what: str = "checkpoint", onnx: bool = False) -> Trained:
     """The checkpoint at `spec` (a file or a run folder), or one UserError line naming it.
 
-    `what` names the argument in messages (e.g. "model.init_from")."""
+    `what` names the argument in messages (e.g. "model.init_from"); `onnx`: an int8 ONNX model
+    of scripts/quantize.py is accepted too."""
     path = checkpoint_path(spec, what)
+    if path.suffix == ".onnx":
+        if not onnx:
+            raise UserError(f"{what} {path} is an ONNX model: give the bot checkpoint (.pt) it was made from")
+        from bot.onnx_model import read_metadata
+
+        cfg, classes, source = read_metadata(path, what)
+        return Trained(path, cfg, len(classes), classes, {}, info={"from": source}, onnx=True)
     try:
         # weights_only=False: a training checkpoint holds the RNG states (numpy arrays) to resume
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
@@ -78,11 +93,19 @@ def read(spec: str | Path, what: str = "checkpoint") -> Trained:
 def build(trained: Trained, ema: bool = False) -> torch.nn.Module:
     """The checkpoint's model in eval mode, with its weights (or their moving average)."""
     from bot.models import build_model
+    from bot.slimming import fit_shapes
 
+    if trained.onnx:
+        if ema:
+            raise UserError(f"{trained.path} is an ONNX model: it has no moving average, leave out --ema")
+        from bot.onnx_model import OnnxModule
+
+        return OnnxModule(trained.path).eval()
     if ema and trained.ema is None:
         raise UserError(f"{trained.path} has no moving average of the weights (key {EMA_KEY!r}): "
                         f"train with model.ema_decay, or leave out --ema")
     model = build_model(trained.cfg, num_classes=trained.num_classes)
+    fit_shapes(model, trained.weights)
     try:
         model.load_state_dict(trained.ema if ema else trained.weights)
     except RuntimeError as e:

@@ -33,6 +33,7 @@ from bot.optim import build_optimizer, load_optimizer_state
 from bot.preempt import StopSignals, Stopped
 from bot.runlog import RunLog
 from bot.schedule import build_schedule
+from bot.slimming import fit_shapes, with_slim_l1
 from bot.sync_bn import convert_sync_batchnorm
 from bot.teacher import load_teacher
 
@@ -105,6 +106,7 @@ def build_step(cfg, model, accelerator, num_classes: int, batch: int, steps_per_
     optimizer = build_optimizer(model, cfg)
     scaler = torch.amp.GradScaler(accelerator.device.type, enabled=cfg.precision == "fp16")
     objective = Objective(cfg, num_classes, batch // cfg.data.accumulate, teacher, autocast)
+    objective = with_slim_l1(objective, model, cfg.model.slim_l1)  # network slimming's L1 on BN scales
     # the average is a copy of the eager model, made before any wrapper or compilation
     ema = WeightEma(model, cfg.model.ema_decay, cfg.model.ema_warmup) if cfg.model.ema_decay > 0 else None
     prepared = accelerator.prepare_model(model)
@@ -143,7 +145,7 @@ class Run:
         saved = checkpoint.load_last(self.folder) if self.folder.is_dir() else None
         if saved is not None:
             check_same_run(cfg, saved["config"], self.folder)
-        self.model = self.make_model(fine_tune=saved is None)
+        self.model = self.make_model(saved)
         teacher = (load_teacher(cfg.loss.distill_teacher, self.classes, self.device, cfg.channels_last)
                    if cfg.loss.distill_teacher else None)
         self.train_step = build_step(cfg, self.model, self.accelerator, self.num_classes,
@@ -158,12 +160,14 @@ class Run:
         if saved is not None:
             self.resume(saved)
 
-    def make_model(self, fine_tune: bool) -> torch.nn.Module:
-        """The model on the run's device in its final form (before any distributed wrapper);
-        `fine_tune`: start from model.init_from (a resumed run continues from last.pt instead)."""
+    def make_model(self, saved: dict | None) -> torch.nn.Module:
+        """The model on the run's device in its final form (before any distributed wrapper): the
+        shapes of `saved` (last.pt) when resuming, else from model.init_from when fine-tuning."""
         cfg = self.cfg
         model = build_model(cfg, self.num_classes).to(self.device)
-        if cfg.model.init_from and fine_tune:
+        if saved is not None:
+            fit_shapes(model, saved["model"])  # a fine-tuned slimmed network keeps its narrower layers
+        if cfg.model.init_from and saved is None:
             init_from(model, cfg.model.init_from, self.classes, say=self.main)
         self.params, self.macs = count_params_macs(model, cfg.data.image_size)
         if cfg.model.sync_bn and self.world > 1:

@@ -31,7 +31,8 @@ from bot.errors import UserError
 def parse(argv) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 epilog="Overrides are dotted.key=value, as for train.py.")
-    p.add_argument("checkpoint", help="a checkpoint (best.pt, last.pt) or a run folder (its best.pt)")
+    p.add_argument("checkpoint", help="a checkpoint (best.pt, last.pt), a run folder (its best.pt) "
+                                       "or an int8 model of scripts/quantize.py (.onnx)")
     p.add_argument("overrides", nargs="*", help="e.g. data.root=/data/imagenet data.backend=dali")
     p.add_argument("--sizes", default=None, help="test resolutions, e.g. 224,256,288 (default: data.image_size)")
     p.add_argument("--ema", action="store_true", help=f"the moving average of the weights (checkpoint key "
@@ -104,7 +105,7 @@ def main(argv=None) -> int:
     args = parse(sys.argv[1:] if argv is None else argv)
 
     def body():
-        model_info = trained.read(args.checkpoint)
+        model_info = trained.read(args.checkpoint, onnx=True)
         if args.per_class and not Path(args.per_class).parent.is_dir():
             raise UserError(f"--per-class {args.per_class}: folder {Path(args.per_class).parent} does not exist")
         rows = evaluate_sizes(model_info, args)

@@ -26,7 +26,8 @@ from bot.errors import UserError, one_line
 
 def parse(argv) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("checkpoint", help="a checkpoint (best.pt, last.pt) or a run folder (its best.pt)")
+    p.add_argument("checkpoint", help="a checkpoint (best.pt, last.pt), a run folder (its best.pt) "
+                                       "or an int8 model of scripts/quantize.py (.onnx)")
     p.add_argument("images", nargs="+", help="image files and/or folders")
     p.add_argument("--top", type=int, default=5, help="classes per image (default 5)")
     p.add_argument("--out", default=None, help="also write the predictions to this CSV")
@@ -84,7 +85,7 @@ def main(argv=None) -> int:
     def body():
         from bot.data.transforms import val_transform
 
-        model_info = trained.read(args.checkpoint)
+        model_info = trained.read(args.checkpoint, onnx=True)
         files = find_images(args.images)
         model = trained.build(model_info, ema=args.ema)
         names = model_info.classes or [f"class_{k}" for k in range(model_info.num_classes)]

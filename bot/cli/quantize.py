@@ -1,0 +1,118 @@
+"""int8 post-training quantization of a trained model for CPU inference  (installed as `bot-quantize`)
+
+    python scripts/quantize.py CHECKPOINT_OR_RUN [dotted.key=value ...] [--calib 512] [--out PATH]
+
+The checkpoint is exported to ONNX, its BatchNorms folded into the convs, and quantized
+statically by onnxruntime: int8 weights per channel, uint8 activations whose ranges are
+calibrated on `--calib` training images (spread over all classes) through the val
+transform. The int8 model (default: beside the checkpoint, best.int8.onnx) carries the
+checkpoint's config and class names, so scripts/evaluate.py and scripts/predict.py read
+it like a checkpoint. Then fp32 and int8 are measured side by side, in this run, with the
+same threads: top-1/top-5 on the val folder, file size, and CPU milliseconds per image at
+batch 1 and 32 (median of --repeats). Overrides are evaluate's (data.root, data.workers ...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+
+from bot import trained
+from bot.cli import run
+from bot.errors import UserError
+
+
+def parse(argv) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                epilog="Overrides are dotted.key=value, as for evaluate.py.")
+    p.add_argument("checkpoint", help="a checkpoint (best.pt, last.pt) or a run folder (its best.pt)")
+    p.add_argument("overrides", nargs="*", help="e.g. data.root=/data/imagenet")
+    p.add_argument("--calib", type=int, default=512, help="training images to calibrate on (default 512)")
+    p.add_argument("--out", default=None, help="the int8 model (default: beside the checkpoint, NAME.int8.onnx)")
+    p.add_argument("--repeats", type=int, default=20, help="timed passes per latency (their median is shown)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for every model (default: torch's)")
+    args = p.parse_intermixed_args(argv)
+    if args.calib < 1 or args.repeats < 1 or (args.threads is not None and args.threads < 1):
+        p.error("--calib, --repeats and --threads must be at least 1")
+    return args
+
+
+def measure(name: str, model: torch.nn.Module, file: Path, cfg, threads: int, repeats: int) -> dict:
+    """One row of the table: top-1/top-5 on the val folder, file size, ms per image."""
+    from bot.data import build_val_loader
+    from bot.engine import evaluate, make_accelerator
+    from bot.quantize import latency_ms
+
+    torch.set_num_threads(threads)
+    accelerator = make_accelerator()
+    loader = build_val_loader(cfg, 0, 1, torch.device("cpu"))
+    metrics = evaluate(model, loader, accelerator, nullcontext, False)
+    size = cfg.data.image_size
+    return {"model": name, "top1": metrics["top1"], "top5": metrics["top5"], "val_images": metrics["val_images"],
+            "mb": file.stat().st_size / 2 ** 20, "ms_b1": latency_ms(model, size, 1, repeats),
+            "ms_b32": latency_ms(model, size, 32, repeats)}
+
+
+def print_table(rows: list[dict], threads: int, size: int) -> str:
+    lines = [f"| model | top-1 | top-5 | file MB | ms/img batch 1 | ms/img batch 32 |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {r['model']} | {r['top1']:.2f} | {r['top5']:.2f} | {r['mb']:.2f} | {r['ms_b1']:.2f} "
+              f"| {r['ms_b32']:.2f} |" for r in rows]
+    lines.append(f"\n{rows[0]['val_images']} val images at {size} px; onnxruntime, {threads} CPU thread(s); "
+                 "ms: median per image")
+    text = "\n".join(lines)
+    print(text)
+    return text
+
+
+def main(argv=None) -> int:
+    args = parse(sys.argv[1:] if argv is None else argv)
+
+    def body():
+        from bot import export, onnx_model, quantize
+        from bot.cli.evaluate import eval_config
+
+        source = trained.read(args.checkpoint)
+        cfg = eval_config(source, args.overrides, None)
+        trained.check_classes(source, _val_classes(cfg), "checkpoint", f"{cfg.data.root}/val")
+        out = Path(args.out) if args.out else source.path.with_suffix(".int8.onnx")
+        if out.suffix != ".onnx":
+            raise UserError(f"--out {out}: the int8 model is an ONNX file, name it *.onnx")
+        if not out.parent.is_dir():
+            raise UserError(f"--out {out}: folder {out.parent} does not exist")
+        threads = args.threads or torch.get_num_threads()
+        model = trained.build(source)
+        batches = quantize.calibration_images(cfg, args.calib)
+        with tempfile.TemporaryDirectory() as tmp:
+            fp32 = Path(tmp) / "fp32.onnx"
+            export.to_onnx(model, cfg.data.image_size, fp32)
+            meta = onnx_model.metadata(source.cfg, source.classes or [f"class_{k}" for k in range(source.num_classes)],
+                                       str(source.path))
+            with export.written_aside(out) as (tmp_out,):
+                quantize.quantize_onnx(fp32, tmp_out, batches, meta)
+            n = sum(len(b) for b in batches)
+            print(f"wrote {out}: int8 of {source.describe()}, calibrated on {n} training images")
+            rows = [measure("fp32 (onnxruntime)", onnx_model.OnnxModule(fp32, threads), fp32, cfg, threads, args.repeats),
+                    measure("int8 (onnxruntime)", onnx_model.OnnxModule(out, threads), out, cfg, threads, args.repeats)]
+        text = print_table(rows, threads, cfg.data.image_size)
+        out.with_suffix(".md").write_text(text + "\n")
+        out.with_suffix(".json").write_text(json.dumps(rows, indent=2) + "\n")
+        return 0
+
+    return run(body)
+
+
+def _val_classes(cfg) -> list[str]:
+    from bot.data.folder import dataset_root, scan_split
+
+    return scan_split(dataset_root(cfg.data.root), "val").classes
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,85 @@
+"""Network slimming: remove the channels with the smallest BN scales  (installed as `bot-slim`)
+
+    python scripts/slim.py CHECKPOINT_OR_RUN --ratio 0.3 --out DIR
+
+The `--ratio` share of the channels inside the residual blocks whose |gamma| is smallest
+over the whole network (Liu et al., ICCV 2017; train with model.slim_l1 so that many
+gammas are ~0) is removed: the convs, their BNs and the next convs really get narrower.
+DIR/best.pt is a checkpoint like the trainer's, with the narrower weights: fine-tune it
+with `model.init_from=DIR/best.pt` (same recipe), or evaluate, predict, export and
+quantize it. DIR/slim.json lists the channels kept per layer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from bot import trained
+from bot.cli import run
+from bot.errors import UserError
+
+
+def parse(argv) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("checkpoint", help="a checkpoint (best.pt, last.pt) or a run folder (its best.pt)")
+    p.add_argument("--ratio", type=float, required=True, help="share of the in-block channels to remove, in (0, 1)")
+    p.add_argument("--out", required=True, help="folder for the slimmed checkpoint (DIR/best.pt)")
+    args = p.parse_args(argv)
+    if not 0 < args.ratio < 1:
+        p.error(f"--ratio must be in (0, 1), got {args.ratio}")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse(sys.argv[1:] if argv is None else argv)
+
+    def body():
+        from bot.checkpoint import atomic_save
+        from bot.models import count_params_macs
+        from bot.slimming import prune, slimmed_pairs
+
+        source = trained.read(args.checkpoint)
+        m = source.cfg.model
+        if not m.arch.startswith("resnet"):
+            raise UserError(f"{source.path} is a {m.arch}: slimming removes channels inside residual blocks")
+        out = Path(args.out)
+        if out.exists() and not out.is_dir():
+            raise UserError(f"--out {out} is a file, not a folder")
+        if (out / "best.pt").resolve() == source.path.resolve():
+            raise UserError(f"--out {out} would overwrite the checkpoint being slimmed")
+        model = trained.build(source)
+        size = source.cfg.data.image_size
+        params, macs = count_params_macs(model, size)
+        names = {id(conv): name for name, conv in model.named_modules()}
+        layers = [names[id(conv)] for conv, _ in slimmed_pairs(model)]
+        near_zero = sum(int((bn.weight.abs() < 1e-3).sum()) for _, bn in slimmed_pairs(model))
+        counts = prune(model, args.ratio, size)
+        with torch.no_grad():
+            model(torch.zeros(2, 3, size, size))  # the narrower network runs
+        new_params, new_macs = count_params_macs(model, size)
+        total = sum(b for b, _ in counts)
+        info = {"ratio": args.ratio, "from": str(source.path), "params": [params, new_params],
+                "macs": [macs, new_macs], "channels": {n: list(c) for n, c in zip(layers, counts)}}
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_save({"model": model.state_dict(), "config": source.cfg.to_dict(), "num_classes": source.num_classes,
+                     "classes": source.classes, "slim": info}, out / "best.pt")
+        (out / "slim.json").write_text(json.dumps(info, indent=2) + "\n")
+        print(f"slimmed {source.describe()}: {total - sum(a for _, a in counts)} of {total} in-block channels "
+              f"removed ({near_zero} had |gamma| < 1e-3)")
+        print("| | params | MACs per image |\n|---|---|---|")
+        print(f"| before | {params / 1e6:.3f} M | {macs / 1e6:.2f} M |")
+        print(f"| after | {new_params / 1e6:.3f} M | {new_macs / 1e6:.2f} M |")
+        print(f"wrote {out / 'best.pt'} (fine-tune it with model.init_from={out / 'best.pt'}); "
+              f"channels per layer in {out / 'slim.json'}")
+        return 0
+
+    return run(body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

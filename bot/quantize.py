@@ -1,0 +1,97 @@
+"""Post-training static int8 quantization for CPU inference (Jacob et al., CVPR 2018).
+
+The path is onnxruntime's static quantization of the model exported to ONNX
+(bot/export.py), chosen over torchao's PT2E flow because it needs nothing beyond the
+pinned packages, runs int8 kernels (MLAS) on any x86 or ARM CPU without compiling,
+and gives a file that evaluate, predict and any ONNX runtime read; torch's own eager
+and FX quantization APIs are deprecated in the pinned torch (docs/compress.md).
+
+1. export fp32 ONNX (checked against the torch model by bot/export.py);
+2. every BatchNorm is folded into the conv before it (torch's ONNX exporter already does
+   it in eval mode; `quant_pre_process`, onnxruntime's graph optimizer, would otherwise),
+   including the shortcut conv after ResNet-D's average pool, and zero-gamma BNs (their
+   conv's weights become exactly 0, which per-channel quantization keeps at 0);
+   `folded_batchnorms` checks that none is left;
+3. `quantize_static`: int8 weights per output channel (symmetric), uint8 activations
+   with ranges calibrated (min/max) on training images through the val transform, in
+   the QDQ format that onnxruntime fuses into integer convs and matmuls.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bot import onnx_model
+
+
+def calibration_images(cfg, n: int, batch: int = 32) -> list[torch.Tensor]:
+    """`n` training images spread evenly over the sorted file list (so over all classes),
+    through the val transform (what the model sees at inference), in batches."""
+    from bot.data.folder import dataset_root, scan_split
+    from bot.data.torch_loader import decode
+    from bot.data.transforms import val_transform
+
+    split = scan_split(dataset_root(cfg.data.root), "train")
+    picks = np.linspace(0, len(split) - 1, num=min(n, len(split))).round().astype(int)
+    transform = val_transform(cfg.data)
+    images = [transform(decode(split.files[i])) for i in picks]
+    return [torch.stack(images[i:i + batch]) for i in range(0, len(images), batch)]
+
+
+class _Calibration:
+    """onnxruntime's CalibrationDataReader protocol: one input dict per call, then None."""
+
+    def __init__(self, batches: list[torch.Tensor], name: str):
+        self.items = iter([{name: b.numpy()} for b in batches])
+
+    def get_next(self):
+        return next(self.items, None)
+
+
+def folded_batchnorms(path: Path) -> int:
+    """How many BatchNormalization nodes are left in an ONNX graph (0 once folded)."""
+    import onnx
+
+    return sum(node.op_type == "BatchNormalization" for node in onnx.load(str(path)).graph.node)
+
+
+def quantize_onnx(fp32: Path, out: Path, batches: list[torch.Tensor], meta: dict[str, str]) -> None:
+    """The int8 model of ONNX model `fp32` at `out`, calibrated on `batches`, with `meta` in
+    its metadata_props."""
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folded = Path(tmp) / "folded.onnx"
+        quant_pre_process(str(fp32), str(folded), skip_symbolic_shape=True)
+        left = folded_batchnorms(folded)
+        if left:
+            raise RuntimeError(f"{left} BatchNorm node(s) were not folded into a conv")
+        name = onnx_model.session(folded).get_inputs()[0].name
+        quantize_static(str(folded), str(out), _Calibration(batches, name), quant_format=QuantFormat.QDQ,
+                        per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=CalibrationMethod.MinMax)
+    model = onnx.load(str(out))
+    for key, value in meta.items():
+        model.metadata_props.add(key=key, value=value)
+    onnx.save(model, str(out))
+
+
+def latency_ms(model: torch.nn.Module, image_size: int, batch: int, repeats: int = 20) -> float:
+    """Median milliseconds per image of `model` on a batch of `batch` random images, after
+    three warm-up passes."""
+    x = torch.randn(batch, 3, image_size, image_size)
+    times = []
+    with torch.no_grad():
+        for i in range(repeats + 3):
+            start = time.perf_counter()
+            model(x)
+            if i >= 3:
+                times.append(time.perf_counter() - start)
+    return 1000 * float(np.median(times)) / batch

@@ -1,0 +1,100 @@
+"""int8 post-training quantization (scripts/quantize.py) through the real commands."""
+
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import ROOT, run_cli
+
+TRAIN = ["data.backend=torch", "data.image_size=32", "data.batch_size=16", "data.workers=0",
+         "schedule.epochs=8", "schedule.warmup_epochs=0", "run.log_every=1"]
+
+
+@pytest.fixture(scope="module")
+def toy160(tmp_path_factory):
+    """4 classes with 40 val images each: one image is 0.625 top-1 points, so "within 1 point"
+    can be told apart from one flipped prediction."""
+    out = tmp_path_factory.mktemp("toy160")
+    subprocess.run([sys.executable, str(ROOT / "scripts/make_toy_data.py"), str(out), "--classes", "4",
+                    "--train", "24", "--val", "40", "--size", "64"], check=True, capture_output=True)
+    return out
+
+
+@pytest.fixture(scope="module")
+def quantized(toy160, tmp_path_factory):
+    """An eight-epoch ResNet-18-D (zero gamma, ResNet-D's average-pooled shortcut) and its int8 model."""
+    run = tmp_path_factory.mktemp("run")
+    done = run_cli("train.py", "recipes/demo.yaml", f"data.root={toy160}", f"run.out={run}", *TRAIN)
+    assert done.returncode == 0, done.stderr[-2000:]
+    done = run_cli("scripts/quantize.py", run, "--calib", "64", "--repeats", "2")
+    assert done.returncode == 0, done.stderr[-2000:]
+    return run, done.stdout
+
+
+def test_int8_keeps_top1_within_one_point_and_reloads(quantized, toy160):
+    run, stdout = quantized
+    fp32, int8 = json.loads((run / "best.int8.json").read_text())
+    summary = json.loads((run / "summary.json").read_text())
+    assert fp32["top1"] == pytest.approx(summary["best_top1"], abs=0.01)  # the fp32 ONNX is the checkpoint
+    assert fp32["val_images"] == int8["val_images"] == 160
+    # This 4-class model is far from converged (about 40% top-1), its logits close together, so
+    # int8's rounding flips more predictions than on a trained one: 6 of 160 images are allowed
+    # here. The demo's 10-class model stays within 1 point (README, make demo-compress).
+    assert abs(int8["top1"] - fp32["top1"]) <= 6 * 100 / 160
+    assert int8["mb"] < fp32["mb"] / 3.5  # int8 weights: a quarter of fp32's bytes, plus scales
+    assert "| int8 (onnxruntime) |" in stdout
+    again = run_cli("scripts/evaluate.py", run / "best.int8.onnx")  # read back like a checkpoint
+    assert again.returncode == 0, again.stderr[-2000:]
+    (row,) = [line for line in again.stdout.splitlines() if re.match(r"\| \d", line)]
+    assert row.split("|")[3].strip() == f"{int8['top1']:.2f}"
+    refused = run_cli("scripts/export.py", run / "best.int8.onnx", "--format", "onnx")
+    assert refused.returncode == 2 and "ONNX model" in refused.stderr
+
+
+def test_int8_logits_are_close_to_fp32(quantized, toy160):
+    """Bound: 8-bit activations step by 1/255 of their calibrated range at each of ~20 layers;
+    the logits stay within 10% of their own range of the fp32 ones (about 3% is typical here)."""
+    from bot import trained
+    from bot.data.folder import scan_split
+    from bot.data.torch_loader import decode
+    from bot.data.transforms import val_transform
+
+    run, _ = quantized
+    source, int8 = trained.read(run / "best.pt"), trained.read(run / "best.int8.onnx", onnx=True)
+    assert int8.classes == source.classes and int8.cfg.to_dict() == source.cfg.to_dict()
+    split = scan_split(toy160, "val")
+    transform = val_transform(source.cfg.data)
+    x = torch.stack([transform(decode(f)) for f in split.files[::5]])
+    with torch.no_grad():
+        ref, got = trained.build(source)(x), trained.build(int8)(x)
+    spread = (ref.max() - ref.min()).item()
+    assert (got - ref).abs().max().item() <= 0.1 * spread
+
+
+def test_batchnorm_folding_with_zero_gamma_and_average_pooled_shortcut(tmp_path):
+    """Exactly-zero gammas (zero gamma, untrained) fold into all-zero conv weights and ResNet-D's
+    shortcut BN folds into the conv after its average pool: no BatchNorm is left, and the
+    int8 model still computes the fp32 one."""
+    from bot import config, export, quantize
+    from bot.models import build_model
+    from bot.onnx_model import OnnxModule
+
+    cfg = config.load(ROOT / "recipes/demo.yaml", [])
+    torch.manual_seed(0)
+    model = build_model(cfg, num_classes=4).eval()
+    for m in model.modules():  # statistics and betas as after training, gammas left at 0 or 1
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2), m.running_var.uniform_(0.5, 2.0), m.bias.data.uniform_(-0.1, 0.1)
+    assert (model.layer2[0].bn2.weight == 0).all() and isinstance(model.layer2[0].downsample[0], torch.nn.AvgPool2d)
+    export.to_onnx(model, 32, tmp_path / "fp32.onnx")
+    batches = [torch.randn(16, 3, 32, 32) for _ in range(4)]
+    quantize.quantize_onnx(tmp_path / "fp32.onnx", tmp_path / "int8.onnx", batches, {})
+    assert quantize.folded_batchnorms(tmp_path / "int8.onnx") == 0
+    x = torch.randn(16, 3, 32, 32)
+    with torch.no_grad():
+        ref, got = model(x), OnnxModule(tmp_path / "int8.onnx")(x)
+    assert (got - ref).abs().max().item() <= 0.1 * (ref.max() - ref.min()).item()
