@@ -39,6 +39,7 @@ from typing import Optional
 
 import yaml
 
+from bot import ablation_noise as noise
 from bot import config as config_mod
 from bot.errors import UserError
 from bot.ema import reported
@@ -61,6 +62,7 @@ class Row:
     title: str = ""  # the row's name in the table (`name` adds the column: it names the run)
     column: Optional[str] = None  # None in a grid without columns
     run: bool = True  # False: published figures only (a `run: false` row)
+    common: int = 0  # how many of `overrides` are the grid's own, for every row (the rest: row, column, cell)
 
 
 @dataclass
@@ -238,7 +240,8 @@ def table_rows(grid: Grid) -> list[dict]:
     """One dict of numbers per row: mean and std over the seeds found, and the deltas.
 
     A delta compares a row with the row above it in the same section and column (Table 4
-    restarts at each batch size); it is empty when either has no result. With columns,
+    restarts at each batch size); it is empty when either has no result. Its standard error
+    and whether it is within the seeds' noise: bot/ablation_noise.py. With columns,
     there is one dict per row and column, row by row.
     """
     out, prevs = [], {}
@@ -258,7 +261,7 @@ def table_rows(grid: Grid) -> list[dict]:
             "seeds": len(summaries),
             "top1": top1, "top1_std": top1_std, "top5": top5, "top5_std": top5_std,
             "best_top1": _mean_std([s.get("best_top1") for s in summaries])[0],
-            "delta_top1": None,
+            "delta_top1": None, "delta_top1_se": None, "delta_within_noise": None,
             "paper_top1": row.paper.get("top1"), "paper_top5": row.paper.get("top5"),
             "paper_delta_top1": None, "paper_unverified": bool(row.paper.get("unverified")),
             "time_per_epoch_s": _mean_std([s.get("time_per_epoch_s") for s in summaries])[0],
@@ -269,6 +272,8 @@ def table_rows(grid: Grid) -> list[dict]:
         if prev is not None:
             if rec["top1"] is not None and prev["top1"] is not None:
                 rec["delta_top1"] = rec["top1"] - prev["top1"]
+                rec["delta_top1_se"] = noise.delta_se(rec, prev)
+                rec["delta_within_noise"] = noise.within_noise(rec["delta_top1"], rec["delta_top1_se"])
             if rec["paper_top1"] is not None and prev["paper_top1"] is not None:
                 rec["paper_delta_top1"] = rec["paper_top1"] - prev["paper_top1"]
         out.append(rec)
@@ -315,31 +320,31 @@ def render_markdown(grid: Grid, recs: list[dict]) -> str:
         head.append("paper time/epoch")
     lines = heading(grid, recs)
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    most = max((r["seeds"] for r in recs), default=0)
     for r in recs:
         if r["section"]:
             lines.append(f"| **{r['section']}** |" + " |" * (len(head) - 1))
         if r["status"] == "done":
-            top1, top5 = _num(r["top1"], r["top1_std"]), _num(r["top5"], r["top5_std"])
+            n = noise.seeds_suffix(r, most)
+            top1, top5 = _num(r["top1"], r["top1_std"]) + n, _num(r["top5"], r["top5_std"])
         else:
             top1, top5 = f"({r['status']})", ""
         paper = _num(r["paper_top1"]) + (" *" if r["paper_unverified"] and r["paper_top1"] is not None else "")
-        cells = [r["row"], top1, top5, _num(r["delta_top1"], signed=True), paper,
+        cells = [r["row"], top1, top5, noise.delta_text(r), paper,
                  _num(r["paper_delta_top1"], signed=True), _duration(r["time_per_epoch_s"]),
                  f"{r['img_per_s']:.0f}" if r["img_per_s"] is not None else ""]
         if paper_time:
             cells.append(f"{r['paper_min_per_epoch']:.1f} min" if r["paper_min_per_epoch"] is not None else "")
         lines.append("| " + " | ".join(cells) + " |")
-    seeds = sorted({r["seeds"] for r in recs if r["seeds"]})
-    note = (f"Top-1 / top-5: ImageNet-style val accuracy at the last epoch (%), "
-            f"{'mean ± std over ' + '/'.join(map(str, seeds)) + ' seeds' if seeds and seeds != [1] else 'one seed'}. "
-            "Δ: against the row above in its section. img/s: training throughput, all processes.")
+    note = ("Top-1 / top-5: ImageNet-style val accuracy at the last epoch (%). " + noise.legend(recs) +
+            " Δ: against the row above in its section. img/s: training throughput, all processes.")
     lines += ["", note, f"Runs: {grid.out.as_posix()}/<row>. Grid: {grid.path.as_posix()}.", ""]
     return "\n".join(lines)
 
 
 CSV_FIELDS = ["row", "column", "slug", "section", "status", "seeds", "top1", "top1_std", "top5", "top5_std",
               "best_top1", "delta_top1", "paper_top1", "paper_top5", "paper_delta_top1", "paper_unverified",
-              "time_per_epoch_s", "img_per_s", "paper_min_per_epoch", "epochs"]
+              "time_per_epoch_s", "img_per_s", "paper_min_per_epoch", "epochs", "delta_top1_se", "delta_within_noise"]
 
 
 def render_csv(recs: list[dict]) -> str:

@@ -29,6 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
+from bot import ablation_noise as noise
 from bot.ablation import Grid, Row, _num, _string_list, check_paper, heading, slugify
 from bot.errors import UserError
 
@@ -94,19 +95,19 @@ def row_cells(where: str, raw: dict, r: dict, columns: list[Column],
         name, slug = (title, slugify(title)) if not named else (f"{column.name}: {title}",
                                                                f"{slugify(column.name)}/{slugify(title)}")
         out.append((Row(name=name, slug=slug, recipe="", overrides=overrides, section=r.get("section"), paper=paper,
-                        title=title, column=column.name, run=run), recipe))
+                        title=title, column=column.name, run=run, common=len(common)), recipe))
     return out
 
 
 # ---------------------------------------------------------------- the table
 
 
-def _pair(top1, top5, delta=None, mark: str = "") -> str:
+def _pair(top1, top5, delta: str = "", mark: str = "") -> str:
     """'top-1 / top-5 (+delta)' with whatever is known; empty when top-1 is not."""
     if top1 is None:
         return ""
     text = _num(top1) + (f" / {_num(top5)}" if top5 is not None else "")
-    return text + (f" ({_num(delta, signed=True)})" if delta is not None else "") + mark
+    return text + (f" ({delta})" if delta else "") + mark
 
 
 def render_columns(grid: Grid, recs: list[dict]) -> str:
@@ -123,15 +124,14 @@ def render_columns(grid: Grid, recs: list[dict]) -> str:
         out = [title]
         for column in grid.columns:
             r = cells[column]
-            ours = (_pair(r["top1"], r["top5"], r["delta_top1"]) if r["status"] == "done"
+            ours = (_pair(r["top1"], r["top5"], noise.delta_text(r, with_se=False)) if r["status"] == "done"
                     else "" if r["status"] == "reference" else f"({r['status']})")
             mark = " *" if r["paper_unverified"] else ""
-            out += [ours, _pair(r["paper_top1"], r["paper_top5"], r["paper_delta_top1"], mark)]
+            paper_delta = "" if r["paper_delta_top1"] is None else _num(r["paper_delta_top1"], signed=True)
+            out += [ours, _pair(r["paper_top1"], r["paper_top5"], paper_delta, mark)]
         lines.append("| " + " | ".join(out) + " |")
-    seeds = sorted({r["seeds"] for r in recs if r["seeds"]})
-    note = ("Each cell: top-1 / top-5, ImageNet-style val accuracy at the last epoch (%), "
-            f"{'mean over ' + '/'.join(map(str, seeds)) + ' seeds' if seeds and seeds != [1] else 'one seed'}; "
-            "(Δ top-1) against the row above in its column and section. "
-            "Times, throughput and std: table.csv.")
+    note = ("Each cell: top-1 / top-5, ImageNet-style val accuracy at the last epoch (%), mean over seeds; "
+            "(Δ top-1) against the row above in its column and section. " + noise.legend(recs) +
+            " The stds, standard errors, times and throughput: table.csv.")
     lines += ["", note, f"Runs: {grid.out.as_posix()}/<column>/<row>. Grid: {grid.path.as_posix()}.", ""]
     return "\n".join(lines)

@@ -208,7 +208,8 @@ def test_table_numbers_from_planted_summaries(tmp_path):
     md = (out / "table.md").read_text()
     assert md.startswith("# Test grid")
     assert "| base | 76.10 ± 0.14 | 92.50 ± 0.71 |  | 75.87 |  | 1.0 min | 1000 | 13.3 min |" in md
-    assert "| + warmup | 76.50 | 93.50 | +0.40 | 76.03 | +0.16 | 1.5 min | 1000 |" in md
+    # fewer seeds than the fullest row: said beside the mean; one seed has no std, so no noise mark
+    assert "| + warmup | 76.50 (n=1) | 93.50 | +0.40 | 76.03 | +0.16 | 1.5 min | 1000 |" in md
     assert "| + zero gamma | (unfinished) |" in md and "| **b=1024** |" in md
     table = list(csv.DictReader((out / "table.csv").open()))
     assert [r["row"] for r in table] == [r["name"] for r in rows]
@@ -369,3 +370,123 @@ def test_columns_grid_runs_every_cell_and_skips_the_reference(tmp_path, capsys):
     # the fake trainer's top-1 is 70 + len(run name) / 10: "R: efficient" 71.2, "R: + cosine" 71.1
     cosine = md_table((grid.out / "table.md").read_text())[1]
     assert (cosine["R ours"], cosine["R paper"]) == ("71.10 / 90.00 (-0.10)", "77.91 / 93.81 (+0.75)")
+
+
+# ---------------------------------------------------------------- noise of the deltas
+
+
+def test_deltas_within_the_seeds_noise_are_marked(tmp_path):
+    """Δ ± sqrt(s1²/n1 + s2²/n2); ~ when |Δ| < 2 of those (not the std of single runs)."""
+    rows = [{"name": "a"}, {"name": "b"}, {"name": "c"}, {"name": "d"}, {"name": "e"}]
+    grid = ablation.read_grid(write_grid(tmp_path, rows))
+    seeds = {"a": [70, 71, 72], "b": [75, 76, 77], "c": [76.5, 77.5, 78.5], "d": [78.2, 79.2, 80.2], "e": [79.0]}
+    for name, values in seeds.items():
+        for k, v in enumerate(values):
+            plant(grid.out / name / f"seed{k}", summary(v))
+    recs = {r["row"]: r for r in ablation.table_rows(grid)}
+    se = (2 / 3) ** 0.5  # every std is 1 over 3 seeds: sqrt(1/3 + 1/3)
+    assert [recs[n]["top1_std"] for n in "abcd"] == pytest.approx([1.0] * 4)
+    assert [recs[n]["delta_top1"] for n in "bcde"] == pytest.approx([5.0, 1.5, 1.7, -0.2])
+    assert [recs[n]["delta_top1_se"] for n in "bcd"] == pytest.approx([se] * 3) and recs["e"]["delta_top1_se"] is None
+    # 1.5 is more than the combined std sqrt(2) = 1.41 of one run each, but less than 2 se = 1.63
+    assert [recs[n]["delta_within_noise"] for n in "abcde"] == [None, False, True, False, None]
+    table = md_table(ablation.render_markdown(grid, list(recs.values())))
+    assert [r["Δ top-1"] for r in table] == ["", "+5.00 ± 0.82", "+1.50 ± 0.82 ~", "+1.70 ± 0.82", "-0.20"]
+    assert [r["top-1"] for r in table] == ["71.00 ± 1.00", "76.00 ± 1.00", "77.50 ± 1.00", "79.20 ± 1.00",
+                                           "79.00 (n=1)"]
+    ablation.write_table(grid)
+    md = (grid.out / "table.md").read_text()
+    assert "Mean ± std over 3 seeds (n=k: a row with fewer finished)" in md and "~ marks a Δ smaller than 2 standard" in md
+    csv_rows = {r["row"]: r for r in csv.DictReader((grid.out / "table.csv").open())}
+    assert float(csv_rows["c"]["delta_top1_se"]) == pytest.approx(se, abs=1e-6)
+    assert (csv_rows["c"]["delta_within_noise"], csv_rows["b"]["delta_within_noise"]) == ("True", "False")
+
+
+def test_one_seed_table_says_its_noise_is_unknown(tmp_path):
+    grid = ablation.read_grid(write_grid(tmp_path, [{"name": "a"}, {"name": "b"}]))
+    plant(grid.out / "a", summary(70.0))
+    plant(grid.out / "b", summary(70.1))
+    md = ablation.render_markdown(grid, ablation.table_rows(grid))
+    assert [r["Δ top-1"] for r in md_table(md)] == ["", "+0.10"]
+    assert "One seed: the noise of each figure is unknown and no delta is marked" in md
+
+
+def test_columns_table_marks_deltas_within_noise(tmp_path):
+    grid = column_grid(tmp_path)
+    for k, (eff, cos) in enumerate([(77.0, 77.4), (78.0, 78.2), (79.0, 79.6)]):
+        plant(grid.out / "r" / "efficient" / f"seed{k}", summary(eff, 93.0))
+        plant(grid.out / "r" / "cosine" / f"seed{k}", summary(cos, 93.0))
+    eff, cos = md_table(ablation.render_markdown(grid, ablation.table_rows(grid)))[:2]
+    assert (eff["R ours"], cos["R ours"]) == ("78.00 / 93.00", "78.40 / 93.00 (+0.40 ~)")
+
+
+# ---------------------------------------------------------------- overrides against the rows
+
+
+def warmup_grid(tmp_path, **top):
+    """The shape of the demo: the grid turns warmup on, the baseline row turns it off."""
+    return write_grid(tmp_path, [{"name": "baseline", "overrides": ["schedule.warmup_epochs=0"]},
+                                 {"name": "+ warmup"}], overrides=["schedule.warmup_epochs=1"], **top)
+
+
+def test_override_of_a_key_a_row_sets_is_refused_in_one_line(tmp_path, capsys):
+    grid = warmup_grid(tmp_path)
+    assert ablate.main([str(grid), "--launcher", "false", "schedule.epochs=2", "schedule.warmup_epochs=1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: schedule.warmup_epochs=1 would replace the rows' own "
+                                                   "schedule.warmup_epochs (0.0 in 'baseline'; 1.0 in '+ warmup')")
+    assert "--override-rows" in err and "schedule.epochs=2" not in err  # no row sets the epochs
+    assert not (tmp_path / "runs").exists()
+
+
+def test_override_rows_applies_it_and_warns_of_rows_that_became_the_same(tmp_path, capsys):
+    fake = tmp_path / "fake_train.py"
+    fake.write_text(FAKE_TRAIN)
+    grid = warmup_grid(tmp_path)
+    assert ablate.main([str(grid), "--launcher", f"{sys.executable} {fake}", "--override-rows",
+                        "schedule.warmup_epochs=1"]) == 0
+    err = capsys.readouterr().err
+    assert "note: --override-rows: schedule.warmup_epochs=1 would replace" in err
+    assert "warning: rows 'baseline' and '+ warmup' resolve to the same config" in err
+    calls = [json.loads(line) for line in (tmp_path / "calls.jsonl").read_text().splitlines()]
+    baseline = next(c["argv"] for c in calls if c["name"] == "baseline")
+    assert [a for a in baseline if a.startswith("schedule.warmup_epochs=")] == [  # the user's comes last: it wins
+        "schedule.warmup_epochs=1", "schedule.warmup_epochs=0", "schedule.warmup_epochs=1"]
+
+
+def test_rows_that_are_the_same_config_are_reported_without_overrides(tmp_path, capsys):
+    grid = write_grid(tmp_path, [{"name": "a", "overrides": ["optim.lr=0.2"]}, {"name": "b"},
+                                 {"name": "c", "overrides": ["optim.lr=0.2"]}], overrides=["optim.lr=0.2"])
+    assert ablate.main([str(grid), "--dry-run"]) == 0
+    assert "warning: rows 'a', 'b' and 'c' resolve to the same config" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("override,match", [
+    ("model.arch=resnet18", "model.arch (" + "'resnet50' in 'R: efficient'"),  # a column sets it
+    ("optim.lr=0.5", "optim.lr ("),  # rows and cells set it
+    ("data.image_size=224", "data.image_size (224 in 'R: efficient', 'R: + cosine', 'M: efficient', 'M: + cosine'; "
+                             "299 in 'I: efficient', 'I: + cosine')"),
+])
+def test_override_of_what_columns_and_cells_set_is_refused(tmp_path, capsys, override, match):
+    grid = column_grid(tmp_path)
+    assert ablate.main([str(grid.path), "--dry-run", override]) == 2
+    assert match in capsys.readouterr().err
+
+
+def test_override_of_what_rows_share_or_differ_on_by_recipe(tmp_path, capsys):
+    # two recipes: the rows differ on batch size without any override saying so
+    grid = write_grid(tmp_path, [{"name": "base"}, {"name": "efficient", "recipe": str(ROOT / "recipes" / "efficient.yaml")}])
+    assert ablate.main([str(grid), "--dry-run", "data.batch_size=512"]) == 2
+    assert "data.batch_size (256 in 'base'; 1024 in 'efficient')" in capsys.readouterr().err
+    # keys the rows neither set nor differ on, and a value no row changes, are not the rows'
+    assert ablate.main([str(grid), "--dry-run", "data.root=/data/imagenet", "optim.lr=0.3", "model.arch=resnet50"]) == 0
+    assert "would replace" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "recipes" / "ablations").glob("*.yaml")), ids=lambda p: p.stem)
+def test_shipped_grids_take_a_data_root_and_have_no_twin_rows(path):
+    from bot import ablation_checks
+
+    grid = ablation.read_grid(path)
+    assert ablation_checks.row_conflicts(grid.rows, ["data.root=/data/imagenet", "data.workers=4"]) == []
+    assert ablation_checks.duplicate_rows(grid.rows, ["data.root=/data/imagenet"]) == []

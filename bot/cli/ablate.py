@@ -1,11 +1,15 @@
 """Run an ablation grid (recipes/ablations/*.yaml) and write its table.
 
     python scripts/ablate.py GRID [--dry-run] [--seeds N] [--out DIR] [--table-only]
-                             [--launcher "accelerate launch ..."] [dotted.key=value ...]
+                             [--launcher "accelerate launch ..."] [--override-rows]
+                             [dotted.key=value ...]
 
 Each row whose run has no summary.json is started, or resumed when it has a last.pt
 (the trainer resumes from it); a finished row is never rerun. The key=value arguments
-apply to every row (e.g. data.root=/data/imagenet). Then table.md, table.csv,
+apply to every row (e.g. data.root=/data/imagenet); one that would change a key the
+grid's rows set (or differ on) exits 2 naming the key and the rows, unless
+--override-rows says to replace the rows' values anyway. Two rows that resolve to the same
+config are reported before anything runs. Then table.md, table.csv,
 curves.png and lr.png are written into the grid's folder. A failed row is reported and
 the next one runs; the exit status is then 1. Bad input (grid, row, key) exits 2.
 """
@@ -17,7 +21,7 @@ import shlex
 import subprocess
 import sys
 import time
-from bot import ablation
+from bot import ablation, ablation_checks
 from bot.cli import checkout_file
 from bot.errors import UserError, one_line
 
@@ -38,6 +42,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
                    help='replaces "python", e.g. "accelerate launch --config_file configs/accelerate/8gpu.yaml"')
     p.add_argument("--out", default=None, help="the grid's folder (default: the grid's out:, else runs/<grid>)")
     p.add_argument("--table-only", action="store_true", help="write the table from the runs on disk; run nothing")
+    p.add_argument("--override-rows", action="store_true",
+                   help="let a key=value replace what the grid's rows set (refused otherwise: the rows are what "
+                        "the table compares)")
     args = p.parse_intermixed_args(argv)
     if args.seeds < 1:
         p.error("--seeds must be at least 1")
@@ -45,6 +52,21 @@ def parse(argv: list[str]) -> argparse.Namespace:
     if bad:
         p.error(f"overrides must look like key.sub=value, got {bad[0]!r}")
     return args
+
+
+def check_rows(grid, overrides: list[str], override_rows: bool) -> None:
+    """Refuse (or with --override-rows, report) overrides of what the rows set; warn about rows
+    that train the same config."""
+    conflicts = ablation_checks.row_conflicts(grid.rows, overrides)
+    if conflicts and not override_rows:
+        raise UserError(f"{', and '.join(conflicts)}: a grid's rows are what its table compares; edit the "
+                        "grid, or add --override-rows to apply the override to every row anyway")
+    for phrase in conflicts:
+        print(f"note: --override-rows: {phrase}", file=sys.stderr)
+    for names in ablation_checks.duplicate_rows(grid.rows, overrides):
+        listed = ", ".join(repr(n) for n in names[:-1]) + f" and {names[-1]!r}"
+        print(f"warning: rows {listed} resolve to the same config: the table will show no difference "
+              "between them", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         grid = ablation.read_grid(args.grid, args.out)
         for row in grid.rows:  # every row must load before the first one runs
             ablation.row_config(grid, row, args.overrides, args.seeds)
+        check_rows(grid, args.overrides, args.override_rows)
     except UserError as e:
         print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
