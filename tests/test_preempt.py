@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from bot import checkpoint, config
-from bot.preempt import REQUEUE_STATUS, StopSignals, Stopped
+from bot.preempt import REQUEUE_STATUS, StopSignals, Stopped, ignore_stop_signals
 from bot.trainer import Run, train
 from conftest import ROOT, run_cli
 from test_faults import assert_same, cli_args, records, steps_logged, weights
@@ -111,3 +111,32 @@ def test_one_process_stops_on_the_first_signal_only():
         os.kill(os.getpid(), signal.SIGTERM)
         assert stop.agreed() == "SIGUSR1"
     assert signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL
+
+
+
+def _worker(exiting, ready):
+    ignore_stop_signals(exiting)
+    ready.set()
+    time.sleep(60)
+
+
+@pytest.mark.parametrize("main_is_exiting", [False, True])
+def test_a_loader_worker_dies_of_a_stop_signal_only_once_its_main_process_exits(main_is_exiting):
+    # Before (SLURM signalling the whole job step) it must live on, or the run dies before it
+    # saves; after (multiprocessing's terminate() at exit) it must die, or the exit waits for ever.
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    exiting, ready = context.Event(), context.Event()
+    worker = context.Process(target=_worker, args=(exiting, ready), daemon=True)
+    worker.start()
+    try:
+        assert ready.wait(60)
+        if main_is_exiting:
+            exiting.set()
+        os.kill(worker.pid, signal.SIGUSR1)
+        os.kill(worker.pid, signal.SIGTERM)
+        worker.join(5)
+        assert worker.exitcode == (-signal.SIGUSR1 if main_is_exiting else None)
+    finally:
+        worker.kill()

@@ -23,7 +23,7 @@ from bot.data.folder import Split
 from bot.data.sizes import size_schedule
 from bot.data.transforms import train_transform, val_transform
 from bot.errors import UserError
-from bot.preempt import ignore_stop_signals  # the main process saves, then ends its workers
+from bot.preempt import worker_init  # the main process saves, then ends its workers
 
 # Workers start from a fork server, not a fork of this process: forking a process that
 # already runs threads (DALI's, or a torch thread pool) can deadlock the child.
@@ -141,7 +141,7 @@ class TrainLoader:
         self.loader = DataLoader(ImageFiles(split, train=d), batch_size=batch, sampler=self.sampler,
                                  num_workers=d.workers, pin_memory=pin, drop_last=True,
                                  persistent_workers=d.workers > 0, multiprocessing_context=CONTEXT if d.workers else None,
-                                 worker_init_fn=ignore_stop_signals)
+                                 worker_init_fn=worker_init(CONTEXT) if d.workers else None)
         self.steps = sampling.steps_per_epoch(len(split), world, batch)
 
     def set_epoch(self, epoch: int, start_step: int = 0) -> None:
@@ -164,7 +164,7 @@ class ValLoader:
         self.loader = DataLoader(ImageFiles(split, val_transform(d)), batch_size=batch, sampler=self.indices,
                                  num_workers=d.workers, pin_memory=pin, persistent_workers=d.workers > 0,
                                  multiprocessing_context=CONTEXT if d.workers else None,
-                                 worker_init_fn=ignore_stop_signals)
+                                 worker_init_fn=worker_init(CONTEXT) if d.workers else None)
 
     def __len__(self) -> int:
         return len(self.loader)
