@@ -72,6 +72,9 @@ class ModelConfig:
     # the other networks have no variants and must leave it null
     variant: Optional[Literal["A", "B", "C", "D"]] = None
     zero_gamma: bool = False  # gamma = 0 in the BN ending each residual branch (section 3.1); ResNets only
+    # ResNet-C/D only: every stage's and the stem's channels x width (rounded; timm's `channels` and
+    # `stem_width`); 1 is the paper's network. Below 1 for quick CPU runs: 0.5 has ~1/4 the MACs.
+    width: float = 1.0
     init: Literal["xavier", "kaiming"] = "xavier"  # xavier: the paper's (section 2); kaiming: timm's own init
     sync_bn: bool = False  # BatchNorm statistics over all processes
     # Fine-tuning (section 6): a checkpoint or run folder whose weights start this run; the
@@ -391,7 +394,12 @@ def _validate_arch(cfg: Config) -> None:
     m, d = cfg.model, cfg.data
     if m.arch.startswith("resnet"):
         m.variant = m.variant or "A"
+        _check(1 / 16 <= m.width <= 4, "model.width", f"must be in [0.0625, 4], got {m.width}")
+        # timm's plain stem (A, B) always ends in 64 channels; the deep stem ends in 2 x stem_width
+        _check(m.width == 1 or m.variant in ("C", "D"), "model.width",
+               f"scales the deep stem of variants C and D; variant {m.variant} keeps 64 channels: use C or D")
         return
+    _check(m.width == 1, "model.width", f"scales ResNet channels; {m.arch} has no such option: set model.width=1")
     _check(m.variant is None, "model.variant",
            f"chooses a ResNet variant (section 4); {m.arch} has none: set model.variant=null")
     # Section 3.1 zeroes the BN that ends a residual branch: Inception-V3 and MobileNet v1 have no

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from bot.models import VARIANTS
+from bot.models import VARIANTS, widths
 
 
 class ExportMismatch(Exception):
@@ -80,20 +80,21 @@ def to_torchscript(model, image_size: int, path: Path) -> float:
             return check(model(x), loaded(x), "TorchScript")
 
 
-def timm_recipe(arch: str, variant: str, num_classes: int) -> tuple[str, dict, bool]:
+def timm_recipe(arch: str, variant: str, num_classes: int, width: float = 1.0) -> tuple[str, dict, bool]:
     """(timm model name, extra create_model kwargs, whether ResNet-A's stride move is needed).
 
     timm registers resnetXX (B), resnet50c/101c/152c (C) and resnetXXd (D); bot builds them
     with the same constructor kwargs (bot/models.py VARIANTS), so the state_dict keys match.
     Where timm registers no name (ResNet-18/34-C) the kwargs say it. timm has no ResNet-A:
-    it is B's weights with the stride of the first bottleneck of stages 2-4 on conv1."""
+    it is B's weights with the stride of the first bottleneck of stages 2-4 on conv1.
+    A `model.width` other than 1 reaches timm as its `channels` and `stem_width` kwargs."""
     import timm
 
     kwargs = dict(VARIANTS[variant])
     suffix = {"C": "c", "D": "d"}.get(variant, "")
     if suffix and timm.is_model(arch + suffix):
-        return arch + suffix, {"num_classes": num_classes}, False
-    return arch, {"num_classes": num_classes, **kwargs}, variant == "A" and arch not in ("resnet18", "resnet34")
+        return arch + suffix, {"num_classes": num_classes, **widths(variant, width)}, False
+    return arch, {"num_classes": num_classes, **kwargs, **widths(variant, width)}, variant == "A" and arch not in ("resnet18", "resnet34")
 
 
 def stride_on_first_conv(timm_model) -> None:
@@ -103,7 +104,8 @@ def stride_on_first_conv(timm_model) -> None:
     _stride_on_first_conv(timm_model)
 
 
-def to_timm(model, arch: str, variant: str, classes: list[str], image_size: int, path: Path) -> tuple[float, str]:
+def to_timm(model, arch: str, variant: str, classes: list[str], image_size: int, path: Path,
+            width: float = 1.0) -> tuple[float, str]:
     """`path` (.safetensors) and the same state_dict as `path.with_suffix(".pth")`, loadable by
     `timm.create_model(..., checkpoint_path=...)`; checked by doing exactly that.
     Returns (max abs diff, the create_model call)."""
@@ -111,7 +113,7 @@ def to_timm(model, arch: str, variant: str, classes: list[str], image_size: int,
     from safetensors.torch import save_file
 
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    name, kwargs, needs_stride = timm_recipe(arch, variant, len(classes))
+    name, kwargs, needs_stride = timm_recipe(arch, variant, len(classes), width)
     x = torch.randn(3, 3, image_size, image_size)
     diffs = []
     with written_aside(path, path.with_suffix(".pth")) as files:

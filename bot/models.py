@@ -58,7 +58,8 @@ def build_model(cfg, num_classes: int = 1000) -> nn.Module:
     # zero_init_last=False: timm zeroes the last BN of every residual branch by default; here
     # that is the zero gamma trick, off unless the config turns it on (applied below).
     model = ResNet(block=block, layers=layers, num_classes=num_classes, zero_init_last=False,
-                   act_layer=ACTIVATIONS[cfg.model.act], **VARIANTS[cfg.model.variant])
+                   act_layer=ACTIVATIONS[cfg.model.act],
+                   **{**VARIANTS[cfg.model.variant], **widths(cfg.model.variant, cfg.model.width)})
     if cfg.model.variant == "A":
         _stride_on_first_conv(model)
     if cfg.model.init == "xavier":
@@ -70,6 +71,15 @@ def build_model(cfg, num_classes: int = 1000) -> nn.Module:
         for bn in _branch_end_bns(model):
             nn.init.zeros_(bn.weight)
     return model
+
+
+def widths(variant: str, width: float) -> dict:
+    """timm's `channels` and `stem_width` for `model.width` (variants C and D, whose deep stem
+    ends in 2 x stem_width channels, the first stage's width); {} at 1, the paper's network."""
+    if width == 1:
+        return {}
+    stem_width = max(1, round(VARIANTS[variant]["stem_width"] * width))
+    return dict(channels=tuple(2 * stem_width * k for k in (1, 2, 4, 8)), stem_width=stem_width)
 
 
 def _stride_on_first_conv(model: ResNet) -> None:

@@ -11,10 +11,10 @@ from conftest import run_cli
 CLASSES = ["cat", "dog", "emu"]
 
 
-def checkpoint(tmp_path, variant: str):
+def checkpoint(tmp_path, variant: str, more=()):
     """A ResNet-50 checkpoint as the trainer writes it, with BN statistics that are not the
     defaults (a missing buffer would then show)."""
-    cfg = config.load(None, ["model.arch=resnet50", f"model.variant={variant}", "data.image_size=64"])
+    cfg = config.load(None, ["model.arch=resnet50", f"model.variant={variant}", "data.image_size=64", *more])
     torch.manual_seed(0)
     model = build_model(cfg, len(CLASSES))
     for m in model.modules():
@@ -37,7 +37,7 @@ def export(path, through_cli: bool) -> str:
     info = trained.read(path)
     m = info.cfg.model
     return bot_export.to_timm(trained.build(info), m.arch, m.variant, info.classes, 64,
-                              path.with_suffix(".timm.safetensors"))[1]
+                              path.with_suffix(".timm.safetensors"), m.width)[1]
 
 
 # the command once (D); B and C through the same function in this process (each command
@@ -75,4 +75,19 @@ def test_resnet_a_in_timm_needs_the_stride_moved(tmp_path):
         assert not torch.allclose(theirs(x), ours(x), atol=1e-3)
         for stage in (theirs.layer2, theirs.layer3, theirs.layer4):
             stage[0].conv1.stride, stage[0].conv2.stride = (2, 2), (1, 1)
+        torch.testing.assert_close(theirs(x), ours(x), rtol=1e-5, atol=1e-5)
+
+
+def test_a_narrower_network_reaches_timm_with_its_widths(tmp_path):
+    import timm
+
+    path, ours = checkpoint(tmp_path, "D", ["model.width=0.25"])
+    printed = export(path, through_cli=False)
+    weights = path.with_suffix(".timm.safetensors")
+    assert ("timm.create_model('resnet50d', num_classes=3, channels=(16, 32, 64, 128), stem_width=8, "
+            f"checkpoint_path='{weights}')") in printed
+    theirs = timm.create_model("resnet50d", num_classes=3, channels=(16, 32, 64, 128), stem_width=8,
+                               checkpoint_path=str(weights)).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
         torch.testing.assert_close(theirs(x), ours(x), rtol=1e-5, atol=1e-5)

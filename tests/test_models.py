@@ -160,3 +160,26 @@ def test_count_params_macs_leaves_model_alone(train):
     after = m.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # running stats, batch counts
     assert not any(p.grad is not None for p in m.parameters())
+
+
+@pytest.mark.parametrize("variant", "CD")
+def test_width_scales_every_stage_and_the_stem(variant):
+    # a width multiplier: channels x 1/2 everywhere, so conv weights and MACs fall ~4x, and the
+    # network keeps its blocks (no projection appears where the full-width one has none)
+    full, half = model("resnet18", variant), model("resnet18", variant, "model.width=0.5")
+    convs = lambda m: [(n, c.in_channels, c.out_channels) for n, c in m.named_modules() if isinstance(c, nn.Conv2d)]
+    assert [n for n, *_ in convs(half)] == [n for n, *_ in convs(full)]
+    for (_, i_full, o_full), (name, i_half, o_half) in zip(convs(full), convs(half)):
+        assert (i_half, o_half) == ((3 if i_full == 3 else i_full // 2), o_full // 2), name
+    p_full, m_full = count_params_macs(full, 64)
+    p_half, m_half = count_params_macs(half, 64)
+    assert 3.8 < p_full / p_half < 4.1 and 3.5 < m_full / m_half < 4.1
+
+
+def test_width_needs_the_deep_stem():
+    from bot.errors import UserError
+
+    with pytest.raises(UserError, match="model.width: scales the deep stem of variants C and D"):
+        model("resnet18", "B", "model.width=0.5")
+    with pytest.raises(UserError, match=r"model.width: must be in \[0.0625, 4\]"):
+        model("resnet18", "D", "model.width=0")

@@ -48,7 +48,7 @@ def main(argv=None) -> int:
             elif args.format == "torchscript":
                 diff = export.to_torchscript(model, size, out)
             else:
-                diff, call = export.to_timm(model, m.arch, m.variant, classes, size, out)
+                diff, call = export.to_timm(model, m.arch, m.variant, classes, size, out, m.width)
         except export.ExportMismatch as e:
             print(f"error: export check failed, nothing written: {e}", file=sys.stderr)
             return 1
