@@ -5,6 +5,9 @@ A grid is data (recipes/ablations/table4.yaml):
 
     title: "Table 4: ..."             # heading of table.md (default: the file's name)
     caption: "..."                    # a line under the heading
+    delta: above                      # Δ against the row above (cumulative rows, the default)
+                                      # or `first`: the section's first row (rows that each
+                                      # add one thing to it, as in recipes/ablations/extras.yaml)
     out: runs/table4                  # the grid's folder (default: runs/<file name>)
     recipe: ../baseline.yaml          # rows' default recipe, relative to the grid's folder
     overrides: [data.workers=8]       # applied to every row, before the row's own
@@ -44,7 +47,8 @@ from bot import config as config_mod
 from bot.errors import UserError
 from bot.ema import reported
 
-GRID_KEYS = {"title", "caption", "out", "recipe", "overrides", "rows", "columns"}
+GRID_KEYS = {"title", "caption", "delta", "out", "recipe", "overrides", "rows", "columns"}
+DELTAS = ("above", "first")  # what a row's Δ compares it with
 ROW_KEYS = {"name", "section", "recipe", "overrides", "paper", "cells", "run"}
 PAPER_KEYS = {"top1", "top5", "min_per_epoch", "unverified"}
 # keys that ablate.py sets for each run; the user moves a grid with --out, not run.out
@@ -74,6 +78,7 @@ class Grid:
     rows: list[Row]  # the runs, one per row and column, a column's runs together
     columns: list[Optional[str]] = field(default_factory=lambda: [None])
     cells: list[Row] = field(default_factory=list)  # the table: every row's cells, `run: false` ones too
+    delta: str = "above"  # Δ against the row above, or the section's first row (DELTAS)
 
     @property
     def table_cells(self) -> list[Row]:
@@ -130,6 +135,9 @@ def read_grid(path: str | Path, out: str | Path | None = None) -> Grid:
     for key in raw:
         if key not in GRID_KEYS:
             raise UserError(f"grid {path}: unknown key {key!r} (keys: {', '.join(sorted(GRID_KEYS))})")
+    delta = raw.get("delta", "above")
+    if delta not in DELTAS:
+        raise UserError(f"grid {path}: delta must be {' or '.join(DELTAS)}, got {delta!r}")
     rows_raw = raw.get("rows")
     if not isinstance(rows_raw, list) or not rows_raw:
         raise UserError(f"grid {path}: rows must be a non-empty list")
@@ -162,7 +170,7 @@ def read_grid(path: str | Path, out: str | Path | None = None) -> Grid:
     runs = sorted((c for c in cells if c.run), key=lambda c: order[c.column])
     folder = Path(out) if out is not None else Path(raw.get("out") or Path("runs") / path.stem)
     return Grid(path=path, title=str(raw.get("title") or path.stem), caption=str(raw.get("caption") or ""),
-                out=folder, rows=runs, columns=[c.name for c in columns], cells=cells)
+                out=folder, rows=runs, columns=[c.name for c in columns], cells=cells, delta=delta)
 
 
 # ---------------------------------------------------------------- runs
@@ -240,7 +248,8 @@ def table_rows(grid: Grid) -> list[dict]:
     """One dict of numbers per row: mean and std over the seeds found, and the deltas.
 
     A delta compares a row with the row above it in the same section and column (Table 4
-    restarts at each batch size); it is empty when either has no result. Its standard error
+    restarts at each batch size), or with the section's first row under `delta: first`; it is
+    empty when either has no result. Its standard error
     and whether it is within the seeds' noise: bot/ablation_noise.py. With columns,
     there is one dict per row and column, row by row.
     """
@@ -277,7 +286,8 @@ def table_rows(grid: Grid) -> list[dict]:
             if rec["paper_top1"] is not None and prev["paper_top1"] is not None:
                 rec["paper_delta_top1"] = rec["paper_top1"] - prev["paper_top1"]
         out.append(rec)
-        prevs[row.column] = rec
+        if grid.delta == "above" or prev is None:
+            prevs[row.column] = rec
     return out
 
 
@@ -297,6 +307,7 @@ def _duration(seconds: Optional[float]) -> str:
     return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.1f} s"
 
 
+DELTA_LEGEND = {"above": "against the row above in its section", "first": "against the first row of its section"}
 UNVERIFIED = "Paper figures marked * are unverified; the grid file gives each figure's provenance."
 
 
@@ -337,7 +348,7 @@ def render_markdown(grid: Grid, recs: list[dict]) -> str:
             cells.append(f"{r['paper_min_per_epoch']:.1f} min" if r["paper_min_per_epoch"] is not None else "")
         lines.append("| " + " | ".join(cells) + " |")
     note = ("Top-1 / top-5: ImageNet-style val accuracy at the last epoch (%). " + noise.legend(recs) +
-            " Δ: against the row above in its section. img/s: training throughput, all processes.")
+            f" Δ: {DELTA_LEGEND[grid.delta]}. img/s: training throughput, all processes.")
     lines += ["", note, f"Runs: {grid.out.as_posix()}/<row>. Grid: {grid.path.as_posix()}.", ""]
     return "\n".join(lines)
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from bot import ablation_noise as noise
-from bot.ablation import Grid, Row, _num, _string_list, check_paper, heading, slugify
+from bot.ablation import DELTA_LEGEND, Grid, Row, _num, _string_list, check_paper, heading, slugify
 from bot.errors import UserError
 
 COLUMN_KEYS = {"name", "recipe", "overrides"}
@@ -131,7 +131,7 @@ def render_columns(grid: Grid, recs: list[dict]) -> str:
             out += [ours, _pair(r["paper_top1"], r["paper_top5"], paper_delta, mark)]
         lines.append("| " + " | ".join(out) + " |")
     note = ("Each cell: top-1 / top-5, ImageNet-style val accuracy at the last epoch (%), mean over seeds; "
-            "(Δ top-1) against the row above in its column and section. " + noise.legend(recs) +
+            f"(Δ top-1) {DELTA_LEGEND[grid.delta]}, in its column. " + noise.legend(recs) +
             " The stds, standard errors, times and throughput: table.csv.")
     lines += ["", note, f"Runs: {grid.out.as_posix()}/<column>/<row>. Grid: {grid.path.as_posix()}.", ""]
     return "\n".join(lines)

@@ -490,3 +490,17 @@ def test_shipped_grids_take_a_data_root_and_have_no_twin_rows(path):
     grid = ablation.read_grid(path)
     assert ablation_checks.row_conflicts(grid.rows, ["data.root=/data/imagenet", "data.workers=4"]) == []
     assert ablation_checks.duplicate_rows(grid.rows, ["data.root=/data/imagenet"]) == []
+
+
+def test_delta_first_compares_each_row_with_its_sections_first_row(tmp_path):
+    rows = [{"name": "all", "section": "s1"}, {"name": "+ x"}, {"name": "+ y"}, {"name": "base2", "section": "s2"},
+            {"name": "+ z"}]
+    grid = ablation.read_grid(write_grid(tmp_path, rows, delta="first"))
+    for name, v in {"all": 70, "x": 72, "y": 69, "base2": 60, "z": 61}.items():
+        plant(grid.out / name, summary(v))
+    recs = {r["row"]: r for r in ablation.table_rows(grid)}
+    # against "all" (70), not the row above: + y is -1, not -3
+    assert [recs[n]["delta_top1"] for n in ("all", "+ x", "+ y", "base2", "+ z")] == [None, 2.0, -1.0, None, 1.0]
+    assert "Δ: against the first row of its section." in ablation.render_markdown(grid, list(recs.values()))
+    with pytest.raises(UserError, match="delta must be above or first, got 'below'"):
+        ablation.read_grid(write_grid(tmp_path, rows, delta="below"))
