@@ -10,41 +10,42 @@ import torch
 
 from conftest import ROOT, run_cli
 
-TRAIN = ["data.backend=torch", "data.image_size=32", "data.batch_size=16", "data.workers=0",
-         "schedule.epochs=8", "schedule.warmup_epochs=0", "run.log_every=1"]
+# the demo recipe's ResNet-18-D at a quarter of its width, so that it learns the 4 classes in
+# a few hundred steps: int8 is judged on a trained model, whose logits are apart
+TRAIN = ["data.backend=torch", "data.image_size=32", "data.batch_size=32", "data.workers=0", "model.width=0.25",
+         "schedule.epochs=15", "schedule.warmup_epochs=1", "run.log_every=10"]
+VAL_IMAGES = 400
 
 
 @pytest.fixture(scope="module")
-def toy160(tmp_path_factory):
-    """4 classes with 40 val images each: one image is 0.625 top-1 points, so "within 1 point"
-    can be told apart from one flipped prediction."""
-    out = tmp_path_factory.mktemp("toy160")
+def toy400(tmp_path_factory):
+    """4 classes with 100 val images each: one image is 0.25 top-1 points, so "within 1 point"
+    allows 4 flipped predictions."""
+    out = tmp_path_factory.mktemp("toy400")
     subprocess.run([sys.executable, str(ROOT / "scripts/make_toy_data.py"), str(out), "--classes", "4",
-                    "--train", "24", "--val", "40", "--size", "64"], check=True, capture_output=True)
+                    "--train", "64", "--val", str(VAL_IMAGES // 4), "--size", "48"], check=True, capture_output=True)
     return out
 
 
 @pytest.fixture(scope="module")
-def quantized(toy160, tmp_path_factory):
-    """An eight-epoch ResNet-18-D (zero gamma, ResNet-D's average-pooled shortcut) and its int8 model."""
+def quantized(toy400, tmp_path_factory):
+    """A trained narrow ResNet-18-D (zero gamma, ResNet-D's average-pooled shortcut) and its int8 model."""
     run = tmp_path_factory.mktemp("run")
-    done = run_cli("train.py", "recipes/demo.yaml", f"data.root={toy160}", f"run.out={run}", *TRAIN)
+    done = run_cli("train.py", "recipes/demo.yaml", f"data.root={toy400}", f"run.out={run}", *TRAIN)
     assert done.returncode == 0, done.stderr[-2000:]
     done = run_cli("scripts/quantize.py", run, "--calib", "64", "--repeats", "2")
     assert done.returncode == 0, done.stderr[-2000:]
     return run, done.stdout
 
 
-def test_int8_keeps_top1_within_one_point_and_reloads(quantized, toy160):
+def test_int8_keeps_top1_within_one_point_and_reloads(quantized):
     run, stdout = quantized
     fp32, int8 = json.loads((run / "best.int8.json").read_text())
     summary = json.loads((run / "summary.json").read_text())
     assert fp32["top1"] == pytest.approx(summary["best_top1"], abs=0.01)  # the fp32 ONNX is the checkpoint
-    assert fp32["val_images"] == int8["val_images"] == 160
-    # This 4-class model is far from converged (about 40% top-1), its logits close together, so
-    # int8's rounding flips more predictions than on a trained one: 6 of 160 images are allowed
-    # here. The demo's 10-class model stays within 1 point (README, make demo-compress).
-    assert abs(int8["top1"] - fp32["top1"]) <= 6 * 100 / 160
+    assert fp32["val_images"] == int8["val_images"] == VAL_IMAGES
+    assert fp32["top1"] >= 70, "the model int8 is judged on did not learn the toy task"  # 85.25 here
+    assert abs(int8["top1"] - fp32["top1"]) <= 1.0
     assert int8["mb"] < fp32["mb"] / 3.5  # int8 weights: a quarter of fp32's bytes, plus scales
     assert "| int8 (onnxruntime) |" in stdout
     again = run_cli("scripts/evaluate.py", run / "best.int8.onnx")  # read back like a checkpoint
@@ -55,7 +56,7 @@ def test_int8_keeps_top1_within_one_point_and_reloads(quantized, toy160):
     assert refused.returncode == 2 and "ONNX model" in refused.stderr
 
 
-def test_int8_logits_are_close_to_fp32(quantized, toy160):
+def test_int8_logits_are_close_to_fp32(quantized, toy400):
     """Bound: 8-bit activations step by 1/255 of their calibrated range at each of ~20 layers;
     the logits stay within 10% of their own range of the fp32 ones (about 3% is typical here)."""
     from bot import trained
@@ -66,9 +67,9 @@ def test_int8_logits_are_close_to_fp32(quantized, toy160):
     run, _ = quantized
     source, int8 = trained.read(run / "best.pt"), trained.read(run / "best.int8.onnx", onnx=True)
     assert int8.classes == source.classes and int8.cfg.to_dict() == source.cfg.to_dict()
-    split = scan_split(toy160, "val")
+    split = scan_split(toy400, "val")
     transform = val_transform(source.cfg.data)
-    x = torch.stack([transform(decode(f)) for f in split.files[::5]])
+    x = torch.stack([transform(decode(f)) for f in split.files[::10]])
     with torch.no_grad():
         ref, got = trained.build(source)(x), trained.build(int8)(x)
     spread = (ref.max() - ref.min()).item()
