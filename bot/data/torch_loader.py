@@ -102,7 +102,10 @@ class ImageFiles(Dataset):
             self.by_size[size] = train_transform(d, size)
         image = decode(self.split.files[index])
         with torch.random.fork_rng(devices=[]):  # leave the caller's generator alone
-            torch.manual_seed(seed)
+            # the CPU generator only: torch.manual_seed also queues a CUDA seed, and where CUDA is
+            # not initialised (every loader worker) it records a traceback each time, a third
+            # of the toy demo's loading time; the transforms draw from the CPU generator alone
+            torch.default_generator.manual_seed(seed)
             image = self.by_size[size](image)
         if d.cutout > 0:
             erase(image, cutout_box(seed, size, d.cutout))
