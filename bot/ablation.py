@@ -36,6 +36,7 @@ import json
 import os
 import re
 import statistics
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -432,7 +433,7 @@ def plot(grid: Grid, path: Path, curve, ylabel: str, title: str) -> bool:
                     linestyle=["-", "--", "-.", ":"][i % 4])
         ax.set_xlabel("epoch")
         ax.set_ylabel(ylabel)
-        ax.set_title(title if column is None else f"{title}\n{column}")
+        ax.set_title(textwrap.fill(title if column is None else f"{title}\n{column}", 64, replace_whitespace=False))
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
     fig.tight_layout()
