@@ -385,17 +385,27 @@ def _metric_lines(folder: Path) -> list[dict]:
 
 
 def val_curve(grid: Grid, row: Row) -> tuple[list[float], list[float]]:
-    """(epochs trained, mean val top-1 over the row's seeds) from metrics.jsonl's eval lines."""
+    """(epochs trained, mean val top-1 over the row's seeds) from metrics.jsonl's eval lines:
+    the weight average's under run.best_of=ema, as in the table (bot.ema.reported)."""
     by_epoch: dict[float, list[float]] = {}
     for folder in row_folders(grid, row):
+        key = "ema_top1" if _best_of(folder) == "ema" else "top1"
         last: dict[float, float] = {}  # a resumed run may repeat an epoch: keep the last
         for m in _metric_lines(folder):
-            if "top1" in m and "epoch" in m:
-                last[float(m["epoch"]) + 1] = float(m["top1"])  # the trainer counts epochs from 0
+            if key in m and "epoch" in m:
+                last[float(m["epoch"]) + 1] = float(m[key])  # the trainer counts epochs from 0
         for e, v in last.items():
             by_epoch.setdefault(e, []).append(v)
     epochs = sorted(by_epoch)
     return epochs, [statistics.fmean(by_epoch[e]) for e in epochs]
+
+
+def _best_of(folder: Path) -> str:
+    """run.best_of of the run in `folder`, from the config.yaml it wrote first ("raw" without one)."""
+    try:
+        return (yaml.safe_load((folder / "config.yaml").read_text()) or {}).get("run", {}).get("best_of", "raw")
+    except (OSError, yaml.YAMLError):
+        return "raw"
 
 
 LR_STEPS_PER_EPOCH = 100  # resolution of lr.png; a schedule in epochs does not depend on it

@@ -504,3 +504,13 @@ def test_delta_first_compares_each_row_with_its_sections_first_row(tmp_path):
     assert "Δ: against the first row of its section." in ablation.render_markdown(grid, list(recs.values()))
     with pytest.raises(UserError, match="delta must be above or first, got 'below'"):
         ablation.read_grid(write_grid(tmp_path, rows, delta="below"))
+
+
+def test_a_row_that_keeps_the_weight_average_plots_the_averages_accuracy(tmp_path):
+    grid = ablation.read_grid(write_grid(tmp_path, [{"name": "raw"}, {"name": "ema"}]))
+    evals = [{"epoch": 0, "top1": 40.0, "ema_top1": 30.0}, {"epoch": 1, "top1": 50.0, "ema_top1": 55.0}]
+    for name, best_of in (("raw", "raw"), ("ema", "ema")):
+        plant(grid.out / name, summary(50.0), metrics=evals)
+        (grid.out / name / "config.yaml").write_text(f"run:\n  best_of: {best_of}\n")
+    assert ablation.val_curve(grid, grid.rows[0]) == ([1.0, 2.0], [40.0, 50.0])
+    assert ablation.val_curve(grid, grid.rows[1]) == ([1.0, 2.0], [30.0, 55.0])
