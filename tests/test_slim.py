@@ -10,7 +10,7 @@ from bot import config
 from bot.errors import UserError
 from bot.losses import Objective
 from bot.models import build_model, count_params_macs
-from bot.slimming import fit_shapes, prune, slimmed_pairs, with_slim_l1
+from bot.slimming import choose_channels, fit_shapes, prune, slimmed_pairs, with_slim_l1
 from conftest import ROOT, run_cli
 
 
@@ -139,3 +139,20 @@ def test_slim_cli_writes_a_checkpoint_that_fine_tunes_evaluates_and_exports(toy,
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
     exported = run_cli("scripts/export.py", tuned, "--format", "torchscript")
     assert exported.returncode == 0, exported.stderr[-2000:]
+
+
+def test_round_to_keeps_a_multiple_of_it_in_every_layer_and_the_largest_gammas():
+    cfg, model = resnet()
+    trained_like(model)
+    gammas = [bn.weight.detach().abs().clone() for _, bn in slimmed_pairs(model)]
+    exact = choose_channels(model, 0.3)
+    rounded = choose_channels(model, 0.3, round_to=8)
+    for g, a, b in zip(gammas, exact, rounded):
+        kept = len(g) - len(b)
+        assert kept % 8 == 0 and kept >= len(g) - len(a)  # rounded up: never more removed
+        assert set(b) <= set(a)  # a subset of the exact choice: its smallest gammas
+        if b:
+            assert g[b].max() <= g[sorted(set(range(len(g))) - set(b))].min()
+    counts = prune(model, 0.3, 32, round_to=8)
+    assert all(after % 8 == 0 for _, after in counts) and any(after < before for before, after in counts)
+    assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 5)
