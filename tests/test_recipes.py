@@ -235,7 +235,8 @@ def test_table2_runs_the_baseline_and_shows_the_reference():
 def test_demo_grid_is_cumulative_and_ends_at_the_demo_recipe():
     grid = ablation.read_grid(ROOT / "recipes" / "ablations" / "demo.yaml")
     cfgs = [ablation.row_config(grid, row) for row in grid.rows]
-    assert all((c.model.arch, c.model.variant, c.data.image_size) == ("resnet18", "D", 16) for c in cfgs)
+    assert all((c.model.arch, c.model.variant, c.model.width, c.data.image_size) == ("resnet18", "D", 0.25, 32)
+               for c in cfgs)
     steps = [set(diff(a, b)) for a, b in zip(cfgs, cfgs[1:])]
     assert steps == [{"schedule.warmup_epochs", "model.zero_gamma", "optim.no_bias_decay"},  # efficient training (3)
                      {"schedule.kind", "schedule.milestones"},  # cosine drops the step milestones
