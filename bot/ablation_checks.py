@@ -19,24 +19,13 @@ NAMING_KEYS = {"run.out", "run.name", "run.group"}
 MAX_NAMED = 8  # rows named in one message before "and N more"
 
 
-def flat(tree: dict, prefix: str = "") -> dict:
-    """A nested dict as {dotted.key: value}."""
-    out = {}
-    for k, v in tree.items():
-        if isinstance(v, dict):
-            out.update(flat(v, f"{prefix}{k}."))
-        else:
-            out[prefix + k] = v
-    return out
-
-
 def resolved(row, extra: list[str] = ()) -> dict:
     """The row's config as {dotted.key: value}, without its name and folder."""
     try:
         cfg = config_mod.load(row.recipe, list(row.overrides) + list(extra))
     except UserError as e:
         raise UserError(f"row {row.name!r}: {e}") from None
-    return {k: v for k, v in flat(cfg.to_dict()).items() if k not in NAMING_KEYS}
+    return {k: v for k, v in config_mod.flat(cfg.to_dict()).items() if k not in NAMING_KEYS}
 
 
 def override_key(item: str) -> str:

@@ -229,6 +229,17 @@ def apply_override(tree: dict, item: str) -> None:
 # ---------------------------------------------------------------- typing
 
 
+def flat(tree: dict, prefix: str = "") -> dict:
+    """A nested dict (a recipe, `Config.to_dict()`) as {dotted.key: value}."""
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(flat(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
 def all_keys(cls: type = Config, prefix: str = "") -> list[str]:
     keys = []
     for f in dataclasses.fields(cls):

@@ -58,21 +58,11 @@ def make_autocast(precision: str, device: torch.device):
     return partial(torch.autocast, device.type, dtype=dtype)
 
 
-def flat(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in tree.items():
-        if isinstance(v, dict):
-            out.update(flat(v, f"{prefix}{k}."))
-        else:
-            out[prefix + k] = v
-    return out
-
-
 def check_same_run(cfg, saved: dict, folder: Path) -> None:
     """Never silently resume a run folder that holds a different recipe."""
-    now, before = flat(cfg.to_dict()), flat({k: v for k, v in saved.items() if k != "provenance"})
+    now, before = config.flat(cfg.to_dict()), config.flat({k: v for k, v in saved.items() if k != "provenance"})
     # a key newer than the saved run was trained at its default, which is always "off"
-    before = flat(config.Config().to_dict()) | before
+    before = config.flat(config.Config().to_dict()) | before
     changed = [k for k in now if k not in RESUMABLE_CHANGES and now[k] != before.get(k)]
     if changed and cfg.run.resume != "force":
         diffs = ", ".join(f"{k} {before.get(k)!r} -> {now[k]!r}" for k in changed[:3])
