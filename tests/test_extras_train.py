@@ -79,7 +79,7 @@ def test_ema_run_reports_both_and_keeps_the_average(toy, tmp_path):
 def test_two_processes_hold_the_same_average(toy, tmp_path):
     env = os.environ | {"OMP_NUM_THREADS": "1"}
     launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-              "tests/ema_worker.py", str(tmp_path / "ema"), f"data.root={toy}", f"run.out={tmp_path / 'two'}",
+              "tests/dist_worker.py", "--ema", str(tmp_path / "ema"), f"data.root={toy}", f"run.out={tmp_path / 'two'}",
               "data.backend=torch", *SMALL, "schedule.epochs=1", "run.max_steps=2", "model.ema_decay=0.5"]
     done = subprocess.run(launch, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
