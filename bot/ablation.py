@@ -1,5 +1,5 @@
 """Ablation grids: a YAML list of rows, each a recipe plus overrides, turned into runs
-and then into the paper's table (PAPER.md section 5).
+and then into the paper's table (PAPER.md section 5); its curves: bot/ablation_curves.py.
 
 A grid is data (recipes/ablations/table4.yaml):
 
@@ -36,7 +36,6 @@ import json
 import os
 import re
 import statistics
-import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -369,92 +368,11 @@ def render_csv(recs: list[dict]) -> str:
     return buf.getvalue()
 
 
-def _metric_lines(folder: Path) -> list[dict]:
-    path = folder / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    lines = []
-    for text in path.read_text().splitlines():
-        try:
-            obj = json.loads(text)
-        except ValueError:
-            continue  # a line cut by a crash
-        if isinstance(obj, dict):
-            lines.append(obj)
-    return lines
-
-
-def val_curve(grid: Grid, row: Row) -> tuple[list[float], list[float]]:
-    """(epochs trained, mean val top-1 over the row's seeds) from metrics.jsonl's eval lines:
-    the weight average's under run.best_of=ema, as in the table (bot.ema.reported)."""
-    by_epoch: dict[float, list[float]] = {}
-    for folder in row_folders(grid, row):
-        key = "ema_top1" if _best_of(folder) == "ema" else "top1"
-        last: dict[float, float] = {}  # a resumed run may repeat an epoch: keep the last
-        for m in _metric_lines(folder):
-            if key in m and "epoch" in m:
-                last[float(m["epoch"]) + 1] = float(m[key])  # the trainer counts epochs from 0
-        for e, v in last.items():
-            by_epoch.setdefault(e, []).append(v)
-    epochs = sorted(by_epoch)
-    return epochs, [statistics.fmean(by_epoch[e]) for e in epochs]
-
-
-def _best_of(folder: Path) -> str:
-    """run.best_of of the run in `folder`, from the config.yaml it wrote first ("raw" without one)."""
-    try:
-        return (yaml.safe_load((folder / "config.yaml").read_text()) or {}).get("run", {}).get("best_of", "raw")
-    except (OSError, yaml.YAMLError):
-        return "raw"
-
-
-LR_STEPS_PER_EPOCH = 100  # resolution of lr.png; a schedule in epochs does not depend on it
-
-
-def lr_curve(grid: Grid, row: Row, extra: list[str] = ()) -> tuple[list[float], list[float]]:
-    """(epoch, lr) of the row's schedule, from its config through bot.schedule (the
-    trainer's own function), so lr.png shows every row, run or not."""
-    from bot.schedule import build_schedule
-
-    cfg = row_config(grid, row, extra)
-    lr_at = build_schedule(cfg, LR_STEPS_PER_EPOCH)
-    steps = range(cfg.schedule.epochs * LR_STEPS_PER_EPOCH)
-    return [s / LR_STEPS_PER_EPOCH for s in steps], [lr_at(s) for s in steps]
-
-
-def plot(grid: Grid, path: Path, curve, ylabel: str, title: str) -> bool:
-    """Draw one line per row with data, one panel per column; False (and no file) when no
-    row has any."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    series = [(row, *curve(grid, row)) for row in grid.rows]
-    series = [s for s in series if s[1]]
-    if not series:
-        return False
-    columns = [c for c in grid.columns if any(row.column == c for row, _, _ in series)]
-    fig, axes = plt.subplots(1, len(columns), figsize=(8 * len(columns), 5), squeeze=False)
-    for ax, column in zip(axes[0], columns):
-        mine = [s for s in series if s[0].column == column]
-        for i, (row, xs, ys) in enumerate(mine):  # line styles keep identical curves visible
-            ax.plot(xs, ys, label=row.title or row.name, marker="." if len(xs) < 30 else None, linewidth=1.2,
-                    linestyle=["-", "--", "-.", ":"][i % 4])
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(ylabel)
-        ax.set_title(textwrap.fill(title if column is None else f"{title}\n{column}", 64, replace_whitespace=False))
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return True
-
-
 def write_table(grid: Grid, extra: list[str] = ()) -> list[Path]:
     """Write table.md, table.csv, curves.png and lr.png into the grid's folder; `extra`
     are the overrides given to every row (they can change a schedule: batch, epochs)."""
+    from bot.ablation_curves import lr_curve, plot, val_curve
+
     grid.out.mkdir(parents=True, exist_ok=True)
     recs = table_rows(grid)
     written = []

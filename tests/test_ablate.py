@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from bot import ablation
+from bot import ablation, ablation_curves
 from bot.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -218,11 +218,11 @@ def test_table_numbers_from_planted_summaries(tmp_path):
     assert table[2]["top1"] == "" and table[2]["status"] == "unfinished"
 
     # val top-1: the planted eval lines, x in epochs trained (the trainer counts from 0)
-    assert ablation.val_curve(grid, grid.rows[0]) == ([1.0, 2.0], [40.0, 60.0])
+    assert ablation_curves.val_curve(grid, grid.rows[0]) == ([1.0, 2.0], [40.0, 60.0])
     # lr: the row's schedule from its config (baseline: 0.1, / 10 at 30, 60, 90 of 120)
-    xs, ys = ablation.lr_curve(grid, grid.rows[0])
+    xs, ys = ablation_curves.lr_curve(grid, grid.rows[0])
     assert xs[-1] < 120 and [ys[xs.index(e)] for e in (0, 29.99, 30, 60, 90)] == pytest.approx([0.1, 0.1, 0.01, 1e-3, 1e-4])
-    xs, ys = ablation.lr_curve(grid, grid.rows[0], ["data.batch_size=1024", "schedule.kind=cosine"])
+    xs, ys = ablation_curves.lr_curve(grid, grid.rows[0], ["data.batch_size=1024", "schedule.kind=cosine"])
     assert ys[0] == pytest.approx(0.4) and ys[xs.index(60)] == pytest.approx(0.2)
 
 
@@ -512,5 +512,5 @@ def test_a_row_that_keeps_the_weight_average_plots_the_averages_accuracy(tmp_pat
     for name, best_of in (("raw", "raw"), ("ema", "ema")):
         plant(grid.out / name, summary(50.0), metrics=evals)
         (grid.out / name / "config.yaml").write_text(f"run:\n  best_of: {best_of}\n")
-    assert ablation.val_curve(grid, grid.rows[0]) == ([1.0, 2.0], [40.0, 50.0])
-    assert ablation.val_curve(grid, grid.rows[1]) == ([1.0, 2.0], [30.0, 55.0])
+    assert ablation_curves.val_curve(grid, grid.rows[0]) == ([1.0, 2.0], [40.0, 50.0])
+    assert ablation_curves.val_curve(grid, grid.rows[1]) == ([1.0, 2.0], [30.0, 55.0])
