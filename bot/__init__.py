@@ -1,1 +1,15 @@
-"""bot: the ImageNet recipe of "Bag of Tricks for Image Classification with CNNs" (He et al., 2019)."""
+"""bot: the ImageNet recipe of "Bag of Tricks for Image Classification with CNNs" (He et al., 2019).
+
+The package in wings, each importing only the wings below it (tests/test_layers.py checks):
+
+    bot.cli                       the commands: train, ablate, evaluate, predict, export, ...
+    bot.grid                      ablation grids and the tables they become
+    bot.train  |  bot.deploy      the training core  |  after training: export, int8, pruning
+    bot.files                     checkpoints, trained models read back, the ONNX reader
+    bot.models |  bot.data        the networks  |  the two loaders
+    bot.config                    the one typed config
+    bot.errors                    UserError: bad input, one line, exit 2
+
+The public Python API: bot.config.load, bot.models.build_model, bot.models.count_params_macs,
+bot.optim.build_optimizer and bot.data.build_loaders.
+"""

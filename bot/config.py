@@ -65,7 +65,7 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    # inception_v3 (299 px) and mobilenet_v1: the other columns of Tables 2 and 6 (bot/models_other.py)
+    # inception_v3 (299 px) and mobilenet_v1: the other columns of Tables 2 and 6 (bot/models/other.py)
     arch: Literal["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "inception_v3",
                   "mobilenet_v1"] = "resnet50"
     # ResNets only (section 4, figure 2): A is the original ResNet, and null means A for a ResNet;
@@ -85,13 +85,13 @@ class ModelConfig:
     # and MACs are those of relu. All networks (ResNets, Inception-V3, MobileNet v1).
     act: Literal["relu", "silu", "mish"] = "relu"
     # Exponential moving average of the weights and BN buffers after every optimizer step (timm's
-    # ModelEma, bot/ema.py): ema = d ema + (1 - d) weights; 0 disables. Evaluated beside the raw weights.
+    # ModelEma, bot/train/ema.py): ema = d ema + (1 - d) weights; 0 disables. Evaluated beside the raw weights.
     ema_decay: float = 0.0
     # d_t = min(ema_decay, (1 + t) / (10 + t)) at update t (TensorFlow's ExponentialMovingAverage with
     # num_updates): the average forgets the random init quickly in short runs. false: d_t = ema_decay
     ema_warmup: bool = False
     # Network slimming (Liu et al., ICCV 2017): lambda of an L1 penalty on the BN scales inside
-    # the residual blocks (bot/slimming.py), so scripts/slim.py can remove the channels whose
+    # the residual blocks (bot/train/slim_penalty.py), so scripts/slim.py can remove the channels whose
     # gamma it drove to ~0. ResNets only; 0 = off. Liu et al. use 1e-5 to 1e-4.
     slim_l1: float = 0.0
 

@@ -39,9 +39,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 from bench_loader import measure, photo_like  # noqa: E402
-from bot import backends, config  # noqa: E402
+
+from bot import config  # noqa: E402
 from bot.models import build_model  # noqa: E402
-from bot.trainer import build_step, make_autocast  # noqa: E402
+from bot.train import backends
+from bot.train.trainer import build_step, make_autocast  # noqa: E402
 
 SHAPES = [(500, 375), (375, 500), (500, 333), (500, 400), (480, 360), (640, 480)]
 

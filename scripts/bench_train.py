@@ -32,7 +32,7 @@ from accelerate import Accelerator  # noqa: E402
 
 from bot import config  # noqa: E402
 from bot.models import build_model  # noqa: E402
-from bot.trainer import build_step, make_autocast  # noqa: E402
+from bot.train.trainer import build_step, make_autocast  # noqa: E402
 
 TRICKS = {
     "none": [],

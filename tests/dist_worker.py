@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bot import config, trainer  # noqa: E402
+from bot import config  # noqa: E402
+from bot.train import trainer
 
 args = sys.argv[1:]
 ema = args[0] == "--ema"

@@ -1,4 +1,4 @@
-"""scripts/ablate.py and bot/ablation.py: commands, skip/resume, failures, the table.
+"""scripts/ablate.py and bot/grid/spec.py: commands, skip/resume, failures, the table.
 
 No training here: a fake trainer (a few lines of Python given as --launcher) writes what
 the real one would, and the table tests plant summary.json and metrics.jsonl files.
@@ -14,8 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from bot import ablation, ablation_curves
 from bot.errors import UserError
+from bot.grid import curves
+from bot.grid.runs import row_config
+from bot.grid.spec import read_grid
+from bot.grid.table import render_markdown, table_rows, write_table
 
 ROOT = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("ablate", ROOT / "scripts" / "ablate.py")
@@ -78,13 +81,13 @@ def commands(out: str) -> list[list[str]]:
 
 def test_grid_rejects_unknown_keys_and_duplicate_rows(tmp_path):
     with pytest.raises(UserError, match="unknown key 'overides'"):
-        ablation.read_grid(write_grid(tmp_path, [{"name": "a", "overides": []}]))
+        read_grid(write_grid(tmp_path, [{"name": "a", "overides": []}]))
     with pytest.raises(UserError, match="taken by row"):
-        ablation.read_grid(write_grid(tmp_path, [{"name": "b=256"}, {"name": "b 256"}]))
+        read_grid(write_grid(tmp_path, [{"name": "b=256"}, {"name": "b 256"}]))
     with pytest.raises(UserError, match="paper"):
-        ablation.read_grid(write_grid(tmp_path, [{"name": "a", "paper": {"top1": "high"}}]))
+        read_grid(write_grid(tmp_path, [{"name": "a", "paper": {"top1": "high"}}]))
     with pytest.raises(UserError, match="run.out"):
-        ablation.read_grid(write_grid(tmp_path, [{"name": "a", "overrides": ["run.out=x"]}]))
+        read_grid(write_grid(tmp_path, [{"name": "a", "overrides": ["run.out=x"]}]))
 
 
 def test_bad_row_key_exits_2_before_anything_runs(tmp_path, capsys):
@@ -179,7 +182,7 @@ def test_table_numbers_from_planted_summaries(tmp_path):
         {"name": "big base", "section": "b=1024", "paper": {"top1": 75.17}},
         {"name": "+ big warmup", "paper": {"top1": 75.93}},
     ]
-    grid = ablation.read_grid(write_grid(tmp_path, rows))
+    grid = read_grid(write_grid(tmp_path, rows))
     out = grid.out
     curve = [{"epoch": 0, "step": 5, "lr": 0.05, "loss": 2.0, "img_per_s": 1.0}, {"epoch": 0, "top1": 40.0, "top5": 80.0},
              {"epoch": 1, "step": 15, "lr": 0.1, "loss": 1.0, "img_per_s": 1.0}, {"epoch": 1, "top1": 60.0, "top5": 90.0}]
@@ -189,7 +192,7 @@ def test_table_numbers_from_planted_summaries(tmp_path):
     plant(out / "zero-gamma", last=True)  # interrupted
     plant(out / "big-warmup", summary(75.0))
 
-    recs = {r["row"]: r for r in ablation.table_rows(grid)}
+    recs = {r["row"]: r for r in table_rows(grid)}
     base = recs["base"]
     assert base["seeds"] == 2 and base["top1"] == pytest.approx(76.1) and base["top1_std"] == pytest.approx(0.141421, abs=1e-5)
     assert base["top5"] == pytest.approx(92.5) and base["time_per_epoch_s"] == pytest.approx(60.0)
@@ -203,7 +206,7 @@ def test_table_numbers_from_planted_summaries(tmp_path):
     big = recs["+ big warmup"]  # its section restarts deltas; the row above has no result
     assert big["delta_top1"] is None and big["paper_delta_top1"] == pytest.approx(0.76)
 
-    written = ablation.write_table(grid)
+    written = write_table(grid)
     assert {p.name for p in written} == {"table.md", "table.csv", "curves.png", "lr.png"}
     md = (out / "table.md").read_text()
     assert md.startswith("# Test grid")
@@ -218,11 +221,11 @@ def test_table_numbers_from_planted_summaries(tmp_path):
     assert table[2]["top1"] == "" and table[2]["status"] == "unfinished"
 
     # val top-1: the planted eval lines, x in epochs trained (the trainer counts from 0)
-    assert ablation_curves.val_curve(grid, grid.rows[0]) == ([1.0, 2.0], [40.0, 60.0])
+    assert curves.val_curve(grid, grid.rows[0]) == ([1.0, 2.0], [40.0, 60.0])
     # lr: the row's schedule from its config (baseline: 0.1, / 10 at 30, 60, 90 of 120)
-    xs, ys = ablation_curves.lr_curve(grid, grid.rows[0])
+    xs, ys = curves.lr_curve(grid, grid.rows[0])
     assert xs[-1] < 120 and [ys[xs.index(e)] for e in (0, 29.99, 30, 60, 90)] == pytest.approx([0.1, 0.1, 0.01, 1e-3, 1e-4])
-    xs, ys = ablation_curves.lr_curve(grid, grid.rows[0], ["data.batch_size=1024", "schedule.kind=cosine"])
+    xs, ys = curves.lr_curve(grid, grid.rows[0], ["data.batch_size=1024", "schedule.kind=cosine"])
     assert ys[0] == pytest.approx(0.4) and ys[xs.index(60)] == pytest.approx(0.2)
 
 
@@ -254,7 +257,7 @@ def column_grid(tmp_path):
     ]
     columns = [{"name": "R"}, {"name": "I", "overrides": ["model.arch=inception_v3", "data.image_size=299"]},
                {"name": "M", "overrides": ["model.arch=mobilenet_v1", "model.zero_gamma=false", "optim.lr=0.25"]}]
-    return ablation.read_grid(write_grid(tmp_path, rows, columns=columns, overrides=["data.workers=8"]))
+    return read_grid(write_grid(tmp_path, rows, columns=columns, overrides=["data.workers=8"]))
 
 
 def test_columns_make_one_run_per_row_and_column(tmp_path):
@@ -269,10 +272,10 @@ def test_columns_make_one_run_per_row_and_column(tmp_path):
     assert m_eff.overrides == ["data.workers=8", "optim.lr=0.2", "model.arch=mobilenet_v1", "model.zero_gamma=false",
                                "optim.lr=0.25", "optim.lr=0.3"]
     assert Path(m_eff.recipe).resolve() == ROOT / "recipes" / "efficient.yaml"
-    cfg = ablation.row_config(grid, m_eff)
+    cfg = row_config(grid, m_eff)
     assert (cfg.model.arch, cfg.optim.lr, cfg.data.batch_size, cfg.run.out) == (
         "mobilenet_v1", 0.3, 1024, f"{grid.out.as_posix()}/m/efficient")
-    i_cos = ablation.row_config(grid, grid.rows[3])
+    i_cos = row_config(grid, grid.rows[3])
     assert (i_cos.model.arch, i_cos.data.image_size, i_cos.schedule.kind, i_cos.optim.lr) == (
         "inception_v3", 299, "cosine", 0.1)
 
@@ -289,7 +292,7 @@ def test_columns_make_one_run_per_row_and_column(tmp_path):
 ])
 def test_bad_columns_and_cells_are_refused(tmp_path, top, rows, match):
     with pytest.raises(UserError, match=match):
-        ablation.read_grid(write_grid(tmp_path, rows, **top))
+        read_grid(write_grid(tmp_path, rows, **top))
 
 
 def test_table6_dry_run_shows_all_18_commands(tmp_path, capsys, monkeypatch):
@@ -323,7 +326,7 @@ def test_columns_table_puts_each_figure_in_its_cell(tmp_path):
     plant(grid.out / "r" / "cosine", summary(77.5, 93.4))
     plant(grid.out / "i" / "cosine", summary(70.0, 90.0))
     plant(grid.out / "m" / "efficient", last=True)
-    recs = ablation.table_rows(grid)
+    recs = table_rows(grid)
     assert [(r["row"], r["column"]) for r in recs] == [(t, c) for t in ("efficient", "+ cosine", "reference")
                                                       for c in "RIM"]
     by = {(r["row"], r["column"]): r for r in recs}
@@ -331,7 +334,7 @@ def test_columns_table_puts_each_figure_in_its_cell(tmp_path):
     assert by["+ cosine", "I"]["delta_top1"] is None and by["+ cosine", "I"]["paper_delta_top1"] == pytest.approx(0.69)
     assert by["reference", "R"]["status"] == "reference" and by["reference", "R"]["paper_delta_top1"] is None
 
-    written = ablation.write_table(grid)
+    written = write_table(grid)
     assert {p.name for p in written} == {"table.md", "table.csv", "curves.png", "lr.png"}
     md = (grid.out / "table.md").read_text()
     assert "Paper figures marked * are unverified" in md.split("| row |")[0]  # in the caption, above the table
@@ -352,9 +355,9 @@ def test_columns_table_puts_each_figure_in_its_cell(tmp_path):
 
 
 def test_unverified_figure_is_marked_in_a_single_column_table(tmp_path):
-    grid = ablation.read_grid(write_grid(tmp_path, [{"name": "a", "paper": {"top1": 70.6, "unverified": True}},
+    grid = read_grid(write_grid(tmp_path, [{"name": "a", "paper": {"top1": 70.6, "unverified": True}},
                                                     {"name": "b", "paper": {"top1": 75.3}}]))
-    md = ablation.render_markdown(grid, ablation.table_rows(grid))
+    md = render_markdown(grid, table_rows(grid))
     assert "Paper figures marked * are unverified" in md.split("| row |")[0]
     assert [r["paper top-1"] for r in md_table(md)] == ["70.60 *", "75.30"]
 
@@ -378,23 +381,23 @@ def test_columns_grid_runs_every_cell_and_skips_the_reference(tmp_path, capsys):
 def test_deltas_within_the_seeds_noise_are_marked(tmp_path):
     """Δ ± sqrt(s1²/n1 + s2²/n2); ~ when |Δ| < 2 of those (not the std of single runs)."""
     rows = [{"name": "a"}, {"name": "b"}, {"name": "c"}, {"name": "d"}, {"name": "e"}]
-    grid = ablation.read_grid(write_grid(tmp_path, rows))
+    grid = read_grid(write_grid(tmp_path, rows))
     seeds = {"a": [70, 71, 72], "b": [75, 76, 77], "c": [76.5, 77.5, 78.5], "d": [78.2, 79.2, 80.2], "e": [79.0]}
     for name, values in seeds.items():
         for k, v in enumerate(values):
             plant(grid.out / name / f"seed{k}", summary(v))
-    recs = {r["row"]: r for r in ablation.table_rows(grid)}
+    recs = {r["row"]: r for r in table_rows(grid)}
     se = (2 / 3) ** 0.5  # every std is 1 over 3 seeds: sqrt(1/3 + 1/3)
     assert [recs[n]["top1_std"] for n in "abcd"] == pytest.approx([1.0] * 4)
     assert [recs[n]["delta_top1"] for n in "bcde"] == pytest.approx([5.0, 1.5, 1.7, -0.2])
     assert [recs[n]["delta_top1_se"] for n in "bcd"] == pytest.approx([se] * 3) and recs["e"]["delta_top1_se"] is None
     # 1.5 is more than the combined std sqrt(2) = 1.41 of one run each, but less than 2 se = 1.63
     assert [recs[n]["delta_within_noise"] for n in "abcde"] == [None, False, True, False, None]
-    table = md_table(ablation.render_markdown(grid, list(recs.values())))
+    table = md_table(render_markdown(grid, list(recs.values())))
     assert [r["Δ top-1"] for r in table] == ["", "+5.00 ± 0.82", "+1.50 ± 0.82 ~", "+1.70 ± 0.82", "-0.20"]
     assert [r["top-1"] for r in table] == ["71.00 ± 1.00", "76.00 ± 1.00", "77.50 ± 1.00", "79.20 ± 1.00",
                                            "79.00 (n=1)"]
-    ablation.write_table(grid)
+    write_table(grid)
     md = (grid.out / "table.md").read_text()
     assert "Mean ± std over 3 seeds (n=k: a row with fewer finished)" in md and "~ marks a Δ smaller than 2 standard" in md
     csv_rows = {r["row"]: r for r in csv.DictReader((grid.out / "table.csv").open())}
@@ -403,10 +406,10 @@ def test_deltas_within_the_seeds_noise_are_marked(tmp_path):
 
 
 def test_one_seed_table_says_its_noise_is_unknown(tmp_path):
-    grid = ablation.read_grid(write_grid(tmp_path, [{"name": "a"}, {"name": "b"}]))
+    grid = read_grid(write_grid(tmp_path, [{"name": "a"}, {"name": "b"}]))
     plant(grid.out / "a", summary(70.0))
     plant(grid.out / "b", summary(70.1))
-    md = ablation.render_markdown(grid, ablation.table_rows(grid))
+    md = render_markdown(grid, table_rows(grid))
     assert [r["Δ top-1"] for r in md_table(md)] == ["", "+0.10"]
     assert "One seed: the noise of each figure is unknown and no delta is marked" in md
 
@@ -416,29 +419,29 @@ def test_columns_table_marks_deltas_within_noise(tmp_path):
     for k, (eff, cos) in enumerate([(77.0, 77.4), (78.0, 78.2), (79.0, 79.6)]):
         plant(grid.out / "r" / "efficient" / f"seed{k}", summary(eff, 93.0))
         plant(grid.out / "r" / "cosine" / f"seed{k}", summary(cos, 93.0))
-    eff, cos = md_table(ablation.render_markdown(grid, ablation.table_rows(grid)))[:2]
+    eff, cos = md_table(render_markdown(grid, table_rows(grid)))[:2]
     assert (eff["R ours"], cos["R ours"]) == ("78.00 / 93.00", "78.40 / 93.00 (+0.40 ~)")
 
 
 def test_delta_first_compares_each_row_with_its_sections_first_row(tmp_path):
     rows = [{"name": "all", "section": "s1"}, {"name": "+ x"}, {"name": "+ y"}, {"name": "base2", "section": "s2"},
             {"name": "+ z"}]
-    grid = ablation.read_grid(write_grid(tmp_path, rows, delta="first"))
+    grid = read_grid(write_grid(tmp_path, rows, delta="first"))
     for name, v in {"all": 70, "x": 72, "y": 69, "base2": 60, "z": 61}.items():
         plant(grid.out / name, summary(v))
-    recs = {r["row"]: r for r in ablation.table_rows(grid)}
+    recs = {r["row"]: r for r in table_rows(grid)}
     # against "all" (70), not the row above: + y is -1, not -3
     assert [recs[n]["delta_top1"] for n in ("all", "+ x", "+ y", "base2", "+ z")] == [None, 2.0, -1.0, None, 1.0]
-    assert "Δ: against the first row of its section." in ablation.render_markdown(grid, list(recs.values()))
+    assert "Δ: against the first row of its section." in render_markdown(grid, list(recs.values()))
     with pytest.raises(UserError, match="delta must be above or first, got 'below'"):
-        ablation.read_grid(write_grid(tmp_path, rows, delta="below"))
+        read_grid(write_grid(tmp_path, rows, delta="below"))
 
 
 def test_a_row_that_keeps_the_weight_average_plots_the_averages_accuracy(tmp_path):
-    grid = ablation.read_grid(write_grid(tmp_path, [{"name": "raw"}, {"name": "ema"}]))
+    grid = read_grid(write_grid(tmp_path, [{"name": "raw"}, {"name": "ema"}]))
     evals = [{"epoch": 0, "top1": 40.0, "ema_top1": 30.0}, {"epoch": 1, "top1": 50.0, "ema_top1": 55.0}]
     for name, best_of in (("raw", "raw"), ("ema", "ema")):
         plant(grid.out / name, summary(50.0), metrics=evals)
         (grid.out / name / "config.yaml").write_text(f"run:\n  best_of: {best_of}\n")
-    assert ablation_curves.val_curve(grid, grid.rows[0]) == ([1.0, 2.0], [40.0, 50.0])
-    assert ablation_curves.val_curve(grid, grid.rows[1]) == ([1.0, 2.0], [30.0, 55.0])
+    assert curves.val_curve(grid, grid.rows[0]) == ([1.0, 2.0], [40.0, 50.0])
+    assert curves.val_curve(grid, grid.rows[1]) == ([1.0, 2.0], [30.0, 55.0])

@@ -1,4 +1,4 @@
-"""ablate.py against overrides that would change what a grid's rows mean (bot/ablation_checks.py):
+"""ablate.py against overrides that would change what a grid's rows mean (bot/grid/checks.py):
 an override of a key some row, column or recipe sets is refused unless --override-rows, and
 rows that resolve to the same config are warned of."""
 
@@ -6,9 +6,9 @@ import json
 import sys
 
 import pytest
-
-from bot import ablation
 from test_ablate import FAKE_TRAIN, ROOT, ablate, column_grid, write_grid
+
+from bot.grid.spec import read_grid
 
 
 def warmup_grid(tmp_path, **top):
@@ -73,8 +73,8 @@ def test_override_of_what_rows_share_or_differ_on_by_recipe(tmp_path, capsys):
 
 @pytest.mark.parametrize("path", sorted((ROOT / "recipes" / "ablations").glob("*.yaml")), ids=lambda p: p.stem)
 def test_shipped_grids_take_a_data_root_and_have_no_twin_rows(path):
-    from bot import ablation_checks
+    from bot.grid import checks
 
-    grid = ablation.read_grid(path)
-    assert ablation_checks.row_conflicts(grid.rows, ["data.root=/data/imagenet", "data.workers=4"]) == []
-    assert ablation_checks.duplicate_rows(grid.rows, ["data.root=/data/imagenet"]) == []
+    grid = read_grid(path)
+    assert checks.row_conflicts(grid.rows, ["data.root=/data/imagenet", "data.workers=4"]) == []
+    assert checks.duplicate_rows(grid.rows, ["data.root=/data/imagenet"]) == []

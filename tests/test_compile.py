@@ -11,9 +11,9 @@ import torch._dynamo
 
 from bot import config
 from bot.data import build_loaders
-from bot.engine import evaluate
 from bot.models import build_model
-from bot.trainer import build_step, make_autocast, train
+from bot.train.engine import evaluate
+from bot.train.trainer import build_step, make_autocast, train
 
 ARGS = ["data.backend=torch", "data.image_size=32", "data.batch_size=16", "data.workers=0", "model.arch=resnet18",
         "model.variant=D", "schedule.epochs=2", "run.log_every=1", "loss.mixup_alpha=0.2",

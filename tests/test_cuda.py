@@ -11,12 +11,13 @@ import sys
 
 import pytest
 import torch
+from conftest import ROOT
 
-from bot import backends, config
+from bot import config
 from bot.data import build_loaders
 from bot.models import build_model
-from bot.trainer import build_step
-from conftest import ROOT
+from bot.train import backends
+from bot.train.trainer import build_step
 
 pytestmark = pytest.mark.cuda
 
@@ -71,7 +72,7 @@ def one_step(cfg, device, images, labels):
 @pytest.mark.parametrize("precision, tolerance", [("fp32", 1e-3), ("fp16", 3e-2), ("bf16", 6e-2)])
 def test_one_step_per_precision_matches_the_cpu(toy, precision, tolerance):
     """The first step on the GPU (channels_last, fused SGD) against fp32 on the CPU: the loss and
-    the update of every weight. fp32 runs without TF32 (bot.backends), so only the order of float32
+    the update of every weight. fp32 runs without TF32 (bot.train.backends), so only the order of float32
     sums differs; fp16 and bf16 round activations and gradients to 11 and 8 bits."""
     images, labels = first_batch(toy)
     cpu_loss, cpu_update = one_step(config.load(None, ARGS), torch.device("cpu"), images, labels)
@@ -128,7 +129,8 @@ def test_compiled_step_on_cuda_matches_eager(toy):
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")
 def test_two_processes_on_nccl_match_one_process(toy, tmp_path):
     """tests/test_distributed.py's check on GPUs: NCCL, SyncBatchNorm, one global batch of 16."""
-    from test_distributed import ARGS as DIST_ARGS, relative_distance
+    from test_distributed import ARGS as DIST_ARGS
+    from test_distributed import relative_distance
 
     launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
               "tests/dist_worker.py", str(tmp_path / "final"), f"data.root={toy}", f"run.out={tmp_path / 'two'}",

@@ -12,10 +12,10 @@ import subprocess
 import sys
 
 import torch
+from conftest import ROOT
 
 from bot import config
-from bot.trainer import train
-from conftest import ROOT
+from bot.train.trainer import train
 
 ARGS = ["data.backend=torch", "data.image_size=32", "data.batch_size=16", "data.workers=0", "model.arch=resnet18",
         "model.variant=D", "schedule.epochs=1", "run.max_steps=2", "run.log_every=1", "model.sync_bn=true"]

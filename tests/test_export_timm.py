@@ -2,11 +2,11 @@
 
 import pytest
 import torch
+from conftest import run_cli
 
 from bot import config
-from bot.checkpoint import atomic_save
+from bot.files.checkpoint import atomic_save
 from bot.models import build_model
-from conftest import run_cli
 
 CLASSES = ["cat", "dog", "emu"]
 
@@ -32,7 +32,8 @@ def export(path, through_cli: bool) -> str:
         done = run_cli("scripts/export.py", path, "--format", "timm")
         assert done.returncode == 0, done.stderr[-2000:]
         return done.stdout
-    from bot import export as bot_export, trained
+    from bot.deploy import export as bot_export
+    from bot.files import trained
 
     info = trained.read(path)
     m = info.cfg.model

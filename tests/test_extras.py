@@ -15,11 +15,19 @@ from torch import nn
 from bot import config
 from bot.data.cutout import cutout_box, erase
 from bot.data.sizes import size_schedule
-from bot.ema import WeightEma, ema_decay_at
 from bot.errors import UserError
-from bot.losses import (Objective, cutmix, cutmix_box, cutmix_draw, mixup, mixup_lambda, smooth_targets,
-                        uses_cutmix)
 from bot.models import build_model, count_params_macs
+from bot.train.ema import WeightEma, ema_decay_at
+from bot.train.losses import (
+    Objective,
+    cutmix,
+    cutmix_box,
+    cutmix_draw,
+    mixup,
+    mixup_lambda,
+    smooth_targets,
+    uses_cutmix,
+)
 
 
 def cfg_of(*overrides):

@@ -10,14 +10,13 @@ import time
 
 import pytest
 import torch
+from conftest import ROOT, run_cli
 
 from bot import config
-from bot.data import build_loaders
+from bot.data import build_loaders, sampling
 from bot.data.cutout import cutout_box
 from bot.data.sizes import size_schedule
-from bot.data import sampling
-from bot.trainer import train
-from conftest import ROOT, run_cli
+from bot.train.trainer import train
 
 NO_COLOUR = ["data.brightness=0", "data.contrast=0", "data.saturation=0", "data.pca_lighting=0"]
 SMALL = ["data.image_size=32", "data.batch_size=16", "data.workers=0", "model.arch=resnet18", "model.variant=D",

@@ -15,14 +15,15 @@ import time
 
 import pytest
 import torch
+from conftest import ROOT, run_cli
 
-from bot import checkpoint, config
+from bot import config
 from bot.data import sampling
 from bot.data.folder import scan_dataset
 from bot.errors import UserError
+from bot.files import checkpoint
 from bot.models import build_model
-from bot.trainer import train
-from conftest import ROOT, run_cli
+from bot.train.trainer import train
 
 RECIPE = "recipes/demo.yaml"
 ARGS = ["data.image_size=32", "data.batch_size=16", "data.workers=0", "schedule.epochs=2",
@@ -78,7 +79,7 @@ def test_kill_9_mid_epoch_then_the_same_command_matches_an_uninterrupted_run(toy
 
 
 def test_resume_drops_the_metrics_of_steps_after_the_checkpoint(tmp_path):
-    from bot.runlog import RunLog
+    from bot.train.runlog import RunLog
 
     lines = [json.dumps({"step": s, "loss": 1.0 / s}) + "\n" for s in range(1, 6)]
     (tmp_path / "metrics.jsonl").write_text("".join(lines) + '{"step": 6, "lo')  # cut short by a kill
@@ -120,7 +121,7 @@ def test_fp16_overflow_in_the_forward_stops_at_once(toy, tmp_path):
 def test_fp16_skips_non_finite_losses_then_stops_after_too_many_in_a_row(toy, tmp_path, monkeypatch):
     """A non-finite fp16 loss is skipped by the scaler (weights and statistics untouched) and the
     run goes on; more than NONFINITE_LIMIT (50; 3 here) in a row stop it with the count."""
-    from bot import losses, trainer
+    from bot.train import losses, trainer
 
     monkeypatch.setattr(trainer, "NONFINITE_LIMIT", dict(trainer.NONFINITE_LIMIT, fp16=3))
     calls, loss = [], losses.Objective.loss

@@ -3,11 +3,11 @@
 import shutil
 
 import torch
+from conftest import run_cli
 
 from bot import config
-from bot.finetune import init_from
 from bot.models import build_model
-from conftest import run_cli
+from bot.train.finetune import init_from
 
 SMALL = ["data.backend=torch", "data.image_size=32", "data.batch_size=16", "data.workers=0", "schedule.epochs=1",
          "schedule.warmup_epochs=0", "run.max_steps=1", "run.log_every=1"]

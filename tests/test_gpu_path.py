@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from bot import backends, checkpoint, config, optim
+from bot import config
+from bot.files import checkpoint
 from bot.models import build_model
+from bot.train import backends, optim
 
 
 def test_configure_turns_cudnn_autotuning_on_and_tf32_off_for_fp32():

@@ -20,7 +20,7 @@ def test_installed_package_imports_and_runs_its_commands_anywhere(tmp_path):
                           "--target", str(target), str(source)], capture_output=True, text=True, timeout=600)
     assert pip.returncode == 0, pip.stderr[-2000:]
     env = {**os.environ, "PYTHONPATH": str(target)}
-    code = "import bot, bot.cli.evaluate, bot.trainer; print(bot.__file__)"
+    code = "import bot, bot.cli.evaluate, bot.train.trainer; print(bot.__file__)"
     done = subprocess.run([sys.executable, "-c", code], cwd=elsewhere, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == str(target / "bot" / "__init__.py")  # the installed copy, not the checkout

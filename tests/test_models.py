@@ -1,4 +1,4 @@
-"""bot/models.py: variants A-D against timm and Table 5, zero gamma, Xavier init, MAC count."""
+"""bot/models/resnet.py: variants A-D against timm and Table 5, zero gamma, Xavier init, MAC count."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""Inception-V3 and MobileNet v1 (bot/models_other.py): published size, the authors' setup,
+"""Inception-V3 and MobileNet v1 (bot/models/other.py): published size, the authors' setup,
 the tricks that apply, the ones that exit 2, and one training step of each with every trick."""
 
 import math
@@ -6,13 +6,13 @@ import math
 import pytest
 import timm
 import torch
+from conftest import ROOT, run_cli
 from torch import nn
 
 from bot import config
 from bot.errors import UserError
 from bot.models import build_model, count_params_macs
-from bot.optim import param_groups
-from conftest import ROOT, run_cli
+from bot.train.optim import param_groups
 
 # Published sizes: Inception-V3 (Szegedy et al. 2016) 23.8 M parameters and 5.7 G multiply-adds
 # at 299 px; MobileNet v1 1.0 (Howard et al. 2017, table 8) 4.2 M and 569 M at 224 px.
@@ -127,7 +127,7 @@ def test_zero_gamma_on_mobilenet_exits_2_from_the_cli(toy, tmp_path):
 @pytest.fixture(scope="module")
 def teacher(toy, tmp_path_factory):
     """A one-step ResNet-18-D best.pt, standing in for the ResNet-152-D teacher."""
-    from bot.trainer import train
+    from bot.train.trainer import train
 
     out = tmp_path_factory.mktemp("teacher")
     train(config.load(ROOT / "recipes" / "demo.yaml", [f"data.root={toy}", f"run.out={out}", "data.workers=0",
@@ -138,7 +138,7 @@ def teacher(toy, tmp_path_factory):
 @pytest.mark.parametrize("arch,size,precision", [("inception_v3", 75, "fp32"), ("mobilenet_v1", 32, "fp16")])
 def test_one_step_with_every_trick_and_the_teacher_at_the_students_size(arch, size, precision, toy, teacher,
                                                                          tmp_path, monkeypatch):
-    from bot import trainer
+    from bot.train import trainer
 
     seen = {"student": [], "teacher": []}
 

@@ -12,12 +12,14 @@ import time
 
 import pytest
 import torch
-
-from bot import checkpoint, config
-from bot.preempt import REQUEUE_STATUS, StopSignals, Stopped, ignore_stop_signals
-from bot.trainer import Run, train
 from conftest import ROOT, run_cli
 from test_faults import assert_same, cli_args, records, steps_logged, weights
+
+from bot import config
+from bot.data.workers import ignore_stop_signals
+from bot.files import checkpoint
+from bot.train.preempt import REQUEUE_STATUS, Stopped, StopSignals
+from bot.train.trainer import Run, train
 
 STOPPED = re.compile(r"stopped by (SIG\w+) at step (\d+); run the same command to resume")
 

@@ -7,7 +7,6 @@ import sys
 
 import pytest
 import torch
-
 from conftest import ROOT, run_cli
 
 # the demo recipe's ResNet-18-D at a quarter of its width, so that it learns the 4 classes in
@@ -59,10 +58,10 @@ def test_int8_keeps_top1_within_one_point_and_reloads(quantized):
 def test_int8_logits_are_close_to_fp32(quantized, toy400):
     """Bound: 8-bit activations step by 1/255 of their calibrated range at each of ~20 layers;
     the logits stay within 10% of their own range of the fp32 ones (about 3% is typical here)."""
-    from bot import trained
     from bot.data.folder import scan_split
     from bot.data.torch_loader import decode
     from bot.data.transforms import val_transform
+    from bot.files import trained
 
     run, _ = quantized
     source, int8 = trained.read(run / "best.pt"), trained.read(run / "best.int8.onnx", onnx=True)
@@ -80,9 +79,10 @@ def test_batchnorm_folding_with_zero_gamma_and_average_pooled_shortcut(tmp_path)
     """Exactly-zero gammas (zero gamma, untrained) fold into all-zero conv weights and ResNet-D's
     shortcut BN folds into the conv after its average pool: no BatchNorm is left, and the
     int8 model still computes the fp32 one."""
-    from bot import config, export, quantize
+    from bot import config
+    from bot.deploy import export, quantize
+    from bot.files.onnx_model import OnnxModule
     from bot.models import build_model
-    from bot.onnx_model import OnnxModule
 
     cfg = config.load(ROOT / "recipes/demo.yaml", [])
     torch.manual_seed(0)

@@ -13,8 +13,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bot import ablation, config
+from bot import config
 from bot.config import read_recipe
+from bot.grid.runs import row_config
+from bot.grid.spec import read_grid
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
@@ -23,7 +25,7 @@ TEACHER = "runs/resnet152-d-teacher/best.pt"
 
 
 def grid_rows():
-    return [(g, row) for g in GRIDS for row in ablation.read_grid(g).rows]
+    return [(g, row) for g in GRIDS for row in read_grid(g).rows]
 
 
 def flat(cfg) -> dict:
@@ -46,8 +48,8 @@ def diff(a, b) -> dict:
 
 
 def row_cfg(grid_name: str, index: int):
-    grid = ablation.read_grid(ROOT / "recipes" / "ablations" / f"{grid_name}.yaml")
-    return ablation.row_config(grid, grid.rows[index])
+    grid = read_grid(ROOT / "recipes" / "ablations" / f"{grid_name}.yaml")
+    return row_config(grid, grid.rows[index])
 
 
 def recipe(name: str):
@@ -67,8 +69,8 @@ def test_recipe_loads_and_names_its_launch_command(path):
 
 @pytest.mark.parametrize("grid,row", grid_rows(), ids=lambda x: x.slug if hasattr(x, "slug") else x.stem)
 def test_grid_row_loads(grid, row):
-    g = ablation.read_grid(grid)
-    cfg = ablation.row_config(g, row, ["data.root=/data/imagenet"], seeds=2)
+    g = read_grid(grid)
+    cfg = row_config(g, row, ["data.root=/data/imagenet"], seeds=2)
     assert cfg.run.out == f"{g.out.as_posix()}/{row.slug}/seed0" and cfg.run.seed == 0
     assert cfg.run.name == f"{row.name} seed0" and cfg.run.group == g.out.name
 
@@ -77,7 +79,7 @@ def test_grid_row_loads(grid, row):
 def test_smoothing_states_its_form(path):
     """PAPER.md: the tables came from gluon-cv's uniform form; a recipe must say which it uses."""
     if path.parent.name == "ablations":
-        sources = [(row.recipe, row.overrides) for row in ablation.read_grid(path).rows]
+        sources = [(row.recipe, row.overrides) for row in read_grid(path).rows]
     else:
         sources = [(path, [])]
     for src, overrides in sources:
@@ -148,7 +150,7 @@ def test_table_rows_use_the_recipes():
              "resnet50-all-tricks"]
     for i, n in enumerate(names):  # the ResNet-50-D column's runs come first
         assert diff(recipe(n), row_cfg("table6", i)) == {}
-    grid = ablation.read_grid(ROOT / "recipes" / "ablations" / "table6.yaml")
+    grid = read_grid(ROOT / "recipes" / "ablations" / "table6.yaml")
     last = [c for c in grid.cells if c.column == "ResNet-50-D"][-1]
     assert last.paper == {"top1": 79.29, "top5": 94.63}
 
@@ -182,7 +184,7 @@ def test_other_networks_change_only_the_network():
 def test_other_networks_mixup_recipe_is_the_authors_script():
     """gluon-cv's released scripts: 200 epochs, batch 128 x 8, lr 0.4 cosine, warmup 5, FP16, no bias
     decay, label smoothing, mixup 0.2; Inception-V3 at 299."""
-    from bot.schedule import peak_lr
+    from bot.train.schedule import peak_lr
 
     for stem, size in (("inception-v3", 299), ("mobilenet-v1", 224)):
         cfg = recipe(f"{stem}-mixup")
@@ -213,7 +215,7 @@ def paper_cells(grid):
 
 
 def test_table6_is_one_grid_of_three_networks():
-    grid = ablation.read_grid(ROOT / "recipes" / "ablations" / "table6.yaml")
+    grid = read_grid(ROOT / "recipes" / "ablations" / "table6.yaml")
     assert grid.columns == list(TABLE6) and len(grid.rows) == 18 and all(c.run for c in grid.cells)
     assert paper_cells(grid) == TABLE6
     resnet = ["resnet50-d" + s for s in REFINEMENTS[:-1]] + ["resnet50-all-tricks"]
@@ -221,20 +223,20 @@ def test_table6_is_one_grid_of_three_networks():
         cells = [c for c in grid.rows if c.column == column]
         assert [c.title for c in cells] == [c.title for c in grid.rows[:6]]
         for cell, stem in zip(cells, stems):
-            assert diff(recipe(stem), ablation.row_config(grid, cell)) == {}, cell.name
+            assert diff(recipe(stem), row_config(grid, cell)) == {}, cell.name
 
 
 def test_table2_runs_the_baseline_and_shows_the_reference():
-    grid = ablation.read_grid(ROOT / "recipes" / "ablations" / "table2.yaml")
+    grid = read_grid(ROOT / "recipes" / "ablations" / "table2.yaml")
     assert grid.columns == list(TABLE2) and paper_cells(grid) == TABLE2
     assert [c.name for c in grid.rows] == [f"{c}: baseline" for c in TABLE2]  # the reference row runs nothing
     for cell, stem in zip(grid.rows, ["baseline", "inception-v3-baseline", "mobilenet-v1-baseline"]):
-        assert diff(recipe(stem), ablation.row_config(grid, cell)) == {}
+        assert diff(recipe(stem), row_config(grid, cell)) == {}
 
 
 def test_demo_grid_is_cumulative_and_ends_at_the_demo_recipe():
-    grid = ablation.read_grid(ROOT / "recipes" / "ablations" / "demo.yaml")
-    cfgs = [ablation.row_config(grid, row) for row in grid.rows]
+    grid = read_grid(ROOT / "recipes" / "ablations" / "demo.yaml")
+    cfgs = [row_config(grid, row) for row in grid.rows]
     assert all((c.model.arch, c.model.variant, c.model.width, c.data.image_size) == ("resnet18", "D", 0.25, 32)
                for c in cfgs)
     steps = [set(diff(a, b)) for a, b in zip(cfgs, cfgs[1:])]
@@ -251,9 +253,9 @@ def test_demo_grid_is_cumulative_and_ends_at_the_demo_recipe():
 
 def _trainer():
     try:
-        from bot import trainer
+        from bot.train import trainer
     except ImportError as e:  # lands separately; this test runs as soon as it is importable
-        pytest.skip(f"bot.trainer is not importable yet: {e}")
+        pytest.skip(f"bot.train.trainer is not importable yet: {e}")
     return trainer
 
 

@@ -5,13 +5,15 @@ import json
 
 import pytest
 import torch
+from conftest import ROOT, run_cli
 
 from bot import config
+from bot.deploy.prune import choose_channels, prune
 from bot.errors import UserError
-from bot.losses import Objective
 from bot.models import build_model, count_params_macs
-from bot.slimming import choose_channels, fit_shapes, prune, slimmed_pairs, with_slim_l1
-from conftest import ROOT, run_cli
+from bot.models.slimmable import fit_shapes, slimmed_pairs
+from bot.train.losses import Objective
+from bot.train.slim_penalty import with_slim_l1
 
 
 def resnet(arch="resnet18", variant="D", **extra):

@@ -5,11 +5,11 @@ import json
 import pytest
 import torch
 import yaml
+from conftest import run_cli
 
 from bot import config
 from bot.errors import UserError
-from bot.trainer import train
-from conftest import run_cli
+from bot.train.trainer import train
 
 SMALL = ["data.backend=torch", "data.image_size=32", "data.batch_size=16", "data.workers=0",
          "model.arch=resnet18", "model.variant=D", "schedule.epochs=2", "run.log_every=1"]

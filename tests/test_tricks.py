@@ -8,11 +8,10 @@ import torch
 import torch.nn.functional as F
 
 from bot import config
-from bot.losses import Objective, distillation_term, mixup, mixup_lambda, smooth_targets, soft_cross_entropy
 from bot.models import build_model
-from bot.optim import build_optimizer, param_groups
-from bot.schedule import build_schedule, peak_lr
-
+from bot.train.losses import Objective, distillation_term, mixup, mixup_lambda, smooth_targets, soft_cross_entropy
+from bot.train.optim import build_optimizer, param_groups
+from bot.train.schedule import build_schedule, peak_lr
 
 # ---------------------------------------------------------------- learning rate
 

@@ -3,7 +3,7 @@ all call the `main(argv) -> exit status` of a module here.
 
 Bad input (bot.errors.UserError) is one line on stderr and exit status 2, whichever
 command met it. A run stopped by SIGTERM/SIGUSR1 after saving exits with
-bot.preempt.REQUEUE_STATUS (75), for a scheduler to requeue.
+bot.train.preempt.REQUEUE_STATUS (75), for a scheduler to requeue.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import sys
 from typing import Callable
 
 from bot.errors import UserError, one_line
-from bot.preempt import REQUEUE_STATUS, Stopped
+from bot.train.preempt import REQUEUE_STATUS, Stopped
 
 
 def run(body: Callable[[], int | None], interrupted: str = "interrupted") -> int:

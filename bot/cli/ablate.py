@@ -21,15 +21,19 @@ import shlex
 import subprocess
 import sys
 import time
-from bot import ablation, ablation_checks
+
 from bot.cli import checkout_file
 from bot.errors import UserError, one_line
+from bot.grid import checks
+from bot.grid.runs import row_config, run_dirs, run_overrides, run_status
+from bot.grid.spec import read_grid, shell_path
+from bot.grid.table import write_table
 
 
 def train_command() -> list[str]:
     """What runs one row after the launcher: the checkout's train.py, or the installed module."""
     path = checkout_file("train.py")
-    return [ablation._shell_path(path)] if path else ["-m", "bot.cli.train"]
+    return [shell_path(path)] if path else ["-m", "bot.cli.train"]
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -57,13 +61,13 @@ def parse(argv: list[str]) -> argparse.Namespace:
 def check_rows(grid, overrides: list[str], override_rows: bool) -> None:
     """Refuse (or with --override-rows, report) overrides of what the rows set; warn about rows
     that train the same config."""
-    conflicts = ablation_checks.row_conflicts(grid.rows, overrides)
+    conflicts = checks.row_conflicts(grid.rows, overrides)
     if conflicts and not override_rows:
         raise UserError(f"{', and '.join(conflicts)}: a grid's rows are what its table compares; edit the "
                         "grid, or add --override-rows to apply the override to every row anyway")
     for phrase in conflicts:
         print(f"note: --override-rows: {phrase}", file=sys.stderr)
-    for names in ablation_checks.duplicate_rows(grid.rows, overrides):
+    for names in checks.duplicate_rows(grid.rows, overrides):
         listed = ", ".join(repr(n) for n in names[:-1]) + f" and {names[-1]!r}"
         print(f"warning: rows {listed} resolve to the same config: the table will show no difference "
               "between them", file=sys.stderr)
@@ -74,9 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     launcher = shlex.split(args.launcher) if args.launcher else [sys.executable]
     train = train_command()
     try:
-        grid = ablation.read_grid(args.grid, args.out)
+        grid = read_grid(args.grid, args.out)
         for row in grid.rows:  # every row must load before the first one runs
-            ablation.row_config(grid, row, args.overrides, args.seeds)
+            row_config(grid, row, args.overrides, args.seeds)
         check_rows(grid, args.overrides, args.override_rows)
     except UserError as e:
         print(f"error: {one_line(e)}", file=sys.stderr)
@@ -84,10 +88,10 @@ def main(argv: list[str] | None = None) -> int:
 
     failed = []
     if not args.table_only:
-        runs = [(row, folder, seed) for row in grid.rows for folder, seed in ablation.run_dirs(grid, row, args.seeds)]
+        runs = [(row, folder, seed) for row in grid.rows for folder, seed in run_dirs(grid, row, args.seeds)]
         for i, (row, folder, seed) in enumerate(runs, 1):
-            state = ablation.run_status(folder)
-            cmd = launcher + train + [row.recipe] + ablation.run_overrides(grid, row, folder, seed, args.overrides)
+            state = run_status(folder)
+            cmd = launcher + train + [row.recipe] + run_overrides(grid, row, folder, seed, args.overrides)
             label = f"[{i}/{len(runs)}] {row.name}" + (f" seed {seed}" if seed is not None else "")
             if state == "done":
                 print(f"{label}: done, skipped ({folder.as_posix()}/summary.json)", flush=True)
@@ -99,16 +103,16 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.time()
             rc = subprocess.call(cmd)
             took = f"{(time.time() - t0) / 60:.1f} min"
-            if rc != 0 or ablation.run_status(folder) != "done":
+            if rc != 0 or run_status(folder) != "done":
                 why = f"exit status {rc}" if rc != 0 else "exited 0 but wrote no summary.json"
                 print(f"{label}: FAILED ({why}, {took}); going on with the next row", flush=True)
                 failed.append(label)
             else:
                 print(f"{label}: finished in {took}", flush=True)
-            ablation.write_table(grid, args.overrides)  # the table grows as rows finish
+            write_table(grid, args.overrides)  # the table grows as rows finish
     if args.dry_run:
         return 0
-    for path in ablation.write_table(grid, args.overrides):
+    for path in write_table(grid, args.overrides):
         print(f"wrote {path.as_posix()}")
     if failed:
         print(f"{len(failed)} run(s) failed: {'; '.join(failed)}", file=sys.stderr)

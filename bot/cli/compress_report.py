@@ -20,9 +20,9 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from bot import trained
 from bot.cli import run
 from bot.errors import UserError
+from bot.files import trained
 
 
 def parse(argv) -> argparse.Namespace:
@@ -39,13 +39,13 @@ def parse(argv) -> argparse.Namespace:
 
 
 def row(name: str, spec: str, overrides: list[str], tmp: Path, repeats: int) -> dict:
-    from bot import export
     from bot.cli.evaluate import eval_config
     from bot.data import build_val_loader
-    from bot.engine import evaluate, make_accelerator
+    from bot.deploy import export
+    from bot.deploy.quantize import latency_ms
+    from bot.files.onnx_model import OnnxModule
     from bot.models import count_params_macs
-    from bot.onnx_model import OnnxModule
-    from bot.quantize import latency_ms
+    from bot.train.engine import evaluate, make_accelerator
 
     info = trained.read(spec, name, onnx=True)
     cfg = eval_config(info, overrides, None)

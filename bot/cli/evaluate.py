@@ -23,9 +23,10 @@ from pathlib import Path
 
 import torch
 
-from bot import config, trained
+from bot import config
 from bot.cli import run
 from bot.errors import UserError
+from bot.files import trained
 
 
 def parse(argv) -> argparse.Namespace:
@@ -61,8 +62,8 @@ def eval_config(model: trained.Trained, overrides: list[str], size: int | None) 
 
 def evaluate_sizes(model_info: trained.Trained, args) -> list[dict]:
     from bot.data import build_val_loader
-    from bot.engine import evaluate, make_accelerator
-    from bot.trainer import make_autocast
+    from bot.train.engine import evaluate, make_accelerator
+    from bot.train.trainer import make_autocast
 
     accelerator = make_accelerator()
     net = trained.build(model_info, ema=args.ema).to(accelerator.device)

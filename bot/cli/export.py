@@ -16,8 +16,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from bot import trained
 from bot.cli import run
+from bot.files import trained
 
 SUFFIX = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "timm": ".timm.safetensors"}
 
@@ -35,7 +35,7 @@ def main(argv=None) -> int:
     args = parse(sys.argv[1:] if argv is None else argv)
 
     def body():
-        from bot import export
+        from bot.deploy import export
 
         model_info = trained.read(args.checkpoint)
         model = trained.build(model_info, ema=args.ema)

@@ -18,10 +18,10 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from bot import trained
 from bot.cli import run
 from bot.data.folder import IMAGE_SUFFIXES
 from bot.errors import UserError, one_line
+from bot.files import trained
 
 
 def parse(argv) -> argparse.Namespace:

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import torch
 
-from bot import trained
 from bot.cli import run
 from bot.errors import UserError
+from bot.files import trained
 
 
 def parse(argv) -> argparse.Namespace:
@@ -46,8 +46,8 @@ def parse(argv) -> argparse.Namespace:
 def measure(name: str, model: torch.nn.Module, file: Path, cfg, threads: int, repeats: int) -> dict:
     """One row of the table: top-1/top-5 on the val folder, file size, ms per image."""
     from bot.data import build_val_loader
-    from bot.engine import evaluate, make_accelerator
-    from bot.quantize import latency_ms
+    from bot.deploy.quantize import latency_ms
+    from bot.train.engine import evaluate, make_accelerator
 
     torch.set_num_threads(threads)
     accelerator = make_accelerator()
@@ -75,8 +75,9 @@ def main(argv=None) -> int:
     args = parse(sys.argv[1:] if argv is None else argv)
 
     def body():
-        from bot import export, onnx_model, quantize
         from bot.cli.evaluate import eval_config
+        from bot.deploy import export, quantize
+        from bot.files import onnx_model
 
         source = trained.read(args.checkpoint)
         cfg = eval_config(source, args.overrides, None)

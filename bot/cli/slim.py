@@ -21,9 +21,9 @@ from pathlib import Path
 
 import torch
 
-from bot import trained
 from bot.cli import run
 from bot.errors import UserError
+from bot.files import trained
 
 
 def parse(argv) -> argparse.Namespace:
@@ -45,9 +45,10 @@ def main(argv=None) -> int:
     args = parse(sys.argv[1:] if argv is None else argv)
 
     def body():
-        from bot.checkpoint import atomic_save
+        from bot.deploy.prune import prune
+        from bot.files.checkpoint import atomic_save
         from bot.models import count_params_macs
-        from bot.slimming import prune, slimmed_pairs
+        from bot.models.slimmable import slimmed_pairs
 
         source = trained.read(args.checkpoint)
         m = source.cfg.model

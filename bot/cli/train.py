@@ -29,7 +29,7 @@ def main(argv=None) -> int:
         if args.print_config:
             print(cfg.to_yaml(), end="")
             return 0
-        from bot.trainer import train
+        from bot.train.trainer import train
 
         train(cfg)
 

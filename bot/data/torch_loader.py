@@ -22,8 +22,8 @@ from bot.data.cutout import cutout_box, erase
 from bot.data.folder import Split
 from bot.data.sizes import size_schedule
 from bot.data.transforms import train_transform, val_transform
+from bot.data.workers import worker_init  # the main process saves, then ends its workers
 from bot.errors import UserError
-from bot.preempt import worker_init  # the main process saves, then ends its workers
 
 # Workers start from a fork server, not a fork of this process: forking a process that
 # already runs threads (DALI's, or a torch thread pool) can deadlock the child.

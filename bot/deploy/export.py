@@ -84,7 +84,7 @@ def timm_recipe(arch: str, variant: str, num_classes: int, width: float = 1.0) -
     """(timm model name, extra create_model kwargs, whether ResNet-A's stride move is needed).
 
     timm registers resnetXX (B), resnet50c/101c/152c (C) and resnetXXd (D); bot builds them
-    with the same constructor kwargs (bot/models.py VARIANTS), so the state_dict keys match.
+    with the same constructor kwargs (bot/models/resnet.py VARIANTS), so the state_dict keys match.
     Where timm registers no name (ResNet-18/34-C) the kwargs say it. timm has no ResNet-A:
     it is B's weights with the stride of the first bottleneck of stages 2-4 on conv1.
     A `model.width` other than 1 reaches timm as its `channels` and `stem_width` kwargs."""
@@ -99,9 +99,9 @@ def timm_recipe(arch: str, variant: str, num_classes: int, width: float = 1.0) -
 
 def stride_on_first_conv(timm_model) -> None:
     """What a timm ResNet-50/101/152 needs to become ResNet-A (section 4, figure 2a)."""
-    from bot.models import _stride_on_first_conv
+    from bot.models.resnet import stride_on_first_conv
 
-    _stride_on_first_conv(timm_model)
+    stride_on_first_conv(timm_model)
 
 
 def to_timm(model, arch: str, variant: str, classes: list[str], image_size: int, path: Path,

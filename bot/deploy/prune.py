@@ -1,6 +1,7 @@
 """Network slimming (Liu et al., "Learning Efficient Convolutional Networks through Network
-Slimming", ICCV 2017): an L1 penalty on BatchNorm scales during training, then the channels
-with the smallest |gamma| are removed for real (narrower convs, not masks).
+Slimming", ICCV 2017), its after-training half: after an L1 penalty on BatchNorm scales during
+training (bot/train/slim_penalty.py), the channels with the smallest |gamma| are removed for
+real (narrower convs, not masks).
 
 Which channels: the inner channels of every residual block (BasicBlock: conv1/bn1;
 Bottleneck: conv1/bn1 and conv2/bn2), the penalty's BNs and the pruner's alike. Not the
@@ -17,44 +18,9 @@ input), and the selection is Liu et al.'s: one global threshold on |gamma| over 
 from __future__ import annotations
 
 import torch
-from timm.models.resnet import BasicBlock, Bottleneck
 from torch import nn
 
-
-def slimmed_pairs(model: nn.Module) -> list[tuple[nn.Conv2d, nn.BatchNorm2d]]:
-    """(conv, the BN after it) for every inner channel set of the ResNet's blocks, in order."""
-    pairs = []
-    for block in model.modules():
-        if isinstance(block, Bottleneck):
-            pairs += [(block.conv1, block.bn1), (block.conv2, block.bn2)]
-        elif isinstance(block, BasicBlock):
-            pairs.append((block.conv1, block.bn1))
-    return pairs
-
-
-class SlimL1:
-    """The training objective plus lambda * sum |gamma| over the slimmed BNs. Its gradient on
-    each gamma is lambda * sign(gamma) (0 at 0) on top of the loss's: Liu et al.'s subgradient,
-    separate from weight decay (which no_bias_decay keeps off BN). Resolved before the loop:
-    the training step calls `prepare` and `loss` as for any objective."""
-
-    def __init__(self, objective, model: nn.Module, lam: float):
-        self.objective, self.lam = objective, lam
-        self.gammas = [bn.weight for _, bn in slimmed_pairs(model)]
-
-    def prepare(self, *args, **kwargs):
-        return self.objective.prepare(*args, **kwargs)
-
-    def penalty(self) -> torch.Tensor:
-        return self.lam * sum(g.abs().sum() for g in self.gammas)
-
-    def loss(self, *args, **kwargs) -> torch.Tensor:
-        return self.objective.loss(*args, **kwargs) + self.penalty()
-
-
-def with_slim_l1(objective, model: nn.Module, lam: float):
-    """`objective` with the slimming penalty when `lam` > 0 (model.slim_l1)."""
-    return SlimL1(objective, model, lam) if lam > 0 else objective
+from bot.models.slimmable import slimmed_pairs
 
 
 def choose_channels(model: nn.Module, ratio: float, round_to: int = 1) -> list[list[int]]:
@@ -95,40 +61,3 @@ def prune(model: nn.Module, ratio: float, image_size: int, round_to: int = 1) ->
         if idxs:
             graph.get_pruning_group(conv, tp.prune_conv_out_channels, idxs=idxs).prune()
     return [(b, conv.out_channels) for b, (conv, _) in zip(before, pairs)]
-
-
-def _resized(param: torch.Tensor, shape) -> torch.Tensor:
-    """`param` cut (or zero-padded) to `shape`: cutting keeps the model's own initialisation."""
-    out = torch.zeros(shape, dtype=param.dtype, device=param.device)
-    common = tuple(slice(0, min(a, b)) for a, b in zip(param.shape, shape))
-    out[common] = param.detach()[common]
-    return out
-
-
-def fit_shapes(model: nn.Module, weights: dict) -> None:
-    """Give `model`'s convs, BNs and classifier input the channel counts of state_dict
-    `weights` (a slimmed checkpoint), in place; kernels, strides and the classes are not
-    changed, so any other difference still fails in load_state_dict. A no-op for a
-    checkpoint of the full network."""
-    for name, m in model.named_modules():
-        key = f"{name}.weight" if name else "weight"
-        if key not in weights or not isinstance(m, (nn.Conv2d, nn.BatchNorm2d, nn.Linear)):
-            continue
-        shape = tuple(weights[key].shape)
-        if isinstance(m, nn.Linear):
-            shape = (m.out_features, shape[1])  # the classes are this model's (fine-tuning may change them)
-        if shape == tuple(m.weight.shape) or len(shape) != m.weight.dim():
-            continue
-        if isinstance(m, nn.Conv2d):
-            if shape[2:] != tuple(m.weight.shape[2:]):
-                continue
-            m.out_channels, m.in_channels = shape[0], shape[1] * m.groups
-        elif isinstance(m, nn.BatchNorm2d):
-            m.num_features = shape[0]
-            for buf in ("running_mean", "running_var"):
-                setattr(m, buf, _resized(getattr(m, buf), shape))
-        else:
-            m.in_features = shape[1]
-        m.weight = nn.Parameter(_resized(m.weight, shape))
-        if getattr(m, "bias", None) is not None and m.bias.shape[0] != shape[0]:
-            m.bias = nn.Parameter(_resized(m.bias, shape[:1]))

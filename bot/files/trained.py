@@ -8,10 +8,10 @@ A checkpoint is what the trainer writes (`best.pt`, `last.pt`): the weights unde
 names in label order). Where the run kept a moving average of its weights, it is under
 `ema`: a state_dict with the same keys as `model`.
 
-evaluate and predict also read the int8 ONNX model of scripts/quantize.py (bot/onnx_model.py);
+evaluate and predict also read the int8 ONNX model of scripts/quantize.py (bot/files/onnx_model.py);
 everything that needs torch weights (export, fine-tuning, distillation) refuses it.
 A slimmed checkpoint (scripts/slim.py) has narrower layers than its config builds: `build`
-gives the model the shapes of its weights (bot/slimming.py).
+gives the model the shapes of its weights (bot/models/slimmable.py).
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 
 from bot import config
-from bot.checkpoint import BEST, LAST
 from bot.errors import UserError
+from bot.files.checkpoint import BEST, LAST
 
 EMA_KEY = "ema"
 
@@ -69,7 +69,7 @@ def read(spec: str | Path, what: str = "checkpoint", onnx: bool = False) -> Trai
     if path.suffix == ".onnx":
         if not onnx:
             raise UserError(f"{what} {path} is an ONNX model: give the bot checkpoint (.pt) it was made from")
-        from bot.onnx_model import read_metadata
+        from bot.files.onnx_model import read_metadata
 
         cfg, classes, source = read_metadata(path, what)
         return Trained(path, cfg, len(classes), classes, {}, info={"from": source}, onnx=True)
@@ -93,12 +93,12 @@ def read(spec: str | Path, what: str = "checkpoint", onnx: bool = False) -> Trai
 def build(trained: Trained, ema: bool = False) -> torch.nn.Module:
     """The checkpoint's model in eval mode, with its weights (or their moving average)."""
     from bot.models import build_model
-    from bot.slimming import fit_shapes
+    from bot.models.slimmable import fit_shapes
 
     if trained.onnx:
         if ema:
             raise UserError(f"{trained.path} is an ONNX model: it has no moving average, leave out --ema")
-        from bot.onnx_model import OnnxModule
+        from bot.files.onnx_model import OnnxModule
 
         return OnnxModule(trained.path).eval()
     if ema and trained.ema is None:

@@ -1,6 +1,6 @@
 """The curves of an ablation grid: val top-1 per epoch from each row's metrics.jsonl (mean
 over its seeds) and each row's lr schedule, one line per row, one panel per column
-(curves.png and lr.png beside table.md; bot/ablation.py writes them)."""
+(curves.png and lr.png beside table.md; bot/grid/table.py writes them)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from pathlib import Path
 
 import yaml
 
-from bot.ablation import Grid, Row, row_config, row_folders
+from bot.grid.runs import row_config, row_folders
+from bot.grid.spec import Grid, Row
 
 
 def _metric_lines(folder: Path) -> list[dict]:
@@ -31,7 +32,7 @@ def _metric_lines(folder: Path) -> list[dict]:
 
 def val_curve(grid: Grid, row: Row) -> tuple[list[float], list[float]]:
     """(epochs trained, mean val top-1 over the row's seeds) from metrics.jsonl's eval lines:
-    the weight average's under run.best_of=ema, as in the table (bot.ema.reported)."""
+    the weight average's under run.best_of=ema, as in the table (bot.train.ema.reported)."""
     by_epoch: dict[float, list[float]] = {}
     for folder in row_folders(grid, row):
         key = "ema_top1" if _best_of(folder) == "ema" else "top1"
@@ -57,9 +58,9 @@ LR_STEPS_PER_EPOCH = 100  # resolution of lr.png; a schedule in epochs does not 
 
 
 def lr_curve(grid: Grid, row: Row, extra: list[str] = ()) -> tuple[list[float], list[float]]:
-    """(epoch, lr) of the row's schedule, from its config through bot.schedule (the
+    """(epoch, lr) of the row's schedule, from its config through bot.train.schedule (the
     trainer's own function), so lr.png shows every row, run or not."""
-    from bot.schedule import build_schedule
+    from bot.train.schedule import build_schedule
 
     cfg = row_config(grid, row, extra)
     lr_at = build_schedule(cfg, LR_STEPS_PER_EPOCH)

@@ -1,7 +1,8 @@
-"""Ablation grids: a YAML list of rows, each a recipe plus overrides, turned into runs
-and then into the paper's table (PAPER.md section 5); its curves: bot/ablation_curves.py.
+"""An ablation grid, as data: a YAML list of rows, each a recipe plus overrides, optionally
+in columns (one network per column, Tables 2 and 6). This module reads and checks a grid file
+and knows nothing of runs on disk (bot/grid/runs.py) or of the table (bot/grid/table.py).
 
-A grid is data (recipes/ablations/table4.yaml):
+A grid (recipes/ablations/table4.yaml):
 
     title: "Table 4: ..."             # heading of table.md (default: the file's name)
     caption: "..."                    # a line under the heading
@@ -18,34 +19,43 @@ A grid is data (recipes/ablations/table4.yaml):
         overrides: [schedule.warmup_epochs=5]
         paper: {top1: 76.03, top5: null, min_per_epoch: null}
 
-Each row's run is `python train.py RECIPE OVERRIDES... run.out=<out>/<slug>` (and
-`/seed<k>` with `run.seed=k` when several seeds are asked for). A run is finished when
-its summary.json exists (the trainer writes it last); a run with last.pt but no summary
-resumes by running the same command.
-
+A paper figure with `unverified: true` is marked * in the table, and its caption says so.
 Columns (Tables 2 and 6: rows are refinements, columns are networks) make each row one
-run per column, in <out>/<column slug>/<row slug>: bot/ablation_columns.py. A paper figure
-with `unverified: true` is marked * in the table, and its caption says so.
+run per column:
+
+    columns:
+      - name: ResNet-50-D             # optional recipe: and overrides: for the whole column
+      - name: MobileNet
+        overrides: [model.arch=mobilenet_v1, model.zero_gamma=false]
+    rows:
+      - name: efficient
+        cells:                        # optional, per column: recipe, overrides, paper
+          ResNet-50-D: {recipe: ../resnet50-d.yaml, paper: {top1: 77.16, top5: 93.52}}
+          MobileNet: {recipe: ../mobilenet-v1.yaml, paper: {top1: 71.90, unverified: true}}
+      - name: reference               # run: false: published figures only, nothing is run
+        run: false
+        cells: {MobileNet: {paper: {top1: 70.6}}}
+
+A grid without `columns:` has one unnamed column, and its rows are its runs as before.
+With columns, a row's run in a column takes, the most specific first:
+  recipe     the cell's, the column's, the row's, the grid's
+  overrides  the grid's, then the row's, the column's, the cell's (the later wins): a
+             column says what its network changes, over any row
+  paper      the cell's (a row's own `paper:` belongs to grids without columns)
+Its run is named "<column>: <row>" and lives in <out>/<column slug>/<row slug>.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import os
 import re
-import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 import yaml
 
-from bot import ablation_noise as noise
-from bot import config as config_mod
 from bot.errors import UserError
-from bot.ema import reported
 
 GRID_KEYS = {"title", "caption", "delta", "out", "recipe", "overrides", "rows", "columns"}
 DELTAS = ("above", "first")  # what a row's Δ compares it with
@@ -95,7 +105,7 @@ def slugify(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
-def _shell_path(path: Path) -> str:
+def shell_path(path: Path) -> str:
     """`path` relative to the working directory when it is below it, else absolute."""
     absolute = path.resolve() if not path.is_absolute() else path
     rel = os.path.relpath(absolute)
@@ -141,8 +151,6 @@ def read_grid(path: str | Path, out: str | Path | None = None) -> Grid:
     rows_raw = raw.get("rows")
     if not isinstance(rows_raw, list) or not rows_raw:
         raise UserError(f"grid {path}: rows must be a non-empty list")
-    from bot.ablation_columns import read_columns, row_cells
-
     columns = read_columns(path, raw)
     common = _string_list(f"grid {path}", raw.get("overrides"))
     cells, seen = [], {}
@@ -164,7 +172,7 @@ def read_grid(path: str | Path, out: str | Path | None = None) -> Grid:
             for item in cell.overrides:
                 if item.split("=", 1)[0].strip() in MANAGED_KEYS:
                     raise UserError(f"{where}: run.out is set by the grid (its out: key), not by a row")
-            cell.recipe = _shell_path(path.parent / recipe) if isinstance(recipe, str) else ""
+            cell.recipe = shell_path(path.parent / recipe) if isinstance(recipe, str) else ""
             cells.append(cell)
     order = {c.name: i for i, c in enumerate(columns)}  # a column's runs together, in row order
     runs = sorted((c for c in cells if c.run), key=lambda c: order[c.column])
@@ -173,215 +181,69 @@ def read_grid(path: str | Path, out: str | Path | None = None) -> Grid:
                 out=folder, rows=runs, columns=[c.name for c in columns], cells=cells, delta=delta)
 
 
-# ---------------------------------------------------------------- runs
+# ---------------------------------------------------------------- columns
+
+COLUMN_KEYS = {"name", "recipe", "overrides"}
+CELL_KEYS = {"recipe", "overrides", "paper"}
 
 
-def run_dirs(grid: Grid, row: Row, seeds: int) -> list[tuple[Path, Optional[int]]]:
-    """(run folder, seed) of each run of a row: one folder, or seed0..seed<n-1>."""
-    base = grid.out / row.slug
-    if seeds <= 1:
-        return [(base, None)]
-    return [(base / f"seed{k}", k) for k in range(seeds)]
+@dataclass
+class Column:
+    name: Optional[str]  # None: the one column of a grid without columns
+    recipe: Optional[str] = None
+    overrides: list[str] = field(default_factory=list)
 
 
-def run_overrides(grid: Grid, row: Row, out: Path, seed: Optional[int], extra: list[str]) -> list[str]:
-    """The overrides of one run, in order: grid and row, naming, the user's, then the folder."""
-    for item in extra:
-        if item.split("=", 1)[0].strip() in MANAGED_KEYS:
-            raise UserError("run.out is set per row by ablate.py: move the grid with --out DIR")
-    name = row.name if seed is None else f"{row.name} seed{seed}"
-    # json.dumps quotes the name as YAML, so 'b=256: x' stays a string
-    naming = [f"run.name={json.dumps(name)}", f"run.group={json.dumps(grid.group)}"]
-    tail = [f"run.out={out.as_posix()}"] + ([f"run.seed={seed}"] if seed is not None else [])
-    return row.overrides + naming + list(extra) + tail
+def read_columns(path, raw: dict) -> list[Column]:
+    if raw.get("columns") is None:
+        return [Column(None)]
+    where = f"grid {path} columns"
+    value = raw["columns"]
+    if not isinstance(value, list) or not value:
+        raise UserError(f"{where}: must be a non-empty list of {{name: ..., recipe: ..., overrides: [...]}}")
+    columns, seen = [], set()
+    for c in value:
+        if not isinstance(c, dict) or not isinstance(c.get("name"), str) or not slugify(c["name"]):
+            raise UserError(f"{where}: each column needs a name, got {c!r}")
+        if set(c) - COLUMN_KEYS:
+            raise UserError(f"{where}: column {c['name']!r} has unknown key {sorted(set(c) - COLUMN_KEYS)[0]!r} "
+                            f"(keys: {', '.join(sorted(COLUMN_KEYS))})")
+        if slugify(c["name"]) in seen:
+            raise UserError(f"{where}: two columns are named {c['name']!r} (or the same but for punctuation)")
+        seen.add(slugify(c["name"]))
+        columns.append(Column(c["name"], c.get("recipe"), _string_list(f"{where} {c['name']!r}", c.get("overrides"))))
+    return columns
 
 
-def row_config(grid: Grid, row: Row, extra: list[str] = (), seeds: int = 1):
-    """The checked Config of a row's first run (raises UserError on a bad row)."""
-    out, seed = run_dirs(grid, row, seeds)[0]
-    try:
-        return config_mod.load(row.recipe, run_overrides(grid, row, out, seed, list(extra)))
-    except UserError as e:
-        raise UserError(f"grid {grid.path} row {row.name!r}: {e}") from None
-
-
-def run_status(folder: Path) -> str:
-    """done (summary.json), resume (last.pt but no summary) or start."""
-    if (folder / "summary.json").is_file():
-        return "done"
-    if (folder / "last.pt").is_file():
-        return "resume"
-    return "start"
-
-
-# ---------------------------------------------------------------- results
-
-
-def _read_json(path: Path) -> Optional[dict]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def row_folders(grid: Grid, row: Row) -> list[Path]:
-    """Every run folder of a row on disk: the row's folder and its seed<k> folders."""
-    base = grid.out / row.slug
-    seeds = sorted((p for p in base.glob("seed*") if p.is_dir() and p.name[4:].isdigit()),
-                   key=lambda p: int(p.name[4:]))
-    return ([base] if (base / "summary.json").is_file() or (base / "metrics.jsonl").is_file() else []) + seeds
-
-
-def row_summaries(grid: Grid, row: Row) -> list[dict]:
-    found = (_read_json(f / "summary.json") for f in row_folders(grid, row))
-    return [s for s in found if s]
-
-
-def _mean_std(values: list[float]) -> tuple[Optional[float], Optional[float]]:
-    values = [float(v) for v in values if v is not None]
-    if not values:
-        return None, None
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
-
-
-def table_rows(grid: Grid) -> list[dict]:
-    """One dict of numbers per row: mean and std over the seeds found, and the deltas.
-
-    A delta compares a row with the row above it in the same section and column (Table 4
-    restarts at each batch size), or with the section's first row under `delta: first`; it is
-    empty when either has no result. Its standard error
-    and whether it is within the seeds' noise: bot/ablation_noise.py. With columns,
-    there is one dict per row and column, row by row.
-    """
-    out, prevs = [], {}
-    for row in grid.table_cells:
-        if row.section is not None:
-            prevs[row.column] = None
-        prev = prevs.get(row.column)
-        summaries = row_summaries(grid, row) if row.run else []
-        folders = row_folders(grid, row) if row.run else []
-        top1, top1_std = _mean_std([reported(s, "top1") for s in summaries])  # bot.ema: run.best_of
-        top5, top5_std = _mean_std([reported(s, "top5") for s in summaries])
-        status = "done" if summaries else ("unfinished" if folders or (grid.out / row.slug / "last.pt").is_file()
-                                           else "not run" if row.run else "reference")
-        rec = {
-            "row": row.title or row.name, "column": row.column or "", "slug": row.slug,
-            "section": row.section or "", "status": status,
-            "seeds": len(summaries),
-            "top1": top1, "top1_std": top1_std, "top5": top5, "top5_std": top5_std,
-            "best_top1": _mean_std([s.get("best_top1") for s in summaries])[0],
-            "delta_top1": None, "delta_top1_se": None, "delta_within_noise": None,
-            "paper_top1": row.paper.get("top1"), "paper_top5": row.paper.get("top5"),
-            "paper_delta_top1": None, "paper_unverified": bool(row.paper.get("unverified")),
-            "time_per_epoch_s": _mean_std([s.get("time_per_epoch_s") for s in summaries])[0],
-            "img_per_s": _mean_std([s.get("train_img_per_s") for s in summaries])[0],
-            "paper_min_per_epoch": row.paper.get("min_per_epoch"),
-            "epochs": _mean_std([s.get("epochs") for s in summaries])[0],
-        }
-        if prev is not None:
-            if rec["top1"] is not None and prev["top1"] is not None:
-                rec["delta_top1"] = rec["top1"] - prev["top1"]
-                rec["delta_top1_se"] = noise.delta_se(rec, prev)
-                rec["delta_within_noise"] = noise.within_noise(rec["delta_top1"], rec["delta_top1_se"])
-            if rec["paper_top1"] is not None and prev["paper_top1"] is not None:
-                rec["paper_delta_top1"] = rec["paper_top1"] - prev["paper_top1"]
-        out.append(rec)
-        if grid.delta == "above" or prev is None:
-            prevs[row.column] = rec
+def row_cells(where: str, raw: dict, r: dict, columns: list[Column],
+              common: list[str]) -> list[tuple[Row, Optional[str]]]:
+    """(run, recipe path relative to the grid's folder) of row `r` in each column; `common`
+    are the grid's overrides."""
+    run = r.get("run", True)
+    if not isinstance(run, bool):
+        raise UserError(f"{where}: run must be true or false, got {run!r}")
+    named = columns[0].name is not None
+    cells = r.get("cells") or {}
+    if not named and "cells" in r:
+        raise UserError(f"{where}: cells need columns: at the grid's top level")
+    if named and "paper" in r:
+        raise UserError(f"{where}: in a grid with columns, paper figures go in the row's cells")
+    if not isinstance(cells, dict) or set(cells) - {c.name for c in columns}:
+        raise UserError(f"{where}: cells must map column names ({', '.join(c.name for c in columns)}) "
+                        f"to {{recipe, overrides, paper}}, got {cells!r}")
+    out = []
+    for column in columns:
+        cell = cells.get(column.name) or {}
+        at = where if column.name is None else f"{where} column {column.name!r}"
+        if not isinstance(cell, dict) or set(cell) - CELL_KEYS:
+            raise UserError(f"{at}: a cell has keys {', '.join(sorted(CELL_KEYS))}, got {cell!r}")
+        recipe = cell.get("recipe") or column.recipe or r.get("recipe") or raw.get("recipe")
+        overrides = common + _string_list(where, r.get("overrides")) + column.overrides + _string_list(
+            at, cell.get("overrides"))
+        paper = check_paper(at, cell.get("paper") if named else r.get("paper"))
+        title = r["name"]
+        name, slug = (title, slugify(title)) if not named else (f"{column.name}: {title}",
+                                                               f"{slugify(column.name)}/{slugify(title)}")
+        out.append((Row(name=name, slug=slug, recipe="", overrides=overrides, section=r.get("section"), paper=paper,
+                        title=title, column=column.name, run=run, common=len(common)), recipe))
     return out
-
-
-# ---------------------------------------------------------------- rendering
-
-
-def _num(v: Optional[float], std: Optional[float] = None, signed: bool = False) -> str:
-    if v is None:
-        return ""
-    text = f"{v:+.2f}" if signed else f"{v:.2f}"
-    return text + (f" ± {std:.2f}" if std is not None else "")
-
-
-def _duration(seconds: Optional[float]) -> str:
-    if seconds is None:
-        return ""
-    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.1f} s"
-
-
-DELTA_LEGEND = {"above": "against the row above in its section", "first": "against the first row of its section"}
-UNVERIFIED = "Paper figures marked * are unverified; the grid file gives each figure's provenance."
-
-
-def heading(grid: Grid, recs: list[dict]) -> list[str]:
-    """Title and caption; the caption says so when a paper figure is unverified."""
-    lines = [f"# {grid.title}", ""]
-    if grid.caption:
-        lines += [grid.caption, ""]
-    if any(r["paper_unverified"] for r in recs):
-        lines += [UNVERIFIED, ""]
-    return lines
-
-
-def render_markdown(grid: Grid, recs: list[dict]) -> str:
-    if len(grid.columns) > 1:
-        from bot.ablation_columns import render_columns
-        return render_columns(grid, recs)
-    paper_time = any(r["paper_min_per_epoch"] is not None for r in recs)
-    head = ["row", "top-1", "top-5", "Δ top-1", "paper top-1", "paper Δ", "time/epoch", "img/s"]
-    if paper_time:
-        head.append("paper time/epoch")
-    lines = heading(grid, recs)
-    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    most = max((r["seeds"] for r in recs), default=0)
-    for r in recs:
-        if r["section"]:
-            lines.append(f"| **{r['section']}** |" + " |" * (len(head) - 1))
-        if r["status"] == "done":
-            n = noise.seeds_suffix(r, most)
-            top1, top5 = _num(r["top1"], r["top1_std"]) + n, _num(r["top5"], r["top5_std"])
-        else:
-            top1, top5 = f"({r['status']})", ""
-        paper = _num(r["paper_top1"]) + (" *" if r["paper_unverified"] and r["paper_top1"] is not None else "")
-        cells = [r["row"], top1, top5, noise.delta_text(r), paper,
-                 _num(r["paper_delta_top1"], signed=True), _duration(r["time_per_epoch_s"]),
-                 f"{r['img_per_s']:.0f}" if r["img_per_s"] is not None else ""]
-        if paper_time:
-            cells.append(f"{r['paper_min_per_epoch']:.1f} min" if r["paper_min_per_epoch"] is not None else "")
-        lines.append("| " + " | ".join(cells) + " |")
-    note = ("Top-1 / top-5: ImageNet-style val accuracy at the last epoch (%). " + noise.legend(recs) +
-            f" Δ: {DELTA_LEGEND[grid.delta]}. img/s: training throughput, all processes.")
-    lines += ["", note, f"Runs: {grid.out.as_posix()}/<row>. Grid: {grid.path.as_posix()}.", ""]
-    return "\n".join(lines)
-
-
-CSV_FIELDS = ["row", "column", "slug", "section", "status", "seeds", "top1", "top1_std", "top5", "top5_std",
-              "best_top1", "delta_top1", "paper_top1", "paper_top5", "paper_delta_top1", "paper_unverified",
-              "time_per_epoch_s", "img_per_s", "paper_min_per_epoch", "epochs", "delta_top1_se", "delta_within_noise"]
-
-
-def render_csv(recs: list[dict]) -> str:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
-    writer.writeheader()
-    for r in recs:
-        writer.writerow({k: ("" if r[k] is None else (round(r[k], 6) if isinstance(r[k], float) else r[k]))
-                         for k in CSV_FIELDS})
-    return buf.getvalue()
-
-
-def write_table(grid: Grid, extra: list[str] = ()) -> list[Path]:
-    """Write table.md, table.csv, curves.png and lr.png into the grid's folder; `extra`
-    are the overrides given to every row (they can change a schedule: batch, epochs)."""
-    from bot.ablation_curves import lr_curve, plot, val_curve
-
-    grid.out.mkdir(parents=True, exist_ok=True)
-    recs = table_rows(grid)
-    written = []
-    for name, text in (("table.md", render_markdown(grid, recs)), ("table.csv", render_csv(recs))):
-        (grid.out / name).write_text(text)
-        written.append(grid.out / name)
-    if plot(grid, grid.out / "curves.png", val_curve, "val top-1 (%)", f"{grid.title}: validation top-1"):
-        written.append(grid.out / "curves.png")
-    if plot(grid, grid.out / "lr.png", lambda g, r: lr_curve(g, r, extra), "learning rate",
-            f"{grid.title}: learning rate"):
-        written.append(grid.out / "lr.png")
-    return written

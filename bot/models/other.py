@@ -16,9 +16,9 @@ Both take `model.act` (relu | silu | mish) through timm's act_layer, as the ResN
 The tricks on these networks (the config rejects the ones that do not apply):
   zero gamma     does not apply: neither network has a residual block (timm builds MobileNet
                  v1's depthwise-separable blocks with no skip), so model.zero_gamma=true exits 2.
-  no bias decay  by module type in bot/optim.py: every conv (depthwise ones included, as
+  no bias decay  by module type in bot/train/optim.py: every conv (depthwise ones included, as
                  gluon-cv decays them) and the classifier are decayed; BN and biases are not.
-  Xavier init    bot/models.py's, whose fans count per group, so a depthwise filter gets the
+  Xavier init    bot/models/init.py's, whose fans count per group, so a depthwise filter gets the
                  bound of its own 3 x 3 x 1 connections.
   distillation   unchanged: the ResNet-152-D teacher sees the student's (mixed) batch, at the
                  student's resolution (299 px for Inception-V3), as in gluon-cv.
@@ -32,7 +32,8 @@ from __future__ import annotations
 import timm
 from torch import nn
 
-from bot.models import ACTIVATIONS, _xavier_init
+from bot.models.activations import ACTIVATIONS
+from bot.models.init import xavier_init
 
 # arch -> (timm name, constructor kwargs that make it the authors' network)
 OTHER_ARCHS = {
@@ -49,5 +50,5 @@ def build_other(cfg, num_classes: int) -> nn.Module:
     model = timm.create_model(name, pretrained=False, num_classes=num_classes, act_layer=ACTIVATIONS[cfg.model.act],
                               **kwargs)
     if cfg.model.init == "xavier":
-        _xavier_init(model)
+        xavier_init(model)
     return model

@@ -26,7 +26,7 @@ class TrainStep:
     The batch is this process's share of the global batch; it is split into
     `accumulate` micro-batches whose gradients add up before the step (DDP syncs only
     on the last one). The lr comes from the pure schedule function of the global step.
-    `ema` (bot.ema.WeightEma or None) folds the weights in after each optimizer step.
+    `ema` (bot.train.ema.WeightEma or None) folds the weights in after each optimizer step.
     """
 
     def __init__(self, model, optimizer, scaler, objective, lr_at, autocast, accumulate: int,

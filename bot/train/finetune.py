@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from torch import nn
 
-from bot import trained
 from bot.errors import UserError
-from bot.slimming import fit_shapes
+from bot.files import trained
+from bot.models.slimmable import fit_shapes
 
 WHAT = "model.init_from"
 

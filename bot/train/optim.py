@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from bot.schedule import peak_lr
+from bot.train.schedule import peak_lr
 
 DECAYED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)  # depthwise convs too (MobileNet), as gluon-cv
 

@@ -16,22 +16,18 @@ later, when it is long done. The stop is decided at the same step everywhere: wi
 steps of the signal under several processes, after the current step under one.
 
 A second signal changes nothing (the handler only records the first), so the checkpoint
-being written is finished, and it is written atomically anyway (bot/checkpoint.py).
+being written is finished, and it is written atomically anyway (bot/files/checkpoint.py).
 """
 
 from __future__ import annotations
 
-import atexit
-import functools
-import multiprocessing
-import os
 import signal
 import threading
 
 import torch
 import torch.distributed as dist
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+from bot.data.workers import STOP_SIGNALS  # loader workers ignore them: bot/data/workers.py
 
 # sysexits.h EX_TEMPFAIL, "a temporary failure; the user is invited to retry": a scheduler's
 # requeue test (docs/distributed.md) reads it; 0 stays "finished", 2 "bad input".
@@ -44,37 +40,6 @@ class Stopped(Exception):
     def __init__(self, signal_name: str, step: int):
         super().__init__(f"stopped by {signal_name} at step {step}; run the same command to resume")
         self.signal_name, self.step = signal_name, step
-
-
-def worker_init(start_method: str) -> functools.partial:
-    """The worker_init_fn for DataLoader workers started with `start_method` ("forkserver").
-
-    SLURM signals every process of a job step, workers too, and a worker that dies of it takes
-    the run down with "DataLoader worker exited unexpectedly" before the main process can save;
-    so workers ignore stop signals. But at the interpreter's exit multiprocessing terminates
-    live workers (persistent ones are alive until then) with SIGTERM and joins them: a worker
-    that ignored that one too would hang the exit for ever. So the main process sets an event
-    at exit, before multiprocessing's atexit runs, and from then on workers die of the signal."""
-    if start_method not in _EXITING:
-        _EXITING[start_method] = multiprocessing.get_context(start_method).Event()
-        # atexit runs last-registered first: multiprocessing registered its own on import
-        atexit.register(_EXITING[start_method].set)
-    return functools.partial(ignore_stop_signals, _EXITING[start_method])
-
-
-_EXITING = {}
-
-
-def ignore_stop_signals(exiting, _worker_id: int = 0) -> None:
-    """Ignore stop signals in this worker until `exiting` is set (see worker_init)."""
-
-    def on_stop(sig, _frame):
-        if exiting.is_set():  # the main process is exiting: die of it, as without this init
-            signal.signal(sig, signal.SIG_DFL)
-            os.kill(os.getpid(), sig)
-
-    for sig in STOP_SIGNALS:
-        signal.signal(sig, on_stop)
 
 
 class StopSignals:

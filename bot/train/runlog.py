@@ -9,7 +9,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from bot import checkpoint
+from bot.files import checkpoint
 
 
 def _step(line: str) -> float:

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import torch
 
-from bot import trained
 from bot.errors import UserError
+from bot.files import trained
 
 WHAT = "loss.distill_teacher"
 

@@ -21,21 +21,24 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from bot import backends, checkpoint, config
+from bot import config
 from bot.data import build_loaders
-from bot.ema import WeightEma
-from bot.engine import TrainStep, evaluate, make_accelerator
 from bot.errors import UserError
-from bot.finetune import init_from
-from bot.losses import Objective
+from bot.files import checkpoint
 from bot.models import build_model, count_params_macs
-from bot.optim import build_optimizer, load_optimizer_state
-from bot.preempt import StopSignals, Stopped
-from bot.runlog import RunLog
-from bot.schedule import build_schedule
-from bot.slimming import fit_shapes, with_slim_l1
-from bot.sync_bn import convert_sync_batchnorm
-from bot.teacher import load_teacher
+from bot.models.slimmable import fit_shapes
+from bot.train import backends
+from bot.train.ema import WeightEma
+from bot.train.engine import TrainStep, evaluate, make_accelerator
+from bot.train.finetune import init_from
+from bot.train.losses import Objective
+from bot.train.optim import build_optimizer, load_optimizer_state
+from bot.train.preempt import Stopped, StopSignals
+from bot.train.runlog import RunLog
+from bot.train.schedule import build_schedule
+from bot.train.slim_penalty import with_slim_l1
+from bot.train.sync_bn import convert_sync_batchnorm
+from bot.train.teacher import load_teacher
 
 # Keys that may change between a run and its resumption without changing what is trained.
 RESUMABLE_CHANGES = {"run.max_steps", "run.log_every", "run.checkpoint_every", "run.wandb", "run.resume",
@@ -213,7 +216,7 @@ class Run:
                         disable=None if self.main else True, leave=False, dynamic_ncols=True)
         self.tick, self.tick_step, self.clock = time.perf_counter(), self.step, time.perf_counter()
         for images, labels in self.train_loader:
-            loss = self.train_step(images, labels, self.step, self.epoch)  # the step: bot.engine.TrainStep
+            loss = self.train_step(images, labels, self.step, self.epoch)  # the step: bot.train.engine.TrainStep
             self.step += 1
             self.bar.update()
             self.after_step(loss)
@@ -225,7 +228,7 @@ class Run:
         self.count_train_time()
 
     def stop(self, signal_name: str) -> None:
-        """End on a scheduler's signal (bot/preempt.py): last.pt at this step, then Stopped."""
+        """End on a scheduler's signal (bot/train/preempt.py): last.pt at this step, then Stopped."""
         self.bar.close()
         self.count_train_time()
         self.save_last()
