@@ -10,6 +10,11 @@ from __future__ import annotations
 
 from bot.data.folder import dataset_root, on_rank_zero, scan_dataset, scan_split
 from bot.data.shards import is_shard_folder, open_shards, open_val_shards
+
+
+def is_url(root) -> bool:
+    """data.root=http(s)://...: shards streamed by the torch loader (bot.data.stream)."""
+    return isinstance(root, str) and root.startswith(("http://", "https://"))
 from bot.errors import UserError
 
 
@@ -34,8 +39,17 @@ def build_loaders(cfg, rank: int | None = None, world: int | None = None, device
         from accelerate import PartialState
         state = PartialState()
         rank, world, device = state.process_index, state.num_processes, state.device
-    train, val = open_dataset(cfg.data.root)
     batch = per_process_batch(cfg, world)
+    if is_url(cfg.data.root):
+        if cfg.data.backend == "dali":
+            raise UserError(f"data.root {cfg.data.root} is a URL: data.backend=dali reads local shards (stage them on "
+                            f"the node, docs/data.md), data.backend=torch streams them")
+        import torch
+
+        from bot.data.stream import open_stream, stream_loaders
+        train, val = open_stream(cfg.data.root)
+        return stream_loaders(train, val, cfg, rank, world, batch, torch.device(device).type == "cuda")
+    train, val = open_dataset(cfg.data.root)
     if len(train) < batch * world:
         raise UserError(f"data.batch_size {cfg.data.batch_size} is larger than the {len(train)} training images "
                         f"in {cfg.data.root}")

@@ -125,11 +125,18 @@ def write_missing_indexes(root: Path) -> int:
 
 def read_info(root: Path) -> dict:
     try:
-        info = json.loads((root / INFO).read_text())
-    except (OSError, ValueError) as e:
-        raise UserError(f"cannot read {root / INFO}: {e}") from None
+        return parse_info((root / INFO).read_text(), root / INFO)
+    except OSError as e:
+        raise UserError(f"cannot read {root / INFO}: {e.strerror}") from None
+
+
+def parse_info(text: str, where) -> dict:
+    try:
+        info = json.loads(text)
+    except ValueError as e:
+        raise UserError(f"{where} is not JSON: {e}") from None
     if not isinstance(info, dict) or not isinstance(info.get("splits"), dict):
-        raise UserError(f"{root / INFO} has no 'splits' (timm's layout: splits -> name, num_samples, filenames, "
+        raise UserError(f"{where} has no 'splits' (timm's layout: splits -> name, num_samples, filenames, "
                         f"shard_lengths)")
     return info
 
@@ -140,26 +147,26 @@ def class_names(root: Path, info: dict) -> list[str]:
     order of the hub's imagenet-1k-wds, whose _info.json names none, and of an ImageNet folder."""
     if "classes" in info:
         return [str(c) for c in info["classes"]]
-    if (root / CLASSES).is_file():
+    if isinstance(root, Path) and (root / CLASSES).is_file():
         return [line.strip() for line in (root / CLASSES).read_text().splitlines() if line.strip()]
     from timm.data import ImageNetInfo
     return list(ImageNetInfo().label_names())
 
 
-def _split_entry(root: Path, info: dict, names: tuple[str, ...]) -> dict:
+def split_entry(root, info: dict, names: tuple[str, ...]) -> dict:
     for name in names:
         if name in info["splits"]:
             entry = info["splits"][name]
             break
     else:
-        raise UserError(f"{root / INFO} has no split {' or '.join(names)} (it has {sorted(info['splits'])})")
+        raise UserError(f"{root}/{INFO} has no split {' or '.join(names)} (it has {sorted(info['splits'])})")
     try:
         files, lengths = [str(f) for f in entry["filenames"]], [int(n) for n in entry["shard_lengths"]]
         total = int(entry["num_samples"])
     except (KeyError, TypeError, ValueError) as e:
-        raise UserError(f"{root / INFO}: split {name} lacks filenames, shard_lengths or num_samples ({e})") from None
+        raise UserError(f"{root}/{INFO}: split {name} lacks filenames, shard_lengths or num_samples ({e})") from None
     if len(files) != len(lengths) or sum(lengths) != total or not files:
-        raise UserError(f"{root / INFO}: split {name} has {len(files)} filenames, {len(lengths)} shard_lengths summing "
+        raise UserError(f"{root}/{INFO}: split {name} has {len(files)} filenames, {len(lengths)} shard_lengths summing "
                         f"to {sum(lengths)}, and num_samples {total}: they must agree")
     return dict(name=name, filenames=files, shard_lengths=lengths)
 
@@ -168,18 +175,29 @@ def open_shards(root: Path) -> tuple["ShardSplit", "ShardSplit"]:
     """(train, val) of a shard folder, from its _info.json alone (no shard is opened)."""
     info = read_info(root)
     classes = class_names(root, info)
-    train, val = (_split_entry(root, info, names) for names in (TRAIN_SPLITS, VAL_SPLITS))
+    train, val = (split_entry(root, info, names) for names in (TRAIN_SPLITS, VAL_SPLITS))
     return (ShardSplit(root, classes, train["filenames"], train["shard_lengths"]),
             ShardSplit(root, classes, val["filenames"], val["shard_lengths"]))
 
 
 def open_val_shards(root: Path) -> "ShardSplit":
     info = read_info(root)
-    val = _split_entry(root, info, VAL_SPLITS)
+    val = split_entry(root, info, VAL_SPLITS)
     return ShardSplit(root, class_names(root, info), val["filenames"], val["shard_lengths"])
 
 
 # ---------------------------------------------------------------- reading samples
+
+
+def parse_label(text: bytes, classes: int, where) -> int:
+    """A .cls member's label, checked against the number of classes; `where()` names the sample."""
+    try:
+        label = int(text.decode().strip())
+    except (UnicodeDecodeError, ValueError):
+        raise UserError(f"{where()} has label {text[:20]!r}, not an integer") from None
+    if not 0 <= label < classes:
+        raise UserError(f"{where()} has label {label}, outside the {classes} classes (0 to {classes - 1})")
+    return label
 
 
 class Shard:
@@ -226,14 +244,7 @@ class Shard:
         data, text = self._read(image_at, image_size), self._read(cls_at, cls_size)
         if len(data) != image_size or len(text) != cls_size:
             raise UserError(f"shard {self.path} is truncated at sample {self.key(j)}")
-        try:
-            label = int(text.decode().strip())
-        except (UnicodeDecodeError, ValueError):
-            raise UserError(f"shard {self.path}: sample {self.key(j)} has label {text[:20]!r}, not an integer") from None
-        if not 0 <= label < self.classes:
-            raise UserError(f"shard {self.path}: sample {self.key(j)} has label {label}, outside the {self.classes} "
-                            f"classes (0 to {self.classes - 1})")
-        return data, label
+        return data, parse_label(text, self.classes, lambda: f"shard {self.path}: sample {self.key(j)}")
 
     def close(self) -> None:
         if self.fd is not None:

@@ -106,10 +106,15 @@ class ImageFiles(Dataset):
         if not isinstance(item, tuple):
             image, label = self._read(item)
             return self.transform(image), label
-        (index, seed, size), d = item, self.train
+        index, seed, size = item
+        image, label = self._read(index)
+        return self.augment(image, seed, size), label
+
+    def augment(self, image: torch.Tensor, seed: int, size: int) -> torch.Tensor:
+        """The training transform of one decoded image, drawn from its own seed."""
+        d = self.train
         if size not in self.by_size:
             self.by_size[size] = train_transform(d, size)
-        image, label = self._read(index)
         with torch.random.fork_rng(devices=[]):  # leave the caller's generator alone
             # the CPU generator only: torch.manual_seed also queues a CUDA seed, and where CUDA is
             # not initialised (every loader worker) it records a traceback each time, a third
@@ -118,7 +123,7 @@ class ImageFiles(Dataset):
             image = self.by_size[size](image)
         if d.cutout > 0:
             erase(image, cutout_box(seed, size, d.cutout))
-        return image, label
+        return image
 
 
 class EpochSampler(Sampler):
