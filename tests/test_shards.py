@@ -121,6 +121,7 @@ def test_hugging_face_dataset_as_source(toy, tmp_path, form):
     got_train, got_val = open_shards(tmp_path / "out")
     assert got_train.classes == train.classes and len(got_val) == len(val)
     assert all(got_train.sample(i) == train.sample(i) for i in range(len(train)))  # bytes as stored, labels
+    assert not (tmp_path / "out/.hf-cache").exists()  # datasets' arrow copy of the parquet files is gone
 
 
 # ---------------------------------------------------------------- reading: the same batches as the folder

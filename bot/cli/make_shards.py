@@ -22,6 +22,7 @@ import argparse
 import hashlib
 import json
 import os
+import shutil
 import sys
 import tarfile
 from pathlib import Path
@@ -220,6 +221,7 @@ def make_shards(src: Path, out: Path, seed: int = 0, shuffle: bool = True, shard
     tmp = out / (INFO + ".tmp")
     tmp.write_text(json.dumps(info, indent=1) + "\n")
     os.replace(tmp, out / INFO)
+    shutil.rmtree(out / ".hf-cache", ignore_errors=True)  # parquet sources: datasets' arrow copy
     return info
 
 
