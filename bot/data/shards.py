@@ -68,7 +68,7 @@ def index_tar(path: Path) -> list[list[tuple[str, int, int, str]]]:
                 if not m.isreg():
                     continue
                 key, ext = split_key(m.name)
-                if not key or key.endswith("/") or key.rsplit("/", 1)[-1] == "":
+                if not key or key.endswith("/"):  # a hidden file (".x"), as wds2idx skips it
                     continue
                 if key != last:
                     samples.append([])
