@@ -15,7 +15,7 @@ import torch
 
 from bot import config
 from bot.cli.make_shards import make_shards
-from bot.data import build_loaders
+from bot.data import build_loaders, build_val_loader
 from bot.data import stream
 from bot.errors import UserError
 
@@ -120,7 +120,10 @@ def test_the_real_loader_streams_what_the_order_says(serve, toy):
     expected = [[label_of(split, i) for i in b] for b in epoch(data, 2, 4)]
     assert [y for _, y in got] == expected and got[0][0] == (4, 3, 32, 32)
     every = [label for k in range(len(val.data.split.filenames)) for _, _, label in val.data.split.samples(k)]
-    assert sorted(y for _, ys in val for y in ys.tolist()) == sorted(every)
+    assert len(val) == 8  # 4 shards of 8 samples over 2 workers, batches of 4 (iterated below without workers)
+    cfg.data.workers = 0
+    alone = build_val_loader(cfg, 0, 1, "cpu")  # what scripts/evaluate.py reads
+    assert sorted(y for _, ys in alone for y in ys.tolist()) == sorted(every)
 
 
 def label_of(split, i):

@@ -64,9 +64,15 @@ def build_val_loader(cfg, rank: int, world: int, device):
     """The val loader alone, for evaluating a trained model: data.root needs only val/ (or the
     validation split of a shard folder).
     data.batch_size stays the global batch; every image is counted once over the processes."""
+    batch = max(1, cfg.data.batch_size // world)
+    if is_url(cfg.data.root) and cfg.data.backend == "torch":
+        import torch
+
+        from bot.data.stream import open_stream, stream_val_loader
+        return stream_val_loader(open_stream(cfg.data.root)[1], cfg.data, rank, world, batch,
+                                 torch.device(device).type == "cuda")
     root = dataset_root(cfg.data.root)
     val = open_val_shards(root) if is_shard_folder(root) else on_rank_zero(lambda: scan_split(root, "val"))
-    batch = max(1, cfg.data.batch_size // world)
     if cfg.data.backend == "dali":
         from bot.data.dali import DaliValLoader
         return DaliValLoader(val, cfg.data, rank, world, batch, device)

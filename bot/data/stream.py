@@ -290,15 +290,24 @@ class StreamValLoader:
             return iter(self.loader)
 
 
+def worker_args(d, pin: bool) -> dict:
+    return dict(num_workers=d.workers, pin_memory=pin, multiprocessing_context=CONTEXT if d.workers else None,
+                worker_init_fn=worker_init(CONTEXT) if d.workers else None)
+
+
 def stream_loaders(train: StreamSplit, val: StreamSplit, cfg, rank: int, world: int, batch: int, pin: bool):
     from bot.data.sizes import size_schedule
-    from bot.data.transforms import val_transform
 
     d = cfg.data
-    workers = dict(num_workers=d.workers, pin_memory=pin, multiprocessing_context=CONTEXT if d.workers else None,
-                   worker_init_fn=worker_init(CONTEXT) if d.workers else None)
     data = StreamTrain(train, StreamImages(train, train=d), cfg.run.seed, rank, world, batch, d.workers,
                        d.shuffle_buffer, size_schedule(cfg))
-    val_data = StreamVal(val, StreamImages(val, val_transform(d)), rank, world, d.workers)
-    return (StreamTrainLoader(data, DataLoader(data, batch_size=batch, drop_last=True, **workers)),
-            StreamValLoader(val_data, DataLoader(val_data, batch_size=batch, **workers), batch))
+    return (StreamTrainLoader(data, DataLoader(data, batch_size=batch, drop_last=True, **worker_args(d, pin))),
+            stream_val_loader(val, d, rank, world, batch, pin))
+
+
+def stream_val_loader(val: StreamSplit, d, rank: int, world: int, batch: int, pin: bool) -> StreamValLoader:
+    """Validation streamed: every sample once over all processes (shard k to global worker k mod all)."""
+    from bot.data.transforms import val_transform
+
+    data = StreamVal(val, StreamImages(val, val_transform(d)), rank, world, d.workers)
+    return StreamValLoader(data, DataLoader(data, batch_size=batch, **worker_args(d, pin)), batch)
