@@ -171,7 +171,7 @@ ROWS = [  # key, label
 def shard_lines(r: dict) -> list[str]:
     """The shards / folder ratios, for the rows measured."""
     return [f"Shards / folder ({name}, same images, same batches): {r[key + '_shards'] / r[key]:.2f}x in img/s, "
-            f"{r[key + '_cpu_ms'] / r[key + '_shards_cpu_ms']:.2f}x in CPU time per image."
+            f"{r[key + '_cpu_ms'] / r[key + '_shards_cpu_ms']:.2f}x in images per CPU second."
             for key, name in (("torch", "torchvision"), ("dali", "DALI CPU")) if key in r and key + "_shards" in r]
 
 
