@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import functools
 import itertools
+import json
+import shutil
 import http.server
 import threading
 import time
@@ -17,6 +19,7 @@ from bot import config
 from bot.cli.make_shards import make_shards
 from bot.data import build_loaders, build_val_loader
 from bot.data import stream
+from bot.data.shards import index_path, read_index
 from bot.errors import UserError
 
 
@@ -52,9 +55,9 @@ class Quiet(http.server.SimpleHTTPRequestHandler):
 def serve(shards):
     servers = []
 
-    def start(fail=None):
+    def start(fail=None, directory=shards):
         handler = type("Handler", (Quiet,), {"fail": fail})
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(shards)))
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(directory)))
         server.dropped, server.daemon_threads = set(), True
         threading.Thread(target=server.serve_forever, daemon=True).start()
         servers.append(server)
@@ -165,3 +168,37 @@ def test_a_stalled_server_is_one_clear_line_not_a_hang(serve, monkeypatch):
                                         rf"tries of 0.3 s"):
         list(train.samples(0))
     assert time.monotonic() - start < 5
+
+
+def test_a_bad_image_is_one_line_naming_the_shard_and_key(serve, shards, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(shards, bad)
+    tar = bad / "train-000001.tar"
+    (ext, offset, size, name), _ = read_index(index_path(tar))[4]
+    with open(tar, "r+b") as f:
+        f.seek(offset)
+        f.write(b"x" * size)
+    url = serve(directory=bad)
+    train, _ = stream.open_stream(url)
+    index, data, _ = list(train.samples(1))[4]
+    with pytest.raises(UserError) as e:
+        stream.StreamImages(train).decode(data, index)
+    assert str(e.value) == f"cannot read image {url}train-000001.tar (sample {name.split('.')[0]}): not an image file"
+
+
+def test_a_truncated_or_miscounted_shard_is_one_line_naming_it(serve, shards, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(shards, bad)
+    samples = read_index(index_path(bad / "train-000002.tar"))
+    with open(bad / "train-000002.tar", "r+b") as f:
+        f.truncate(samples[6][0][1] + 10)  # into sample 6's image
+    info = json.loads((bad / "_info.json").read_text())
+    info["splits"]["train"]["shard_lengths"][:2] = [11, 9]
+    (bad / "_info.json").write_text(json.dumps(info))
+    url = serve(directory=bad)
+    train, _ = stream.open_stream(url)
+    with pytest.raises(UserError, match=rf"^shard {url}train-000002.tar is truncated or not a tar \(after sample "
+                                        rf"{samples[5][0][3].split('.')[0]}\)"):
+        list(train.samples(2))
+    with pytest.raises(UserError, match=rf"^shard {url}train-000000.tar holds 10 samples, _info.json says 11$"):
+        list(train.samples(0))

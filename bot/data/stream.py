@@ -143,6 +143,21 @@ class StreamSplit:
         if count != self.lengths[k]:
             raise UserError(f"shard {url} holds {count} samples, {INFO} says {self.lengths[k]}")
 
+    def key(self, k: int, j: int) -> str:
+        """The key of sample j of shard k (read again: only a bad image's message needs it)."""
+        remote, keys = RemoteFile(f"{self.base}/{self.filenames[k]}"), []
+        try:
+            with tarfile.open(fileobj=io.BufferedReader(remote, 1 << 20), mode="r|") as tar:
+                for m in tar:
+                    key = split_key(m.name)[0]
+                    if m.isreg() and (not keys or keys[-1] != key):
+                        keys.append(key)
+                        if len(keys) > j:
+                            return key
+        finally:
+            remote.close_response()
+        return f"number {j}"
+
 
 def open_stream(base: str) -> tuple[StreamSplit, StreamSplit]:
     base = base.rstrip("/")
@@ -249,8 +264,8 @@ class StreamImages:
 
     def decode(self, data: bytes, index: int):
         k = int(np.searchsorted(self.split.starts, index, side="right")) - 1
-        return decode(data, lambda: f"{self.split.base}/{self.split.filenames[k]} (sample {index - self.split.starts[k]} "
-                                    f"of the shard)", "")
+        j = int(index - self.split.starts[k])
+        return decode(data, lambda: f"{self.split.base}/{self.split.filenames[k]} (sample {self.split.key(k, j)})", "")
 
     def augment(self, image, seed: int, size: int):
         return self.files.augment(image, seed, size)
