@@ -251,7 +251,11 @@ class DaliTrainLoader:
     def __len__(self) -> int:
         return self.steps
 
-    def draws(self, epoch: int, indices) -> tuple[list[np.ndarray], np.ndarray, torch.Tensor]:
+    def draws(self, epoch: int, indices) -> tuple[list[np.ndarray], np.ndarray]:
+        """(image bytes, one row of train_draws per sample) for a batch of dataset indices."""
+        return self.read_batch(epoch, indices)[:2]
+
+    def read_batch(self, epoch: int, indices) -> tuple[list[np.ndarray], np.ndarray, torch.Tensor]:
         """(image bytes, one row of train_draws per sample, labels) for a batch of dataset indices."""
         jpegs, rows, labels = [], [], []
         for index in indices:
@@ -269,7 +273,7 @@ class DaliTrainLoader:
     def _inputs(self, item: dict) -> dict:
         """DALI's inputs for one planned batch (on the feeder thread); its colour maps and labels
         wait in `item` for __iter__, pinned for an asynchronous copy to a GPU."""
-        jpegs, r, item["labels"] = self.draws(item["epoch"], item["indices"])
+        jpegs, r, item["labels"] = self.read_batch(item["epoch"], item["indices"])
         item["maps"], item["flip"] = colour_maps(r), r[:, 4] > 0
         size = item["size"]
         if self.d.cutout > 0:
