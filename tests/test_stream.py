@@ -13,7 +13,6 @@ import threading
 import time
 
 import pytest
-import torch
 
 from bot import config
 from bot.cli.make_shards import make_shards
@@ -174,7 +173,7 @@ def test_a_bad_image_is_one_line_naming_the_shard_and_key(serve, shards, tmp_pat
     bad = tmp_path / "bad"
     shutil.copytree(shards, bad)
     tar = bad / "train-000001.tar"
-    (ext, offset, size, name), _ = read_index(index_path(tar))[4]
+    (_, offset, size, name), _ = read_index(index_path(tar))[4]
     with open(tar, "r+b") as f:
         f.seek(offset)
         f.write(b"x" * size)

@@ -205,6 +205,8 @@ def chain(split: StreamSplit, shards: list[int]):
 
 
 class StreamTrain(IterableDataset):
+    """One process's training samples of an epoch, streamed: per worker, its shards through a buffer."""
+
     def __init__(self, split: StreamSplit, images, seed: int, rank: int, world: int, batch: int, workers: int,
                  buffer: int, size_of):
         self.split, self.images, self.seed, self.rank, self.world, self.batch = split, images, seed, rank, world, batch
@@ -238,11 +240,13 @@ class StreamTrain(IterableDataset):
             if n >= self.per_worker * self.batch:
                 return
             if n >= skip:
-                image = self.images.augment(self.images.decode(data, index), sampling.sample_seed(self.seed, self.epoch, index), size)
-                yield image, label
+                seed = sampling.sample_seed(self.seed, self.epoch, index)
+                yield self.images.augment(self.images.decode(data, index), seed, size), label
 
 
 class StreamVal(IterableDataset):
+    """One process's validation samples, streamed in shard order: shard k to global worker k mod all."""
+
     def __init__(self, split: StreamSplit, images, rank: int, world: int, workers: int):
         self.split, self.images, self.rank, self.world, self.workers = split, images, rank, world, max(1, workers)
 
