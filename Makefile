@@ -6,7 +6,7 @@ TEACHER ?=
 TOY     := data/toy
 ARGS    ?=
 
-.PHONY: install test demo demo-recipe demo-finetune bench resnet50-all-tricks teacher table3 table4 table5 table6 clean
+.PHONY: install test demo demo-recipe demo-finetune shards bench resnet50-all-tricks teacher table3 table4 table5 table6 clean
 
 install: .venv/.installed
 
@@ -49,6 +49,13 @@ demo-finetune: install $(TOY_NEW)/.complete runs/demo/summary.json
 		run.out=runs/finetune-demo-scratch $(ARGS)
 	@for d in finetune-demo finetune-demo-scratch; do $(PY) -c "import json, sys; \
 		print(f'{sys.argv[1]}: top-1 {json.load(open(sys.argv[1]))[\"top1\"]:.2f}')" runs/$$d/summary.json; done
+
+# ImageNet (DATA) as WebDataset shards (SHARDS), for clusters and object stores (docs/data.md,
+# "Shards"); ARGS reach make_shards.py, e.g. ARGS='--shard-mb 128'. Then train with data.root=$(SHARDS).
+SHARDS ?= $(DATA)-wds
+
+shards: install
+	$(PY) scripts/make_shards.py $(DATA) $(SHARDS) $(ARGS)
 
 # The distillation teacher, ResNet-152-D with cosine + label smoothing (section 5.3).
 # Its summary.json marks it finished, so it is trained once. It gets ARGS when made by

@@ -61,6 +61,9 @@ class DataConfig:
     # random: every size_every epochs a size drawn uniformly from train_sizes (seeded by run.seed);
     # progressive: linear from the first size to the last over the run, rounded to a multiple of 32 (FFCV)
     size_schedule: Literal["random", "progressive"] = "random"
+    # Shards streamed from an http(s) data.root (torch loader): samples mixed in each worker's
+    # buffer (their encoded bytes: about 110 KB each for ImageNet). docs/data.md, "Streaming".
+    shuffle_buffer: int = 2000
 
 
 @dataclass
@@ -355,6 +358,7 @@ def validate(cfg: Config) -> Config:
     _check(0 <= d.hue <= 0.5, "data.hue", "must be in [0, 0.5]")
     _check(d.pca_lighting >= 0, "data.pca_lighting", "must be 0 or more")
     _check(d.prefetch >= 1, "data.prefetch", f"must be at least 1, got {d.prefetch}")
+    _check(d.shuffle_buffer >= 1, "data.shuffle_buffer", f"must be at least 1, got {d.shuffle_buffer}")
     _check(0 <= d.hw_decoder_load <= 1, "data.hw_decoder_load", f"must be in [0, 1], got {d.hw_decoder_load}")
     _validate_arch(cfg)
     _check(m.init_from is None or m.init_from.strip() != "", "model.init_from",

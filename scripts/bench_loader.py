@@ -11,7 +11,9 @@ float32 NCHW):
 - DALI decode + random crop alone (fn.readers.file + fn.decoders.image_random_crop):
   the decode-bound ceiling of any DALI pipeline on this machine, and the same plus
   DALI's antialiased resize to 224 (why the loader resizes with torchvision on the CPU);
-- DALI (GPU) when a GPU is present.
+- DALI (GPU) when a GPU is present;
+- both loaders again on the same images as WebDataset shards (bot-make-shards, label
+  order, so the same batches): where the bytes come from is all that changes.
 Prints a table, then one line holding a JSON object of the figures. With --save, the
 table and the command replace the "## Data loader" section of that Markdown file.
 A benchmark, not a test: figures depend on the machine.
@@ -35,6 +37,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bot.cli.make_shards import make_shards  # noqa: E402
 from bot.config import load  # noqa: E402
 from bot.data import build_loaders  # noqa: E402
 
@@ -160,15 +163,28 @@ ROWS = [  # key, label
     ("dali_no_pca", "DALI CPU, no PCA lighting"),
     ("decode_crop", "DALI decode + random crop alone (ceiling)"),
     ("decode_crop_resize", "DALI decode + random crop + DALI's resize (not used on the CPU)"),
+    ("torch_shards", "torchvision, full augmentation, from shards"),
+    ("dali_shards", "DALI CPU, full augmentation, from shards"),
 ]
+
+
+def shard_lines(r: dict) -> list[str]:
+    """The shards / folder ratios, for the rows measured."""
+    return [f"Shards / folder ({name}, same images, same batches): {r[key + '_shards'] / r[key]:.2f}x in img/s, "
+            f"{r[key + '_cpu_ms'] / r[key + '_shards_cpu_ms']:.2f}x in images per CPU second."
+            for key, name in (("torch", "torchvision"), ("dali", "DALI CPU")) if key in r and key + "_shards" in r]
 
 
 def table(r: dict, args) -> str:
     lines = ["| loader | img/s | CPU ms / img | img/s per core |", "|---|---|---|---|"]
     for key, label in ROWS:
-        lines.append(f"| {label} | {r[key]:,.0f} | {r[key + '_cpu_ms']:.2f} | {1000 / r[key + '_cpu_ms']:,.0f} |")
+        if key in r:
+            lines.append(f"| {label} | {r[key]:,.0f} | {r[key + '_cpu_ms']:.2f} | {1000 / r[key + '_cpu_ms']:,.0f} |")
     gpu = f"{r['dali_gpu']:,.0f} img/s" if r.get("dali_gpu") else "not measured yet"
-    lines += [f"| DALI GPU, full augmentation | {gpu} | | |", "",
+    lines += [f"| DALI GPU, full augmentation | {gpu} | | |", "", *shard_lines(r), ""]
+    if not all(key in r for key, _ in ROWS):  # --only: the rows measured, then the set-up
+        return "\n".join(lines + [setup(args)])
+    lines += [
               f"DALI / torchvision, full augmentation: {r['dali_vs_torch']:.2f}x in img/s, "
               f"{r['dali_vs_torch_cpu']:.2f}x in CPU time per image. DALI full / decode-bound ceiling: "
               f"{r['dali_vs_ceiling']:.0%} in img/s, {r['dali_vs_ceiling_cpu']:.0%} in CPU time.",
@@ -180,12 +196,15 @@ def table(r: dict, args) -> str:
               f"(DALI's threads); torchvision's resize, the flip, jitter, lighting, normalization and feeding "
               f"+{r['dali_cpu_ms'] - r['decode_crop_cpu_ms']:.2f} ms (the main thread). DALI's own antialiased CPU "
               f"resize alone would add {r['decode_crop_resize_cpu_ms'] - r['decode_crop_cpu_ms']:.2f} ms.",
-              "",
-              f"{args.images} JPEGs (~500 x 375, quality 90), batch {args.batch}, {args.threads} DALI threads / "
-              f"torch workers, {args.epochs} timed epochs after a warm-up epoch; {os.cpu_count()} CPU cores, "
-              f"load average {os.getloadavg()[0]:.1f} at the end. CPU time per image counts every thread and worker "
-              "(start-up and the warm-up epoch excluded) and depends little on what else the machine runs; img/s does."]
+              "", setup(args)]
     return "\n".join(lines)
+
+
+def setup(args) -> str:
+    return (f"{args.images} JPEGs (~500 x 375, quality 90), batch {args.batch}, {args.threads} DALI threads / "
+            f"torch workers, {args.epochs} timed epochs after a warm-up epoch; {os.cpu_count()} CPU cores, "
+            f"load average {os.getloadavg()[0]:.1f} at the end. CPU time per image counts every thread and worker "
+            "(start-up and the warm-up epoch excluded) and depends little on what else the machine runs; img/s does.")
 
 
 def save(path: Path, text: str) -> None:
@@ -208,11 +227,14 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=int, default=8, help="timed epochs over the images, per loader")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="DALI threads and torch workers")
     p.add_argument("--save", type=Path, help="Markdown file whose '## Data loader' section gets the table")
+    p.add_argument("--only", default="", help="comma-separated rows to measure (e.g. torch,torch_shards), not --save")
     args = p.parse_args(argv)
     torch.set_num_threads(1)  # the loaders' own threads do the work; keep the main thread's ops serial
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        write_images(root, args.images)
+        write_images(root / "folder", args.images)
+        make_shards(root / "folder", root / "shards", shuffle=False, shard_samples=64, progress=False)
+        shards, root = root / "shards", root / "folder"
         runs = {"torch": lambda: loader_rate(root, "torch", args, "cpu", 0.1),
                 "dali": lambda: loader_rate(root, "dali", args, "cpu", 0.1),
                 "torch_no_aa": lambda: loader_rate(root, "torch", args, "cpu", 0.1, antialias=False),
@@ -220,12 +242,22 @@ def main(argv=None) -> int:
                 "torch_no_pca": lambda: loader_rate(root, "torch", args, "cpu", 0.0),
                 "dali_no_pca": lambda: loader_rate(root, "dali", args, "cpu", 0.0),
                 "decode_crop": lambda: decode_crop_rate(root, args),
-                "decode_crop_resize": lambda: decode_crop_rate(root, args, resize=True)}
+                "decode_crop_resize": lambda: decode_crop_rate(root, args, resize=True),
+                "torch_shards": lambda: loader_rate(shards, "torch", args, "cpu", 0.1),
+                "dali_shards": lambda: loader_rate(shards, "dali", args, "cpu", 0.1)}
+        only = [k for k in args.only.split(",") if k]
+        if only and (set(only) - set(runs) or args.save):
+            p.error(f"--only takes rows of {sorted(runs)}, without --save")
         r = {}
         for key, run in runs.items():
+            if only and key not in only:
+                continue
             r[key], r[key + "_cpu_ms"] = run()
             print(f"{key}: {r[key]:,.0f} img/s, {r[key + '_cpu_ms']:.2f} CPU ms per image", file=sys.stderr)
-        r["dali_gpu"] = loader_rate(root, "dali", args, "cuda:0", 0.1)[0] if torch.cuda.is_available() else None
+        r["dali_gpu"] = loader_rate(root, "dali", args, "cuda:0", 0.1)[0] if torch.cuda.is_available() and not only else None
+    if only:
+        print(table(r, args))
+        return 0
     r["dali_vs_torch"] = r["dali"] / r["torch"]
     r["dali_vs_torch_cpu"] = r["torch_cpu_ms"] / r["dali_cpu_ms"]
     r["dali_vs_ceiling"] = r["dali"] / r["decode_crop"]

@@ -9,7 +9,21 @@ global batch). The val loader covers this process's share of the val set once.
 from __future__ import annotations
 
 from bot.data.folder import dataset_root, on_rank_zero, scan_dataset, scan_split
+from bot.data.shards import is_shard_folder, open_shards, open_val_shards
+
+
+def is_url(root) -> bool:
+    """data.root=http(s)://...: shards streamed by the torch loader (bot.data.stream)."""
+    return isinstance(root, str) and root.startswith(("http://", "https://"))
 from bot.errors import UserError
+
+
+def open_dataset(root: str | None):
+    """(train, val) of data.root: a shard folder (it holds _info.json: bot.data.shards, which
+    reads that file alone) or an ImageNet-layout folder (bot.data.folder, scanned once)."""
+    if root and is_shard_folder(dataset_root(root)):
+        return open_shards(dataset_root(root))
+    return scan_dataset(root)
 
 
 def per_process_batch(cfg, world: int) -> int:
@@ -25,8 +39,17 @@ def build_loaders(cfg, rank: int | None = None, world: int | None = None, device
         from accelerate import PartialState
         state = PartialState()
         rank, world, device = state.process_index, state.num_processes, state.device
-    train, val = scan_dataset(cfg.data.root)
     batch = per_process_batch(cfg, world)
+    if is_url(cfg.data.root):
+        if cfg.data.backend == "dali":
+            raise UserError(f"data.root {cfg.data.root} is a URL: data.backend=dali reads local shards (stage them on "
+                            f"the node, docs/data.md), data.backend=torch streams them")
+        import torch
+
+        from bot.data.stream import open_stream, stream_loaders
+        train, val = open_stream(cfg.data.root)
+        return stream_loaders(train, val, cfg, rank, world, batch, torch.device(device).type == "cuda")
+    train, val = open_dataset(cfg.data.root)
     if len(train) < batch * world:
         raise UserError(f"data.batch_size {cfg.data.batch_size} is larger than the {len(train)} training images "
                         f"in {cfg.data.root}")
@@ -38,10 +61,18 @@ def build_loaders(cfg, rank: int | None = None, world: int | None = None, device
 
 
 def build_val_loader(cfg, rank: int, world: int, device):
-    """The val loader alone, for evaluating a trained model: data.root needs only val/.
+    """The val loader alone, for evaluating a trained model: data.root needs only val/ (or the
+    validation split of a shard folder).
     data.batch_size stays the global batch; every image is counted once over the processes."""
-    val = on_rank_zero(lambda: scan_split(dataset_root(cfg.data.root), "val"))
     batch = max(1, cfg.data.batch_size // world)
+    if is_url(cfg.data.root) and cfg.data.backend == "torch":
+        import torch
+
+        from bot.data.stream import open_stream, stream_val_loader
+        return stream_val_loader(open_stream(cfg.data.root)[1], cfg.data, rank, world, batch,
+                                 torch.device(device).type == "cuda")
+    root = dataset_root(cfg.data.root)
+    val = open_val_shards(root) if is_shard_folder(root) else on_rank_zero(lambda: scan_split(root, "val"))
     if cfg.data.backend == "dali":
         from bot.data.dali import DaliValLoader
         return DaliValLoader(val, cfg.data, rank, world, batch, device)

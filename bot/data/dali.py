@@ -51,7 +51,6 @@ from bot.data.constants import EIGVAL, EIGVEC, GREY, MEAN, STD
 from bot.data.folder import Split
 from bot.errors import UserError
 
-CHECK_HINT = "scripts/check_dataset.py ROOT lists every bad file"
 
 
 # ---------------------------------------------------------------- per-sample draws
@@ -170,39 +169,25 @@ def train_draws(rng: np.random.Generator, width: int, height: int, d) -> tuple:
     return (x, y, w, h, flip, b, c, s, hue, *alpha)
 
 
-# ---------------------------------------------------------------- reading files
+# ---------------------------------------------------------------- reading images
 
 
-def read_bytes(path: str) -> bytes:
-    """A file's bytes, or a UserError naming it (read_image also reads the size)."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise UserError(f"cannot read image {path}: {e.strerror} ({CHECK_HINT})") from None
-    if not data:
-        raise UserError(f"cannot read image {path}: empty file ({CHECK_HINT})")
-    return data
+def image_size(data: bytes, split, index: int) -> tuple[int, int]:
+    """(width, height) from an image's header, or a UserError naming it (split.name(index)).
 
-
-def read_image(path: str) -> tuple[np.ndarray, int, int]:
-    """(bytes, width, height) of an image file, or a UserError naming the file.
-
-    Only the header is parsed here (microseconds); a file whose body is corrupt is named
+    Only the header is parsed here (microseconds); an image whose body is corrupt is named
     after DALI fails on it, by _name_bad_file.
     """
-    data = read_bytes(path)
     try:
-        width, height = Image.open(io.BytesIO(data)).size
+        return Image.open(io.BytesIO(data)).size
     except Exception:  # PIL raises several types for a non-image
-        raise UserError(f"cannot read image {path}: not an image file ({CHECK_HINT})") from None
-    return np.frombuffer(data, dtype=np.uint8), width, height
+        raise UserError(f"cannot read image {split.name(index)}: not an image file{split.hint}") from None
 
 
-def decode_problem(path: str) -> str | None:
-    """Why a full decode of `path` fails, or None if it decodes."""
+def decode_problem(data: bytes) -> str | None:
+    """Why a full decode of an image's bytes fails, or None if it decodes."""
     try:
-        with Image.open(path) as im:
+        with Image.open(io.BytesIO(data)) as im:
             im.load()
         return None
     except Exception as e:
@@ -217,16 +202,16 @@ def dali_reason(error: Exception) -> str:
     return lines[0] if lines else type(error).__name__
 
 
-def _name_bad_file(error: Exception, batches) -> UserError:
-    """A DALI failure as one line naming the file that caused it."""
+def _name_bad_file(error: Exception, split, batches) -> UserError:
+    """A DALI failure as one line naming the image (of `batches` of split indices) that caused it."""
     for batch in batches:
-        for path in batch:
-            why = decode_problem(path)
+        for index in batch:
+            why = decode_problem(split.sample(int(index))[0])
             if why:
-                return UserError(f"cannot read image {path}: {why} ({CHECK_HINT})")
+                return UserError(f"cannot read image {split.name(int(index))}: {why}{split.hint}")
     first = dali_reason(error)
-    files = [p for batch in batches for p in batch] or ["?"]
-    return UserError(f"DALI failed on a batch of images ({files[0]} ...): {first} ({CHECK_HINT})")
+    names = [split.name(int(i)) for batch in batches for i in batch[:1]] or ["?"]
+    return UserError(f"DALI failed on a batch of images ({names[0]} ...): {first}{split.hint}")
 
 
 # ---------------------------------------------------------------- the loaders
@@ -247,7 +232,6 @@ class DaliTrainLoader:
 
         self.classes, self.batch_size = split.classes, batch
         self.split, self.d, self.seed, self.rank, self.world = split, d, seed, rank, world
-        self.labels = torch.tensor(split.labels, dtype=torch.int64)
         self.steps = sampling.steps_per_epoch(len(split), world, batch)
         self.epoch, self.start = 0, 0
         self.sizes: dict[int, tuple[int, int]] = {}  # index -> (width, height), read once
@@ -268,26 +252,29 @@ class DaliTrainLoader:
         return self.steps
 
     def draws(self, epoch: int, indices) -> tuple[list[np.ndarray], np.ndarray]:
-        """(file bytes, one row of train_draws per sample) for a batch of dataset indices."""
-        jpegs, rows = [], []
+        """(image bytes, one row of train_draws per sample) for a batch of dataset indices."""
+        return self.read_batch(epoch, indices)[:2]
+
+    def read_batch(self, epoch: int, indices) -> tuple[list[np.ndarray], np.ndarray, torch.Tensor]:
+        """(image bytes, one row of train_draws per sample, labels) for a batch of dataset indices."""
+        jpegs, rows, labels = [], [], []
         for index in indices:
             index = int(index)
-            if index in self.sizes:
-                data, (width, height) = np.frombuffer(read_bytes(self.split.files[index]), np.uint8), self.sizes[index]
-            else:
-                data, width, height = read_image(self.split.files[index])
-                self.sizes[index] = width, height
+            data, label = self.split.sample(index)
+            if index not in self.sizes:
+                self.sizes[index] = image_size(data, self.split, index)
+            width, height = self.sizes[index]
             rng = np.random.default_rng(sampling.sample_seed(self.seed, epoch, index))
-            jpegs.append(data)
+            jpegs.append(np.frombuffer(data, np.uint8))
             rows.append(train_draws(rng, width, height, self.d))
-        return jpegs, np.asarray(rows, np.float64)
+            labels.append(label)
+        return jpegs, np.asarray(rows, np.float64), torch.tensor(labels, dtype=torch.int64)
 
     def _inputs(self, item: dict) -> dict:
         """DALI's inputs for one planned batch (on the feeder thread); its colour maps and labels
         wait in `item` for __iter__, pinned for an asynchronous copy to a GPU."""
-        jpegs, r = self.draws(item["epoch"], item["indices"])
+        jpegs, r, item["labels"] = self.read_batch(item["epoch"], item["indices"])
         item["maps"], item["flip"] = colour_maps(r), r[:, 4] > 0
-        item["labels"] = self.labels[item["indices"]]
         size = item["size"]
         if self.d.cutout > 0:
             item["boxes"] = [cutout_box(sampling.sample_seed(self.seed, item["epoch"], int(i)), size, self.d.cutout)
@@ -325,7 +312,7 @@ class DaliTrainLoader:
             yield images, item["labels"].to(images.device, non_blocking=True)
 
     def _error(self, error, items):
-        return _name_bad_file(error, [[self.split.files[i] for i in item["indices"]] for item in items])
+        return _name_bad_file(error, self.split, [item["indices"] for item in items])
 
 
 def val_geometry(width: int, height: int, resize: int, crop: int) -> tuple[int, int, int, int]:
@@ -344,7 +331,6 @@ class DaliValLoader:
         from bot.data.dali_pipeline import VAL_INPUTS, Runner, val_graph
 
         self.classes, self.batch_size, self.split, self.d = split.classes, batch, split, d
-        self.labels = torch.tensor(split.labels, dtype=torch.int64)
         self.indices = sampling.val_order(len(split), rank, world)
         graph = lambda inputs, gpu: val_graph(inputs, d.image_size, gpu, d.antialias, d.hw_decoder_load)  # noqa: E731
         self.device = torch.device(device)
@@ -354,31 +340,35 @@ class DaliValLoader:
     def __len__(self) -> int:
         return -(-len(self.indices) // self.batch_size)
 
-    def _inputs(self, indices):
-        jpegs, sizes, xs, ys = [], [], [], []
+    def _inputs(self, item: dict) -> dict:
+        """DALI's inputs for one batch of indices; the labels wait in `item` for __iter__."""
+        jpegs, sizes, xs, ys, labels = [], [], [], [], []
         crop = self.d.image_size
-        for index in indices:
-            data, width, height = read_image(self.split.files[index])
+        for index in item["indices"]:
+            data, label = self.split.sample(int(index))
+            width, height = image_size(data, self.split, int(index))
+            labels.append(label)
             new_w, new_h, left, top = val_geometry(width, height, self.d.val_resize, crop)
-            jpegs.append(data)
+            jpegs.append(np.frombuffer(data, np.uint8))
             sizes.append((new_h, new_w))
             # crop_x = trunc(pos * (new_w - crop)) lands on `left` exactly
             xs.append((left + 0.25) / (new_w - crop) if new_w > crop else 0.0)
             ys.append((top + 0.25) / (new_h - crop) if new_h > crop else 0.0)
+        item["labels"] = torch.tensor(labels, dtype=torch.int64)
         return dict(jpegs=jpegs, size=np.asarray(sizes, np.float32), crop_x=np.asarray(xs, np.float32),
                     crop_y=np.asarray(ys, np.float32))
 
     def __iter__(self):
         b = self.batch_size
-        items = [self.indices[i:i + b] for i in range(0, len(self.indices), b)]
-        for indices, (images,) in self.runner.epoch(items, self._error):
-            labels = self.labels[indices]
+        items = [dict(indices=self.indices[i:i + b]) for i in range(0, len(self.indices), b)]
+        for item, (images,) in self.runner.epoch(items, self._error):
+            labels = item["labels"]
             if images.is_cuda:  # pinned: the copy does not hold the host
                 labels = labels.pin_memory()
             yield images, labels.to(images.device, non_blocking=True)
 
     def _error(self, error, items):
-        return _name_bad_file(error, [[self.split.files[i] for i in indices] for indices in items])
+        return _name_bad_file(error, self.split, [item["indices"] for item in items])
 
 
 def build_dali_loaders(train: Split, val: Split, cfg, rank: int, world: int, batch: int, device):

@@ -14,6 +14,7 @@ from bot.errors import UserError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 TOY_HINT = "python scripts/make_toy_data.py data/toy makes a small one"
+CHECK_HINT = "scripts/check_dataset.py ROOT lists every bad file"
 
 
 @dataclass
@@ -21,9 +22,25 @@ class Split:
     classes: list[str]
     files: list[str]  # absolute paths, sorted by class then name
     labels: list[int]
+    hint = f" ({CHECK_HINT})"  # after a bad file's line: where to find the others
 
     def __len__(self) -> int:
         return len(self.files)
+
+    def sample(self, i: int) -> tuple[bytes, int]:
+        """(the file's bytes, its label): what both loaders read, here or from a tar (bot.data.shards)."""
+        path = self.files[i]
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError as e:
+            raise UserError(f"cannot read image {path}: {e.strerror}{self.hint}") from None
+        if not data:
+            raise UserError(f"cannot read image {path}: empty file{self.hint}")
+        return data, self.labels[i]
+
+    def name(self, i: int) -> str:
+        return self.files[i]
 
 
 def _entries(folder: Path) -> list[os.DirEntry]:

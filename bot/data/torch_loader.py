@@ -8,13 +8,14 @@ training size (bot.data.sizes) with its index: the workers hold no per-epoch sta
 
 from __future__ import annotations
 
+import io
 import sys
 import types
 from contextlib import contextmanager
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from bot.data import sampling
@@ -67,19 +68,22 @@ def eight_bit(img: Image.Image) -> Image.Image:
     return Image.fromarray(grey, "L")
 
 
-def decode(path: str) -> torch.Tensor:
-    """A file as a uint8 RGB CHW tensor, or a UserError naming the file.
+def decode(source: str | bytes, name=None, hint: str = Split.hint) -> torch.Tensor:
+    """A file (a path, or its bytes and `name()` naming it) as a uint8 RGB CHW tensor, or a
+    UserError naming the file.
 
     PIL (libjpeg-turbo) decodes; it also reads CMYK and greyscale JPEGs and PNGs, which
     ImageNet has a few of, and converts them to RGB. 16-bit greyscale goes through eight_bit
     first: PIL's convert("RGB") would clip it.
     """
     try:
-        with Image.open(path) as img:
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
             rgb = np.asarray(eight_bit(img).convert("RGB"))
+    except UnidentifiedImageError:  # its message names a BytesIO, not the file
+        raise UserError(f"cannot read image {name() if name else source}: not an image file{hint}") from None
     except (OSError, ValueError, Image.DecompressionBombError) as e:
-        raise UserError(f"cannot read image {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__} "
-                        f"(scripts/check_dataset.py lists every bad file)") from None
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UserError(f"cannot read image {name() if name else source}: {why}{hint}") from None
     return torch.from_numpy(rgb.copy()).permute(2, 0, 1)
 
 
@@ -94,13 +98,23 @@ class ImageFiles(Dataset):
     def __len__(self) -> int:
         return len(self.split)
 
+    def _read(self, index: int) -> tuple[torch.Tensor, int]:
+        data, label = self.split.sample(index)
+        return decode(data, lambda: self.split.name(index), self.split.hint), label
+
     def __getitem__(self, item):
         if not isinstance(item, tuple):
-            return self.transform(decode(self.split.files[item])), self.split.labels[item]
-        (index, seed, size), d = item, self.train
+            image, label = self._read(item)
+            return self.transform(image), label
+        index, seed, size = item
+        image, label = self._read(index)
+        return self.augment(image, seed, size), label
+
+    def augment(self, image: torch.Tensor, seed: int, size: int) -> torch.Tensor:
+        """The training transform of one decoded image, drawn from its own seed."""
+        d = self.train
         if size not in self.by_size:
             self.by_size[size] = train_transform(d, size)
-        image = decode(self.split.files[index])
         with torch.random.fork_rng(devices=[]):  # leave the caller's generator alone
             # the CPU generator only: torch.manual_seed also queues a CUDA seed, and where CUDA is
             # not initialised (every loader worker) it records a traceback each time, a third
@@ -109,7 +123,7 @@ class ImageFiles(Dataset):
             image = self.by_size[size](image)
         if d.cutout > 0:
             erase(image, cutout_box(seed, size, d.cutout))
-        return image, self.split.labels[index]
+        return image
 
 
 class EpochSampler(Sampler):
