@@ -30,6 +30,8 @@ class DataConfig:
     val_resize: Optional[int] = None  # val shorter side; null keeps 224/256: 256 at 224
     batch_size: int = 256  # global batch: all processes and accumulation steps (section 2)
     accumulate: int = 1  # micro-batches per optimizer step; per-process batch / accumulate
+    # schedule.kind=batch_growth: the most micro-batches a grown step accumulates (null: no limit)
+    accumulate_max: Optional[int] = None
     workers: int = 4  # loader workers (torch) or threads (dali) per process
     random_area: list[float] = field(default_factory=lambda: [0.08, 1.0])  # crop area fraction (section 2 step 2)
     random_aspect: list[float] = field(default_factory=lambda: [0.75, 1.3333])  # crop aspect, log-uniform
@@ -109,7 +111,9 @@ class OptimConfig:
 @dataclass
 class ScheduleConfig:
     epochs: int = 120  # 120 in the paper; 200 with mixup (section 5.4)
-    kind: Literal["step", "cosine"] = "step"  # step: /10 at milestones; cosine: section 5.1
+    # step: /10 at milestones; cosine: section 5.1; batch_growth: x10 the batch at milestones
+    # instead (Smith et al., ICLR 2018), up to data.accumulate_max, then /10 what remains
+    kind: Literal["step", "cosine", "batch_growth"] = "step"
     milestones: list[int] = field(default_factory=lambda: [30, 60, 90])  # epochs (section 2)
     warmup_epochs: float = 0.0  # linear from 0 to the lr, per iteration (section 3.1); paper: 5
 
@@ -370,6 +374,7 @@ def validate(cfg: Config) -> Config:
     _check(0 <= s.warmup_epochs < s.epochs, "schedule.warmup_epochs", "must be in [0, schedule.epochs)")
     _check(all(0 < a < b for a, b in zip(s.milestones, s.milestones[1:])) and all(0 < x for x in s.milestones),
            "schedule.milestones", f"must be increasing positive epochs, got {s.milestones}")
+    _validate_growth(cfg)
     _check(0 <= l.label_smoothing < 1, "loss.label_smoothing", "must be in [0, 1)")
     _check(l.mixup_alpha >= 0, "loss.mixup_alpha", "must be 0 or more")
     _check(0 <= l.mixup_off_epochs <= s.epochs, "loss.mixup_off_epochs", "must be in [0, schedule.epochs]")
@@ -382,6 +387,17 @@ def validate(cfg: Config) -> Config:
     _check(r.log_every >= 1, "run.log_every", "must be at least 1")
     _check(r.checkpoint_every >= 1, "run.checkpoint_every", "must be at least 1")
     return cfg
+
+
+def _validate_growth(cfg: Config) -> None:
+    """Batch growth (Smith et al.): the accumulation limit, and warmup over before the batch grows."""
+    d, s = cfg.data, cfg.schedule
+    _check(d.accumulate_max is None or d.accumulate_max >= d.accumulate, "data.accumulate_max",
+           f"must be at least data.accumulate ({d.accumulate}) or null, got {d.accumulate_max}")
+    _check(d.accumulate_max is None or s.kind == "batch_growth", "data.accumulate_max",
+           f"limits schedule.kind=batch_growth; schedule.kind is {s.kind}: set data.accumulate_max=null")
+    _check(s.kind != "batch_growth" or not s.milestones or s.warmup_epochs <= s.milestones[0],
+           "schedule.warmup_epochs", f"must end by the first milestone ({s.milestones[:1]}) when the batch grows")
 
 
 def _validate_extras(cfg: Config) -> None:
