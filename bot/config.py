@@ -96,6 +96,11 @@ class ModelConfig:
     # the residual blocks (bot/train/slim_penalty.py), so scripts/slim.py can remove the channels whose
     # gamma it drove to ~0. ResNets only; 0 = off. Liu et al. use 1e-5 to 1e-4.
     slim_l1: float = 0.0
+    # Quantization-aware training (Jacob et al., CVPR 2018; bot/models/qat.py): fine-tune the run of
+    # model.init_from with int8 simulated (weights per channel with BN folded, activations with
+    # tracked ranges); scripts/quantize.py then writes the int8 ONNX with the learned ranges.
+    qat: bool = False
+    qat_bits: int = 8  # weight bits (activations stay 8): below 8 shows where post-training int8 breaks
 
 
 @dataclass
@@ -366,6 +371,7 @@ def validate(cfg: Config) -> Config:
     _check(m.slim_l1 >= 0, "model.slim_l1", f"must be 0 (off) or positive, got {m.slim_l1}")
     _check(m.slim_l1 == 0 or m.arch.startswith("resnet"), "model.slim_l1",
            f"slims the channels inside residual blocks; {m.arch} has none: set model.slim_l1=0")
+    _validate_qat(cfg)
     _check(o.lr > 0, "optim.lr", f"must be positive, got {o.lr}")
     _check(0 <= o.momentum < 1, "optim.momentum", "must be in [0, 1)")
     _check(o.weight_decay >= 0, "optim.weight_decay", "must be 0 or more")
@@ -387,6 +393,21 @@ def validate(cfg: Config) -> Config:
     _check(r.log_every >= 1, "run.log_every", "must be at least 1")
     _check(r.checkpoint_every >= 1, "run.checkpoint_every", "must be at least 1")
     return cfg
+
+
+def _validate_qat(cfg: Config) -> None:
+    """QAT fine-tunes a trained run of a network whose every conv a BN follows, in fp32."""
+    m = cfg.model
+    _check(2 <= m.qat_bits <= 8, "model.qat_bits", f"must be in [2, 8], got {m.qat_bits}")
+    if not m.qat:
+        _check(m.qat_bits == 8, "model.qat_bits", "sets the bits of model.qat: set model.qat=true")
+        return
+    _check(m.init_from is not None, "model.qat", "fine-tunes a trained run: set model.init_from (a run or checkpoint)")
+    _check(m.slim_l1 == 0, "model.qat", "does not train with slimming's penalty: slim first, then QAT the fine-tuned "
+           "slimmed run (set model.slim_l1=0)")
+    _check(m.arch.startswith("resnet") or m.arch == "mobilenet_v1", "model.qat",
+           f"handles ResNets and mobilenet_v1 (every conv followed by its BN); not {m.arch}")
+    _check(cfg.precision == "fp32", "precision", f"model.qat simulates int8 in fp32: set precision=fp32")
 
 
 def _validate_growth(cfg: Config) -> None:

@@ -98,20 +98,22 @@ def peak_lr(cfg) -> float:
     return cfg.optim.lr
 
 
-def build_plan(cfg, batches_per_epoch: int) -> StepPlan:
+def build_plan(cfg, steps_per_epoch: int) -> StepPlan:
+    """`steps_per_epoch`: the loader's length, its batches per epoch (one step each unless grown)."""
     s, d = cfg.schedule, cfg.data
     if s.kind != "batch_growth":
-        return StepPlan(batches_per_epoch, (1,) * s.epochs)
+        return StepPlan(steps_per_epoch, (1,) * s.epochs)
     passed = [sum(e >= m for m in s.milestones) for e in range(s.epochs)]
-    return StepPlan(batches_per_epoch, tuple(growth_after(n, d.accumulate, d.accumulate_max)[0] for n in passed))
+    return StepPlan(steps_per_epoch, tuple(growth_after(n, d.accumulate, d.accumulate_max)[0] for n in passed))
 
 
-def build_schedule(cfg, batches_per_epoch: int):
-    """The run's lr as a function of the global step, with epochs turned into steps."""
-    s, plan = cfg.schedule, build_plan(cfg, batches_per_epoch)
+def build_schedule(cfg, steps_per_epoch: int):
+    """The run's lr as a function of the global step, with epochs turned into steps
+    (`steps_per_epoch`: the loader's batches per epoch)."""
+    s, plan = cfg.schedule, build_plan(cfg, steps_per_epoch)
     # warmup ends before the first milestone (config.validate), where every step is one batch
     decay = tuple(growth_after(n, cfg.data.accumulate, cfg.data.accumulate_max)[1]
                   for n in range(len(s.milestones) + 1)) if s.kind == "batch_growth" else ()
-    return partial(lr_at, peak=peak_lr(cfg), warmup_steps=round(s.warmup_epochs * batches_per_epoch),
+    return partial(lr_at, peak=peak_lr(cfg), warmup_steps=round(s.warmup_epochs * steps_per_epoch),
                    total_steps=plan.total_steps, kind=s.kind, decay=decay,
                    milestones=tuple(plan.first_step(min(m, s.epochs)) for m in s.milestones))

@@ -26,6 +26,7 @@ from bot.data import build_loaders
 from bot.errors import UserError
 from bot.files import checkpoint
 from bot.models import build_model, count_params_macs
+from bot.models.qat import prepare_qat
 from bot.models.slimmable import fit_shapes
 from bot.train import backends
 from bot.train.ema import WeightEma
@@ -167,6 +168,8 @@ class Run:
         if cfg.model.init_from and saved is None:
             init_from(model, cfg.model.init_from, self.classes, say=self.main)
         self.params, self.macs = count_params_macs(model, cfg.data.image_size)
+        if cfg.model.qat:  # after init_from, which loads the plain network's weights
+            model = prepare_qat(model, cfg.model.qat_bits)
         if cfg.model.sync_bn and self.world > 1:
             model = convert_sync_batchnorm(model, self.device)
         if cfg.channels_last:
