@@ -141,3 +141,5 @@ def test_a_batch_grown_past_an_epoch_is_one_line(toy, tmp_path):
     with pytest.raises(UserError, match="grows the batch past the 6 batches of an epoch"):
         train(small(toy, tmp_path / "run", "data.accumulate_max=null"))
     assert not (tmp_path / "run").exists()
+    # a run capped before those epochs (a smoke run of the recipe) is not refused
+    assert train(small(toy, tmp_path / "capped", "data.accumulate_max=null", "run.max_steps=1"))["steps"] == 1

@@ -6,14 +6,13 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import run_cli
 
 from bot import config
 from bot.cli import quantize as quantize_cli
 from bot.errors import UserError
 from bot.files import onnx_model, trained
 from bot.models import build_model
-from bot.models.qat import ActivationQuant, QatConvBn, QatLinear, calibrate, prepare_qat
+from bot.models.qat import ActivationQuant, QatConvBn, QatLinear, QuantizedWeights, calibrate, prepare_qat
 from bot.train.trainer import train
 
 TINY = {"resnet18-D": ["model.arch=resnet18", "model.variant=D", "model.width=0.25"],
@@ -32,12 +31,54 @@ def tiny(arch: str, bits: int = 8, size: int = 32):
 
 @pytest.mark.parametrize("arch", TINY)
 def test_every_conv_folds_its_bn_and_every_layer_is_quantized(arch):
+    relus = sum(isinstance(m, torch.nn.ReLU) for m in build_model(config.load(None, TINY[arch]), 5).modules())
     model = tiny(arch)
+    assert sum(isinstance(m, torch.nn.ReLU) for m in model.modules()) == relus  # timm's BatchNormAct2d keeps its act
     assert not any(isinstance(m, torch.nn.BatchNorm2d) and not isinstance(p, QatConvBn)
                    for p in model.modules() for m in p.children())
     convs = [m for m in model.modules() if isinstance(m, QatConvBn)]
     assert convs and sum(isinstance(m, QatLinear) for m in model.modules()) == 1
     assert all(q.seen and q.hi > 0 for q in model.modules() if isinstance(q, ActivationQuant))
+
+
+def test_weights_per_channel_on_a_symmetric_grid_whose_ends_are_each_channels_largest():
+    w = torch.randn(6, 3, 3, 3) * torch.logspace(-2, 0, 6).view(-1, 1, 1, 1)  # ranges 100x apart (the seed's cause)
+    for bits in (8, 4):
+        q = 2 ** (bits - 1) - 1
+        fq = QuantizedWeights(bits)(w)
+        scale = w.abs().amax((1, 2, 3)) / q
+        assert torch.allclose(fq.abs().amax((1, 2, 3)), w.abs().amax((1, 2, 3)))
+        ints = fq / scale.view(-1, 1, 1, 1)
+        assert torch.allclose(ints, ints.round(), atol=1e-4) and ints.abs().max() <= q + 1e-4
+        assert ((fq - w).abs() <= scale.view(-1, 1, 1, 1) / 2 + 1e-7).all()  # at most half a step off
+
+
+def test_activation_range_is_an_ema_of_min_max_holding_zero():
+    quant = ActivationQuant().train()
+    quant(torch.tensor([0.5, 2.0])), quant(torch.tensor([-1.0, 4.0]))
+    assert quant.lo.item() == pytest.approx(-0.01) and quant.hi.item() == pytest.approx(0.99 * 2 + 0.01 * 4)
+    quant.eval()(torch.tensor([-9.0, 9.0]))  # evaluation does not move it
+    assert quant.hi.item() == pytest.approx(2.02)
+    scale, zero = quant.qparams()
+    assert scale.item() == pytest.approx(2.03 / 255) and zero.item() == round(0.01 / (2.03 / 255))
+
+
+def test_bn_folds_into_the_conv_as_jacob_et_al_equations():
+    """gamma (W x) / sigma + beta - gamma mu / sigma, with the BN's running statistics: at 8 bits the
+    fake-quant layer is the float conv -> BN within its rounding."""
+    torch.manual_seed(0)
+    conv, bn = torch.nn.Conv2d(3, 8, 3, padding=1, bias=False), torch.nn.BatchNorm2d(8).eval()
+    bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.5, 2), bn.weight.data.uniform_(-2, 2)
+    bn.bias.data.uniform_(-1, 1)
+    layer = QatConvBn(conv, bn, 8).eval()
+    x = torch.rand(2, 3, 8, 8)
+    layer.act_quant.lo.fill_(0), layer.act_quant.hi.fill_(1)
+    w, b = layer.folded()
+    sigma = (bn.running_var + bn.eps).sqrt()
+    assert torch.allclose(w, conv.weight * (bn.weight / sigma).view(-1, 1, 1, 1))
+    assert torch.allclose(b, bn.bias - bn.weight * bn.running_mean / sigma)
+    with torch.no_grad():
+        assert torch.allclose(layer(x), bn(conv(x)), atol=0.05)
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -54,12 +95,6 @@ def test_bad_qat_combinations_are_one_line(extra, message):
     assert str(e.value).startswith(message), e.value
     with pytest.raises(UserError, match="model.qat_bits: sets the bits of model.qat"):
         config.load(None, ["model.qat_bits=4"])
-
-
-def test_cli_exits_2_with_one_line(tmp_path):
-    r = run_cli("train.py", "recipes/demo.yaml", "model.qat=true", f"run.out={tmp_path / 'run'}")
-    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
-        "error: model.qat: fine-tunes a trained run: set model.init_from (a run or checkpoint)"]
 
 
 # ---------------------------------------------------------------- end to end

@@ -75,8 +75,9 @@ class StepPlan:
     def epoch_of(self, step: int) -> float:
         """The epochs trained after `step` optimizer steps (fractional within an epoch)."""
         for epoch in range(len(self.growth)):
-            if step < self.first_step(epoch + 1):
-                return epoch + (step - self.first_step(epoch)) / self.steps_in(epoch)
+            if step < self.first_step(epoch + 1):  # one division: step / steps per epoch when none grows
+                n = self.steps_in(epoch)
+                return (epoch * n + step - self.first_step(epoch)) / n
         return float(len(self.growth))
 
     def images(self, step: int, batch_size: int) -> int:

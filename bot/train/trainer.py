@@ -146,7 +146,8 @@ class Run:
                                      self.train_loader.batch_size, self.steps_per_epoch, teacher)
         self.ema = self.train_step.ema
         self.plan = build_plan(cfg, self.steps_per_epoch)  # optimizer steps per epoch (batch growth)
-        if self.plan.steps_in(cfg.schedule.epochs - 1) < 1:
+        empty = [e for e in range(cfg.schedule.epochs) if self.plan.steps_in(e) < 1]  # the last epochs, if any
+        if empty and (cfg.run.max_steps is None or cfg.run.max_steps > self.plan.first_step(empty[0])):
             raise UserError(f"schedule.kind=batch_growth grows the batch past the {self.steps_per_epoch} batches of an "
                             f"epoch; lower data.accumulate_max or data.batch_size")
         self.total_steps = self.plan.total_steps
