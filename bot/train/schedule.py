@@ -15,9 +15,11 @@ steps each epoch has; for the other kinds every step takes one batch.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import math
 from dataclasses import dataclass
-from functools import partial
+from functools import cached_property, partial
 
 STEP_FACTOR = 10  # section 2: the lr is divided by 10 at each milestone
 
@@ -64,9 +66,14 @@ class StepPlan:
     def steps_in(self, epoch: int) -> int:
         return self.batches // self.growth[epoch]
 
+    @cached_property
+    def starts(self) -> tuple[int, ...]:
+        """The first step of every epoch, and the run's total last."""
+        return tuple(itertools.accumulate((self.steps_in(e) for e in range(len(self.growth))), initial=0))
+
     def first_step(self, epoch: int) -> int:
         """The global step at which `epoch` starts (the run's total at len(growth))."""
-        return sum(self.steps_in(e) for e in range(epoch))
+        return self.starts[epoch]
 
     @property
     def total_steps(self) -> int:
@@ -74,11 +81,11 @@ class StepPlan:
 
     def epoch_of(self, step: int) -> float:
         """The epochs trained after `step` optimizer steps (fractional within an epoch)."""
-        for epoch in range(len(self.growth)):
-            if step < self.first_step(epoch + 1):  # one division: step / steps per epoch when none grows
-                n = self.steps_in(epoch)
-                return (epoch * n + step - self.first_step(epoch)) / n
-        return float(len(self.growth))
+        epoch = bisect.bisect_right(self.starts, step) - 1
+        if epoch >= len(self.growth):
+            return float(len(self.growth))
+        n = self.steps_in(epoch)  # one division: step / steps per epoch when none grows
+        return (epoch * n + step - self.first_step(epoch)) / n
 
     def images(self, step: int, batch_size: int) -> int:
         """Images trained on in the first `step` optimizer steps."""
