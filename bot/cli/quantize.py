@@ -116,7 +116,8 @@ def main(argv=None) -> int:
                     quantize.quantize_onnx(fp32, tmp_out, batches, meta)
                 n = sum(len(b) for b in batches)
                 print(f"wrote {out}: int8 of {source.describe()}, calibrated on {n} training images")
-            name = ("QAT " if qat else "") + f"int8 (onnxruntime){'' if args.bits == 8 else f', {args.bits}-bit weights'}"
+            bits = source.cfg.model.qat_bits if qat else args.bits
+            name = ("QAT " if qat else "") + f"int8 (onnxruntime){'' if bits == 8 else f', {bits}-bit weights'}"
             rows.append(measure(name, onnx_model.OnnxModule(out, threads), out, cfg, threads, args.repeats))
         text = print_table(rows, threads, cfg.data.image_size)
         out.with_suffix(".md").write_text(text + "\n")
