@@ -115,6 +115,10 @@ def build(trained: Trained, ema: bool = False) -> torch.nn.Module:
     except RuntimeError as e:
         raise UserError(f"{trained.path}: weights do not fit {trained.cfg.model.arch}-{trained.cfg.model.variant} "
                         f"({str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else e})") from None
+    if trained.cfg.model.qat:  # its quantizers as constants: any export of it writes the int8 (QDQ) graph
+        from bot.models.qat import freeze
+
+        freeze(model)
     return model.eval()
 
 
