@@ -30,6 +30,8 @@ class DataConfig:
     val_resize: Optional[int] = None  # val shorter side; null keeps 224/256: 256 at 224
     batch_size: int = 256  # global batch: all processes and accumulation steps (section 2)
     accumulate: int = 1  # micro-batches per optimizer step; per-process batch / accumulate
+    # schedule.kind=batch_growth: the most micro-batches a grown step accumulates (null: no limit)
+    accumulate_max: Optional[int] = None
     workers: int = 4  # loader workers (torch) or threads (dali) per process
     random_area: list[float] = field(default_factory=lambda: [0.08, 1.0])  # crop area fraction (section 2 step 2)
     random_aspect: list[float] = field(default_factory=lambda: [0.75, 1.3333])  # crop aspect, log-uniform
@@ -97,6 +99,11 @@ class ModelConfig:
     # the residual blocks (bot/train/slim_penalty.py), so scripts/slim.py can remove the channels whose
     # gamma it drove to ~0. ResNets only; 0 = off. Liu et al. use 1e-5 to 1e-4.
     slim_l1: float = 0.0
+    # Quantization-aware training (Jacob et al., CVPR 2018; bot/models/qat.py): fine-tune the run of
+    # model.init_from with int8 simulated (weights per channel with BN folded, activations with
+    # tracked ranges); scripts/quantize.py then writes the int8 ONNX with the learned ranges.
+    qat: bool = False
+    qat_bits: int = 8  # weight bits (activations stay 8): below 8 shows where post-training int8 breaks
 
 
 @dataclass
@@ -112,7 +119,9 @@ class OptimConfig:
 @dataclass
 class ScheduleConfig:
     epochs: int = 120  # 120 in the paper; 200 with mixup (section 5.4)
-    kind: Literal["step", "cosine"] = "step"  # step: /10 at milestones; cosine: section 5.1
+    # step: /10 at milestones; cosine: section 5.1; batch_growth: x10 the batch at milestones
+    # instead (Smith et al., ICLR 2018), up to data.accumulate_max, then /10 what remains
+    kind: Literal["step", "cosine", "batch_growth"] = "step"
     milestones: list[int] = field(default_factory=lambda: [30, 60, 90])  # epochs (section 2)
     warmup_epochs: float = 0.0  # linear from 0 to the lr, per iteration (section 3.1); paper: 5
 
@@ -366,6 +375,7 @@ def validate(cfg: Config) -> Config:
     _check(m.slim_l1 >= 0, "model.slim_l1", f"must be 0 (off) or positive, got {m.slim_l1}")
     _check(m.slim_l1 == 0 or m.arch.startswith("resnet"), "model.slim_l1",
            f"slims the channels inside residual blocks; {m.arch} has none: set model.slim_l1=0")
+    _validate_qat(cfg)
     _check(o.lr > 0, "optim.lr", f"must be positive, got {o.lr}")
     _check(0 <= o.momentum < 1, "optim.momentum", "must be in [0, 1)")
     _check(o.weight_decay >= 0, "optim.weight_decay", "must be 0 or more")
@@ -374,6 +384,7 @@ def validate(cfg: Config) -> Config:
     _check(0 <= s.warmup_epochs < s.epochs, "schedule.warmup_epochs", "must be in [0, schedule.epochs)")
     _check(all(0 < a < b for a, b in zip(s.milestones, s.milestones[1:])) and all(0 < x for x in s.milestones),
            "schedule.milestones", f"must be increasing positive epochs, got {s.milestones}")
+    _validate_growth(cfg)
     _check(0 <= l.label_smoothing < 1, "loss.label_smoothing", "must be in [0, 1)")
     _check(l.mixup_alpha >= 0, "loss.mixup_alpha", "must be 0 or more")
     _check(0 <= l.mixup_off_epochs <= s.epochs, "loss.mixup_off_epochs", "must be in [0, schedule.epochs]")
@@ -386,6 +397,32 @@ def validate(cfg: Config) -> Config:
     _check(r.log_every >= 1, "run.log_every", "must be at least 1")
     _check(r.checkpoint_every >= 1, "run.checkpoint_every", "must be at least 1")
     return cfg
+
+
+def _validate_qat(cfg: Config) -> None:
+    """QAT fine-tunes a trained run of a network whose every conv a BN follows, in fp32."""
+    m = cfg.model
+    _check(2 <= m.qat_bits <= 8, "model.qat_bits", f"must be in [2, 8], got {m.qat_bits}")
+    if not m.qat:
+        _check(m.qat_bits == 8, "model.qat_bits", "sets the bits of model.qat: set model.qat=true")
+        return
+    _check(m.init_from is not None, "model.qat", "fine-tunes a trained run: set model.init_from (a run or checkpoint)")
+    _check(m.slim_l1 == 0, "model.qat", "does not train with slimming's penalty: slim first, then QAT the fine-tuned "
+           "slimmed run (set model.slim_l1=0)")
+    _check(m.arch.startswith("resnet") or m.arch == "mobilenet_v1", "model.qat",
+           f"handles ResNets and mobilenet_v1 (every conv followed by its BN); not {m.arch}")
+    _check(cfg.precision == "fp32", "precision", f"model.qat simulates int8 in fp32: set precision=fp32")
+
+
+def _validate_growth(cfg: Config) -> None:
+    """Batch growth (Smith et al.): the accumulation limit, and warmup over before the batch grows."""
+    d, s = cfg.data, cfg.schedule
+    _check(d.accumulate_max is None or d.accumulate_max >= d.accumulate, "data.accumulate_max",
+           f"must be at least data.accumulate ({d.accumulate}) or null, got {d.accumulate_max}")
+    _check(d.accumulate_max is None or s.kind == "batch_growth", "data.accumulate_max",
+           f"limits schedule.kind=batch_growth; schedule.kind is {s.kind}: set data.accumulate_max=null")
+    _check(s.kind != "batch_growth" or not s.milestones or s.warmup_epochs <= s.milestones[0],
+           "schedule.warmup_epochs", f"must end by the first milestone ({s.milestones[:1]}) when the batch grows")
 
 
 def _validate_extras(cfg: Config) -> None:

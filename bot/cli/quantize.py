@@ -7,7 +7,10 @@ statically by onnxruntime: int8 weights per channel, uint8 activations whose ran
 calibrated on `--calib` training images (spread over all classes) through the val
 transform. The int8 model (default: beside the checkpoint, best.int8.onnx) carries the
 checkpoint's config and class names, so scripts/evaluate.py and scripts/predict.py read
-it like a checkpoint. Then fp32 and int8 are measured side by side, in this run, with the
+it like a checkpoint. A run trained with model.qat (quantization-aware) is written with the
+ranges and int8 weights it learned instead (no calibration); `--bits N` below 8 quantizes a
+plain run's weights to N bits after training, with QAT's modules and range tracking, as the
+baseline QAT at model.qat_bits=N is compared with. Then fp32 and int8 are measured side by side, in this run, with the
 same threads: top-1/top-5 on the val folder, file size, and CPU milliseconds per image at
 batch 1 and 32 (median of --repeats). Overrides are evaluate's (data.root, data.workers ...).
 """
@@ -35,11 +38,15 @@ def parse(argv) -> argparse.Namespace:
     p.add_argument("overrides", nargs="*", help="e.g. data.root=/data/imagenet")
     p.add_argument("--calib", type=int, default=512, help="training images to calibrate on (default 512)")
     p.add_argument("--out", default=None, help="the int8 model (default: beside the checkpoint, NAME.int8.onnx)")
+    p.add_argument("--bits", type=int, default=8, help="weight bits (default 8; 2-7: post-training, "
+                   "calibrated as QAT tracks ranges, to compare with model.qat_bits)")
     p.add_argument("--repeats", type=int, default=20, help="timed passes per latency (their median is shown)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for every model (default: torch's)")
     args = p.parse_intermixed_args(argv)
     if args.calib < 1 or args.repeats < 1 or (args.threads is not None and args.threads < 1):
         p.error("--calib, --repeats and --threads must be at least 1")
+    if not 2 <= args.bits <= 8:
+        p.error("--bits must be in [2, 8]")
     return args
 
 
@@ -89,24 +96,49 @@ def main(argv=None) -> int:
             raise UserError(f"--out {out}: folder {out.parent} does not exist")
         threads = args.threads or torch.get_num_threads()
         model = trained.build(source)
-        batches = quantize.calibration_images(cfg, args.calib)
+        meta = onnx_model.metadata(source.cfg, source.classes or [f"class_{k}" for k in range(source.num_classes)],
+                                   str(source.path))
+        qat = source.cfg.model.qat
+        if qat and args.bits != 8:
+            raise UserError(f"{source.path} was trained with model.qat_bits={source.cfg.model.qat_bits}: leave out --bits")
+        batches = [] if qat else quantize.calibration_images(cfg, args.calib)
         with tempfile.TemporaryDirectory() as tmp:
-            fp32 = Path(tmp) / "fp32.onnx"
-            export.to_onnx(model, cfg.data.image_size, fp32)
-            meta = onnx_model.metadata(source.cfg, source.classes or [f"class_{k}" for k in range(source.num_classes)],
-                                       str(source.path))
-            with export.written_aside(out) as (tmp_out,):
-                quantize.quantize_onnx(fp32, tmp_out, batches, meta)
-            n = sum(len(b) for b in batches)
-            print(f"wrote {out}: int8 of {source.describe()}, calibrated on {n} training images")
-            rows = [measure("fp32 (onnxruntime)", onnx_model.OnnxModule(fp32, threads), fp32, cfg, threads, args.repeats),
-                    measure("int8 (onnxruntime)", onnx_model.OnnxModule(out, threads), out, cfg, threads, args.repeats)]
+            rows = []
+            if not qat:
+                fp32 = Path(tmp) / "fp32.onnx"
+                export.to_onnx(model, cfg.data.image_size, fp32)
+                rows.append(measure("fp32 (onnxruntime)", onnx_model.OnnxModule(fp32, threads), fp32, cfg, threads,
+                                    args.repeats))
+            if qat or args.bits < 8:
+                _simulated(model, source, batches, args.bits, cfg, out, meta)
+            else:
+                with export.written_aside(out) as (tmp_out,):
+                    quantize.quantize_onnx(fp32, tmp_out, batches, meta)
+                n = sum(len(b) for b in batches)
+                print(f"wrote {out}: int8 of {source.describe()}, calibrated on {n} training images")
+            bits = source.cfg.model.qat_bits if qat else args.bits
+            name = ("QAT " if qat else "") + f"int8 (onnxruntime){'' if bits == 8 else f', {bits}-bit weights'}"
+            rows.append(measure(name, onnx_model.OnnxModule(out, threads), out, cfg, threads, args.repeats))
         text = print_table(rows, threads, cfg.data.image_size)
         out.with_suffix(".md").write_text(text + "\n")
         out.with_suffix(".json").write_text(json.dumps(rows, indent=2) + "\n")
         return 0
 
     return run(body)
+
+
+def _simulated(model, source, batches, bits: int, cfg, out: Path, meta: dict) -> None:
+    """The int8 ONNX of bot's QAT modules (bot/models/qat.py): a QAT run's learned ranges, or
+    a plain run's weights at `bits` with ranges calibrated on `batches` (post-training)."""
+    from bot.deploy import quantize
+    from bot.models.qat import calibrate, prepare_qat
+
+    if batches:
+        calibrate(prepare_qat(model, bits), batches)
+    diff = quantize.qat_onnx(model, cfg.data.image_size, out, meta)
+    how = (f"with the ranges QAT learned" if not batches
+           else f"{bits}-bit weights, ranges calibrated on {sum(len(b) for b in batches)} training images")
+    print(f"wrote {out}: int8 of {source.describe()}, {how} (onnxruntime vs fake-quant logits: {diff:.3g})")
 
 
 def _val_classes(cfg) -> list[str]:

@@ -83,6 +83,34 @@ def quantize_onnx(fp32: Path, out: Path, batches: list[torch.Tensor], meta: dict
     onnx.save(model, str(out))
 
 
+def qat_onnx(model: torch.nn.Module, image_size: int, out: Path, meta: dict[str, str]) -> float:
+    """The int8 model of a QAT network (bot/models/qat.py) at `out`: its fake-quant written as
+    ONNX QuantizeLinear/DequantizeLinear with the ranges it learned, int8 weights per channel
+    with the BNs folded, the QDQ format of quantize_onnx, with `meta` in its metadata_props.
+    Returns the largest logit difference between onnxruntime and the fake-quant model."""
+    import onnx
+    import onnxruntime
+
+    from bot.deploy.export import written_aside
+    from bot.models.qat import freeze
+
+    freeze(model)
+    example = torch.randn(2, 3, image_size, image_size)
+    with torch.no_grad():
+        program = torch.onnx.export(model, (example,), input_names=["images"], output_names=["logits"],
+                                    dynamo=True, dynamic_shapes={"x": {0: torch.export.Dim("batch")}}, verbose=False)
+    with written_aside(out) as (tmp,):
+        program.save(str(tmp))
+        proto = onnx.load(str(tmp))
+        for key, value in meta.items():
+            proto.metadata_props.add(key=key, value=value)
+        onnx.save(proto, str(tmp))
+        session = onnxruntime.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+        x = torch.randn(3, 3, image_size, image_size)
+        with torch.no_grad():
+            return float((model(x) - torch.as_tensor(session.run(None, {"images": x.numpy()})[0])).abs().max())
+
+
 def latency_ms(model: torch.nn.Module, image_size: int, batch: int, repeats: int = 20) -> float:
     """Median milliseconds per image of `model` on a batch of `batch` random images, after
     three warm-up passes."""

@@ -106,11 +106,19 @@ def build(trained: Trained, ema: bool = False) -> torch.nn.Module:
                         f"train with model.ema_decay, or leave out --ema")
     model = build_model(trained.cfg, num_classes=trained.num_classes)
     fit_shapes(model, trained.weights)
+    if trained.cfg.model.qat:
+        from bot.models.qat import prepare_qat
+
+        model = prepare_qat(model, trained.cfg.model.qat_bits)
     try:
         model.load_state_dict(trained.ema if ema else trained.weights)
     except RuntimeError as e:
         raise UserError(f"{trained.path}: weights do not fit {trained.cfg.model.arch}-{trained.cfg.model.variant} "
                         f"({str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else e})") from None
+    if trained.cfg.model.qat:  # its quantizers as constants: any export of it writes the int8 (QDQ) graph
+        from bot.models.qat import freeze
+
+        freeze(model)
     return model.eval()
 
 

@@ -60,12 +60,12 @@ LR_STEPS_PER_EPOCH = 100  # resolution of lr.png; a schedule in epochs does not 
 def lr_curve(grid: Grid, row: Row, extra: list[str] = ()) -> tuple[list[float], list[float]]:
     """(epoch, lr) of the row's schedule, from its config through bot.train.schedule (the
     trainer's own function), so lr.png shows every row, run or not."""
-    from bot.train.schedule import build_schedule
+    from bot.train.schedule import build_plan, build_schedule
 
     cfg = row_config(grid, row, extra)
-    lr_at = build_schedule(cfg, LR_STEPS_PER_EPOCH)
-    steps = range(cfg.schedule.epochs * LR_STEPS_PER_EPOCH)
-    return [s / LR_STEPS_PER_EPOCH for s in steps], [lr_at(s) for s in steps]
+    lr_at, plan = build_schedule(cfg, LR_STEPS_PER_EPOCH), build_plan(cfg, LR_STEPS_PER_EPOCH)
+    steps = range(plan.total_steps)  # fewer once batch growth makes steps larger
+    return [plan.epoch_of(s) for s in steps], [lr_at(s) for s in steps]
 
 
 def plot(grid: Grid, path: Path, curve, ylabel: str, title: str) -> bool:

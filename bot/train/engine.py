@@ -39,23 +39,28 @@ class TrainStep:
         # Steps in a row whose loss was not finite; a device tensor, so counting needs no sync.
         self.nonfinite = torch.zeros((), dtype=torch.int64, device=self.device)
 
-    def __call__(self, images, labels, step: int, epoch: int) -> torch.Tensor:
+    def __call__(self, images, labels, step: int, epoch: int, more=()) -> torch.Tensor:
+        """`more`: further (images, labels) batches of the same optimizer step, when the
+        schedule grows the batch (bot/train/schedule.py, batch_growth); each is split into
+        `accumulate` micro-batches as the first is, so a device holds one micro-batch at a time."""
         lr = self.lr_at(step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        images = images.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
-        labels = labels.to(self.device, non_blocking=True)
-        images, targets = self.objective.prepare(images, labels, step, epoch)
         total = torch.zeros((), device=self.device)
-        chunks = list(zip(images.chunk(self.accumulate), targets.chunk(self.accumulate)))
-        for i, (x, t) in enumerate(chunks):
-            last = i == len(chunks) - 1
-            with nullcontext() if last else self.accelerator.no_sync(self.model):
-                with self.autocast():
-                    logits = self.model(x)
-                loss = self.objective.loss(logits, t, x) / len(chunks)
-                self.scaler.scale(loss).backward()
-            total += loss.detach()
+        batches = [(images, labels), *more]
+        count = self.accumulate * len(batches)
+        for b, (images, labels) in enumerate(batches):
+            images = images.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+            labels = labels.to(self.device, non_blocking=True)
+            images, targets = self.objective.prepare(images, labels, step, epoch)
+            for i, (x, t) in enumerate(zip(images.chunk(self.accumulate), targets.chunk(self.accumulate))):
+                last = b == len(batches) - 1 and i == self.accumulate - 1
+                with nullcontext() if last else self.accelerator.no_sync(self.model):
+                    with self.autocast():
+                        logits = self.model(x)
+                    loss = self.objective.loss(logits, t, x) / count
+                    self.scaler.scale(loss).backward()
+                total += loss.detach()
         self.scaler.step(self.optimizer)  # fp16: skipped when the scaled gradients overflowed
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)

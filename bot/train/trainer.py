@@ -26,6 +26,7 @@ from bot.data import build_loaders
 from bot.errors import UserError
 from bot.files import checkpoint
 from bot.models import build_model, count_params_macs
+from bot.models.qat import prepare_qat
 from bot.models.slimmable import fit_shapes
 from bot.train import backends
 from bot.train.ema import WeightEma
@@ -35,7 +36,7 @@ from bot.train.losses import Objective
 from bot.train.optim import build_optimizer, load_optimizer_state
 from bot.train.preempt import Stopped, StopSignals
 from bot.train.runlog import RunLog
-from bot.train.schedule import build_schedule
+from bot.train.schedule import build_plan, build_schedule
 from bot.train.slim_penalty import with_slim_l1
 from bot.train.sync_bn import convert_sync_batchnorm
 from bot.train.teacher import load_teacher
@@ -144,7 +145,12 @@ class Run:
         self.train_step = build_step(cfg, self.model, self.accelerator, self.num_classes,
                                      self.train_loader.batch_size, self.steps_per_epoch, teacher)
         self.ema = self.train_step.ema
-        self.total_steps = cfg.schedule.epochs * self.steps_per_epoch
+        self.plan = build_plan(cfg, self.steps_per_epoch)  # optimizer steps per epoch (batch growth)
+        empty = [e for e in range(cfg.schedule.epochs) if self.plan.steps_in(e) < 1]  # the last epochs, if any
+        if empty and (cfg.run.max_steps is None or cfg.run.max_steps > self.plan.first_step(empty[0])):
+            raise UserError(f"schedule.kind=batch_growth grows the batch past the {self.steps_per_epoch} batches of an "
+                            f"epoch; lower data.accumulate_max or data.batch_size")
+        self.total_steps = self.plan.total_steps
         if cfg.run.max_steps is not None:
             self.total_steps = min(self.total_steps, cfg.run.max_steps)
         self.step, self.epoch, self.best, self.history = 0, 0, -1.0, {"train_time": 0.0, "evals": []}
@@ -163,6 +169,8 @@ class Run:
         if cfg.model.init_from and saved is None:
             init_from(model, cfg.model.init_from, self.classes, say=self.main)
         self.params, self.macs = count_params_macs(model, cfg.data.image_size)
+        if cfg.model.qat:  # after init_from, which loads the plain network's weights
+            model = prepare_qat(model, cfg.model.qat_bits)
         if cfg.model.sync_bn and self.world > 1:
             model = convert_sync_batchnorm(model, self.device)
         if cfg.channels_last:
@@ -209,14 +217,17 @@ class Run:
 
     def train_epoch(self) -> None:
         """The steps of the current epoch from where the run stands, to the run's end at most."""
-        position = self.step - self.epoch * self.steps_per_epoch
-        self.train_loader.set_epoch(self.epoch, position)
-        self.bar = tqdm(total=self.steps_per_epoch, initial=position,
+        plan, grow = self.plan, self.plan.growth[self.epoch]
+        position = self.step - plan.first_step(self.epoch)
+        self.train_loader.set_epoch(self.epoch, position * grow)  # in loader batches
+        self.bar = tqdm(total=plan.steps_in(self.epoch), initial=position,
                         desc=f"epoch {self.epoch + 1}/{self.cfg.schedule.epochs}",
                         disable=None if self.main else True, leave=False, dynamic_ncols=True)
         self.tick, self.tick_step, self.clock = time.perf_counter(), self.step, time.perf_counter()
-        for images, labels in self.train_loader:
-            loss = self.train_step(images, labels, self.step, self.epoch)  # the step: bot.train.engine.TrainStep
+        batches = iter(self.train_loader)
+        for _ in range(plan.steps_in(self.epoch) - position):
+            (images, labels), *more = (next(batches) for _ in range(grow))  # grow > 1: schedule.kind=batch_growth
+            loss = self.train_step(images, labels, self.step, self.epoch, more)  # the step: bot.train.engine.TrainStep
             self.step += 1
             self.bar.update()
             self.after_step(loss)
@@ -244,7 +255,7 @@ class Run:
             now = time.perf_counter()
             loss = self.accelerator.reduce(loss, reduction="mean")  # the global batch's loss, not rank 0's share
             record = {"epoch": self.epoch, "step": step, "lr": self.train_step.lr_at(step - 1), "loss": loss.item(),
-                      "img_per_s": self.cfg.data.batch_size * (step - self.tick_step) / (now - self.tick)}
+                      "img_per_s": (self.images(step) - self.images(self.tick_step)) / (now - self.tick)}
             self.log.log(record)
             self.bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.4g}",
                                  img_s=f"{record['img_per_s']:.0f}")
@@ -255,6 +266,10 @@ class Run:
         if step % run.checkpoint_every == 0 and step < self.total_steps:
             self.count_train_time()
             self.save_last()
+
+    def images(self, step: int) -> int:
+        """Images trained on in the first `step` steps (more per step once batch growth grows it)."""
+        return self.plan.images(step, self.cfg.data.batch_size)
 
     def count_train_time(self) -> None:
         now = time.perf_counter()
@@ -290,7 +305,7 @@ class Run:
 
     def validate(self) -> None:
         """Evaluate at the end of an epoch (or of a capped run), keep best.pt, write last.pt."""
-        epoch_done = self.step % self.steps_per_epoch == 0
+        epoch_done = self.step == self.plan.first_step(self.epoch + 1)
         self.check_finite()  # before evaluating: best.pt must not take non-finite weights either
         metrics = evaluate(self.model, self.val_loader, self.accelerator, self.autocast, self.cfg.channels_last)
         text = f"top1 {metrics['top1']:.2f} top5 {metrics['top5']:.2f} val_loss {metrics['val_loss']:.3f}"
@@ -345,11 +360,11 @@ class Run:
 
     def finish(self) -> dict:
         final, history = self.history["evals"][-1], self.history
-        epochs_trained = self.step / self.steps_per_epoch
+        epochs_trained = self.plan.epoch_of(self.step)
         summary = {"top1": final["top1"], "top5": final["top5"], "best_top1": self.best,
                    "epochs": round(epochs_trained, 3), "steps": self.step,
                    "time_per_epoch_s": history["train_time"] / max(epochs_trained, 1e-9),
-                   "train_img_per_s": self.step * self.cfg.data.batch_size / max(history["train_time"], 1e-9),
+                   "train_img_per_s": self.images(self.step) / max(history["train_time"], 1e-9),
                    "params": self.params, "macs": self.macs,
                    "macs_note": "multiply-accumulates per image at data.image_size"}
         if self.ema is not None:

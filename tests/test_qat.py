@@ -1,0 +1,149 @@
+"""model.qat (Jacob et al., CVPR 2018): fake-quant training, its int8 ONNX, resume, bad input."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from bot import config
+from bot.cli import quantize as quantize_cli
+from bot.errors import UserError
+from bot.files import onnx_model, trained
+from bot.models import build_model
+from bot.models.qat import ActivationQuant, QatConvBn, QatLinear, QuantizedWeights, calibrate, prepare_qat
+from bot.train.trainer import train
+
+TINY = {"resnet18-D": ["model.arch=resnet18", "model.variant=D", "model.width=0.25"],
+        "mobilenet_v1": ["model.arch=mobilenet_v1"]}
+
+
+def tiny(arch: str, bits: int = 8, size: int = 32):
+    cfg = config.load(None, [*TINY[arch], f"data.image_size={size}"])
+    torch.manual_seed(0)
+    model = build_model(cfg, 5)
+    for m in model.modules():  # BN statistics of a trained network, not the identity of a new one
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2), m.running_var.uniform_(0.5, 2), m.weight.data.uniform_(0.5, 1.5)
+    return calibrate(prepare_qat(model, bits), [torch.randn(4, 3, size, size) for _ in range(2)])
+
+
+@pytest.mark.parametrize("arch", TINY)
+def test_every_conv_folds_its_bn_and_every_layer_is_quantized(arch):
+    relus = sum(isinstance(m, torch.nn.ReLU) for m in build_model(config.load(None, TINY[arch]), 5).modules())
+    model = tiny(arch)
+    assert sum(isinstance(m, torch.nn.ReLU) for m in model.modules()) == relus  # timm's BatchNormAct2d keeps its act
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) and not isinstance(p, QatConvBn)
+                   for p in model.modules() for m in p.children())
+    convs = [m for m in model.modules() if isinstance(m, QatConvBn)]
+    assert convs and sum(isinstance(m, QatLinear) for m in model.modules()) == 1
+    assert all(q.seen and q.hi > 0 for q in model.modules() if isinstance(q, ActivationQuant))
+
+
+def test_weights_per_channel_on_a_symmetric_grid_whose_ends_are_each_channels_largest():
+    w = torch.randn(6, 3, 3, 3) * torch.logspace(-2, 0, 6).view(-1, 1, 1, 1)  # ranges 100x apart (the seed's cause)
+    for bits in (8, 4):
+        q = 2 ** (bits - 1) - 1
+        fq = QuantizedWeights(bits)(w)
+        scale = w.abs().amax((1, 2, 3)) / q
+        assert torch.allclose(fq.abs().amax((1, 2, 3)), w.abs().amax((1, 2, 3)))
+        ints = fq / scale.view(-1, 1, 1, 1)
+        assert torch.allclose(ints, ints.round(), atol=1e-4) and ints.abs().max() <= q + 1e-4
+        assert ((fq - w).abs() <= scale.view(-1, 1, 1, 1) / 2 + 1e-7).all()  # at most half a step off
+
+
+def test_activation_range_is_an_ema_of_min_max_holding_zero():
+    quant = ActivationQuant().train()
+    quant(torch.tensor([0.5, 2.0])), quant(torch.tensor([-1.0, 4.0]))
+    assert quant.lo.item() == pytest.approx(-0.01) and quant.hi.item() == pytest.approx(0.99 * 2 + 0.01 * 4)
+    quant.eval()(torch.tensor([-9.0, 9.0]))  # evaluation does not move it
+    assert quant.hi.item() == pytest.approx(2.02)
+    scale, zero = quant.qparams()
+    assert scale.item() == pytest.approx(2.03 / 255) and zero.item() == round(0.01 / (2.03 / 255))
+
+
+def test_bn_folds_into_the_conv_as_jacob_et_al_equations():
+    """gamma (W x) / sigma + beta - gamma mu / sigma, with the BN's running statistics: at 8 bits the
+    fake-quant layer is the float conv -> BN within its rounding."""
+    torch.manual_seed(0)
+    conv, bn = torch.nn.Conv2d(3, 8, 3, padding=1, bias=False), torch.nn.BatchNorm2d(8).eval()
+    bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.5, 2), bn.weight.data.uniform_(-2, 2)
+    bn.bias.data.uniform_(-1, 1)
+    layer = QatConvBn(conv, bn, 8).eval()
+    x = torch.rand(2, 3, 8, 8)
+    layer.act_quant.lo.fill_(0), layer.act_quant.hi.fill_(1)
+    w, b = layer.folded()
+    sigma = (bn.running_var + bn.eps).sqrt()
+    assert torch.allclose(w, conv.weight * (bn.weight / sigma).view(-1, 1, 1, 1))
+    assert torch.allclose(b, bn.bias - bn.weight * bn.running_mean / sigma)
+    with torch.no_grad():
+        assert torch.allclose(layer(x), bn(conv(x)), atol=0.05)
+
+
+@pytest.mark.parametrize("extra, message", [
+    ([], "model.qat: fine-tunes a trained run: set model.init_from"),
+    (["model.init_from=runs/x", "model.slim_l1=1e-4"], "model.qat: does not train with slimming's penalty"),
+    (["model.init_from=runs/x", "model.arch=inception_v3", "data.image_size=299"],
+     "model.qat: handles ResNets and mobilenet_v1"),
+    (["model.init_from=runs/x", "precision=bf16"], "precision: model.qat simulates int8 in fp32"),
+    (["model.init_from=runs/x", "model.qat_bits=1"], "model.qat_bits: must be in [2, 8]"),
+])
+def test_bad_qat_combinations_are_one_line(extra, message):
+    with pytest.raises(UserError) as e:
+        config.load(None, ["model.qat=true", *extra])
+    assert str(e.value).startswith(message), e.value
+    with pytest.raises(UserError, match="model.qat_bits: sets the bits of model.qat"):
+        config.load(None, ["model.qat_bits=4"])
+
+
+# ---------------------------------------------------------------- end to end
+
+SMALL = ["data.backend=torch", "data.image_size=16", "data.batch_size=16", "data.workers=0", "model.arch=resnet18",
+         "model.variant=D", "model.width=0.25", "schedule.epochs=2", "run.log_every=1"]
+
+
+def small(toy, out, *extra):
+    return config.load(None, [f"data.root={toy}", f"run.out={out}", *SMALL, *extra])
+
+
+def test_qat_fine_tune_resumes_bit_exactly_and_leaves_as_int8_onnx(toy, tmp_path):
+    train(small(toy, tmp_path / "fp32", "run.max_steps=6"))
+    qat = [f"model.init_from={tmp_path / 'fp32'}", "model.qat=true", "optim.lr=0.01", "schedule.epochs=1"]
+    whole = train(small(toy, tmp_path / "whole", *qat))
+    assert train(small(toy, tmp_path / "part", *qat, "run.max_steps=3"))["steps"] == 3
+    again = train(small(toy, tmp_path / "part", *qat))
+    assert again["steps"] == whole["steps"] == 6
+    a = torch.load(tmp_path / "whole/last.pt", weights_only=False)["model"]
+    b = torch.load(tmp_path / "part/last.pt", weights_only=False)["model"]
+    assert any(k.endswith("act_quant.hi") for k in a)  # the tracked ranges are saved and resumed
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # scripts/quantize.py writes the QAT run's ranges as the int8 ONNX that evaluate reads
+    out = tmp_path / "qat.int8.onnx"
+    assert quantize_cli.main([str(tmp_path / "whole"), f"data.root={toy}", "--out", str(out), "--repeats", "1"]) == 0
+    rows = json.loads(out.with_suffix(".json").read_text())
+    assert [r["model"] for r in rows] == ["QAT int8 (onnxruntime)"]
+    assert abs(rows[0]["top1"] - whole["top1"]) <= 100 / 32 + 1e-6  # at most one of the 32 val images differs
+    fake_quant_equals_the_int8_onnx(trained.build(trained.read(tmp_path / "whole")), out, bits=8)
+
+
+def fake_quant_equals_the_int8_onnx(model, out, bits: int):
+    """The ONNX file onnxruntime runs in int8 computes the fake-quant network: its logits differ by
+    at most what one quantization step at the classifier's input can move them (onnxruntime's
+    integer kernels round each requantization on their own), and the top-1 classes agree."""
+    graph = onnx.load(str(out)).graph
+    ops = {n.op_type for n in graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops and "BatchNormalization" not in ops
+    int8 = [t for t in graph.initializer if t.data_type == onnx.TensorProto.INT8 and len(t.dims) >= 2]  # not zero points
+    assert len(int8) == sum(isinstance(m, (QatConvBn, QatLinear)) for m in model.modules())  # one per layer
+    q = 2 ** (bits - 1) - 1
+    assert all(np.abs(onnx.numpy_helper.to_array(t)).max() == q for t in int8)  # each channel's largest is +-q
+    x = torch.randn(16, 3, 16, 16)
+    with torch.no_grad():
+        ours = model(x)
+    theirs = torch.as_tensor(onnx_model.session(out).run(None, {"images": x.numpy()})[0])
+    fc = next(m for m in model.modules() if isinstance(m, QatLinear))
+    step = fc.act_quant.qparams()[0]
+    bound = step * fc.weight_quant(fc.linear.weight).abs().sum(1).max()
+    assert (ours - theirs).abs().max() <= bound
+    assert (ours.argmax(1) == theirs.argmax(1)).float().mean() >= 0.9
