@@ -149,6 +149,9 @@ class Run:
             self.total_steps = min(self.total_steps, cfg.run.max_steps)
         self.step, self.epoch, self.best, self.history = 0, 0, -1.0, {"train_time": 0.0, "evals": []}
         self.resumed = saved is not None
+        # resumed from last.prev.pt because last.pt is unreadable: the next save must not rotate
+        # the unreadable file into last.prev.pt, which would leave a single readable checkpoint
+        self.rotate = saved is None or saved[checkpoint.READ_FROM] == checkpoint.LAST
         self.stop_signals = StopSignals(self.world)
         if saved is not None:
             self.resume(saved)
@@ -331,7 +334,9 @@ class Run:
             checkpoint.save_last({
                 "model": self.model.state_dict(), "optimizer": ts.optimizer.state_dict(),
                 "scaler": ts.scaler.state_dict(), "step": self.step, "epoch": self.epoch, "best_top1": self.best,
-                "history": self.history, "rng": checkpoint.rng_states(), **ema, **self.identity()}, self.folder)
+                "history": self.history, "rng": checkpoint.rng_states(), **ema, **self.identity()}, self.folder,
+                rotate=self.rotate)
+        self.rotate = True
 
     def save_best(self, top1: float) -> None:
         """best.pt: under `model` the weights run.best_of names (raw or the average), and the
