@@ -9,7 +9,9 @@ transform. The int8 model (default: beside the checkpoint, best.int8.onnx) carri
 checkpoint's config and class names, so scripts/evaluate.py and scripts/predict.py read
 it like a checkpoint. Then fp32 and int8 are measured side by side, in this run, with the
 same threads: top-1/top-5 on the val folder, file size, and CPU milliseconds per image at
-batch 1 and 32 (median of --repeats). Overrides are evaluate's (data.root, data.workers ...).
+batch 1 and 32 (median of --repeats), and the table is also written beside the model as
+NAME.md and NAME.json. Overrides are evaluate's (data.root, data.workers ...). These three
+files may replace this command's own earlier ones, never a checkpoint or a run's files.
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ import torch
 
 from bot.cli import run
 from bot.errors import UserError
-from bot.files import trained
+from bot.files import outputs, trained
+
+TABLE_HEAD = "| model | top-1 |"  # the first line of NAME.md
 
 
 def parse(argv) -> argparse.Namespace:
@@ -34,7 +38,8 @@ def parse(argv) -> argparse.Namespace:
     p.add_argument("checkpoint", help="a checkpoint (best.pt, last.pt) or a run folder (its best.pt)")
     p.add_argument("overrides", nargs="*", help="e.g. data.root=/data/imagenet")
     p.add_argument("--calib", type=int, default=512, help="training images to calibrate on (default 512)")
-    p.add_argument("--out", default=None, help="the int8 model (default: beside the checkpoint, NAME.int8.onnx)")
+    p.add_argument("--out", default=None, help="the int8 model (default: beside the checkpoint, NAME.int8.onnx); "
+                                                "its table goes beside it as NAME.int8.md and NAME.int8.json")
     p.add_argument("--repeats", type=int, default=20, help="timed passes per latency (their median is shown)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for every model (default: torch's)")
     args = p.parse_intermixed_args(argv)
@@ -85,8 +90,11 @@ def main(argv=None) -> int:
         out = Path(args.out) if args.out else source.path.with_suffix(".int8.onnx")
         if out.suffix != ".onnx":
             raise UserError(f"--out {out}: the int8 model is an ONNX file, name it *.onnx")
-        if not out.parent.is_dir():
-            raise UserError(f"--out {out}: folder {out.parent} does not exist")
+        own = {out: outputs.onnx_file, out.with_suffix(".md"): outputs.text_starting(TABLE_HEAD),
+               out.with_suffix(".json"): outputs.json_of(lambda rows: isinstance(rows, list)
+                                                         and all("ms_b1" in r for r in rows))}
+        for path, is_own in own.items():  # before the work: refused or unwritable costs nothing
+            outputs.check_output(path, "--out", "int8 model or its table", is_own, inputs=[source.path])
         threads = args.threads or torch.get_num_threads()
         model = trained.build(source)
         batches = quantize.calibration_images(cfg, args.calib)
@@ -95,15 +103,15 @@ def main(argv=None) -> int:
             export.to_onnx(model, cfg.data.image_size, fp32)
             meta = onnx_model.metadata(source.cfg, source.classes or [f"class_{k}" for k in range(source.num_classes)],
                                        str(source.path))
-            with export.written_aside(out) as (tmp_out,):
+            with outputs.written_aside(out) as (tmp_out,):
                 quantize.quantize_onnx(fp32, tmp_out, batches, meta)
             n = sum(len(b) for b in batches)
             print(f"wrote {out}: int8 of {source.describe()}, calibrated on {n} training images")
             rows = [measure("fp32 (onnxruntime)", onnx_model.OnnxModule(fp32, threads), fp32, cfg, threads, args.repeats),
                     measure("int8 (onnxruntime)", onnx_model.OnnxModule(out, threads), out, cfg, threads, args.repeats)]
         text = print_table(rows, threads, cfg.data.image_size)
-        out.with_suffix(".md").write_text(text + "\n")
-        out.with_suffix(".json").write_text(json.dumps(rows, indent=2) + "\n")
+        outputs.write_text(out.with_suffix(".md"), text + "\n")
+        outputs.write_text(out.with_suffix(".json"), json.dumps(rows, indent=2) + "\n")
         return 0
 
     return run(body)
