@@ -56,6 +56,11 @@ def eval_config(model: trained.Trained, overrides: list[str], size: int | None) 
     for item in overrides:
         config.apply_override(tree, item)
     keys = {item.split("=", 1)[0].strip() for item in overrides}
+    root = tree["data"]["root"]
+    if "data.root" not in keys and root and not Path(root).expanduser().is_dir():
+        where = f" (relative to {Path.cwd()})" if not Path(root).expanduser().is_absolute() else ""
+        raise UserError(f"data.root {root}, from the config in {model.path}, does not exist here{where}: "
+                        f"give data.root=/path/to/the/data")
     if size is not None:
         tree["data"]["image_size"] = size
     if "data.val_resize" not in keys and (size is not None or "data.image_size" in keys):

@@ -67,7 +67,7 @@ def predict(model, transform, files: list[Path], top: int, batch: int, class_nam
             chunk, images = [], []
             for path in files[start:start + batch]:
                 try:
-                    images.append(transform(decode(str(path))))
+                    images.append(transform(decode(str(path), hint=False)))  # a file given, not a dataset's
                     chunk.append(path)
                 except (UserError, OSError, ValueError) as e:
                     bar.write(f"skipped {path}: {one_line(e)}", file=sys.stderr)

@@ -67,8 +67,9 @@ def eight_bit(img: Image.Image) -> Image.Image:
     return Image.fromarray(grey, "L")
 
 
-def decode(path: str) -> torch.Tensor:
-    """A file as a uint8 RGB CHW tensor, or a UserError naming the file.
+def decode(path: str, hint: bool = True) -> torch.Tensor:
+    """A file as a uint8 RGB CHW tensor, or a UserError naming the file (`hint`: and the
+    script that checks a dataset, for files of one).
 
     PIL (libjpeg-turbo) decodes; it also reads CMYK and greyscale JPEGs and PNGs, which
     ImageNet has a few of, and converts them to RGB. 16-bit greyscale goes through eight_bit
@@ -78,8 +79,8 @@ def decode(path: str) -> torch.Tensor:
         with Image.open(path) as img:
             rgb = np.asarray(eight_bit(img).convert("RGB"))
     except (OSError, ValueError, Image.DecompressionBombError) as e:
-        raise UserError(f"cannot read image {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__} "
-                        f"(scripts/check_dataset.py lists every bad file)") from None
+        raise UserError(f"cannot read image {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+                        + (" (scripts/check_dataset.py lists every bad file)" if hint else "")) from None
     return torch.from_numpy(rgb.copy()).permute(2, 0, 1)
 
 

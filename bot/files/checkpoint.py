@@ -65,6 +65,25 @@ def atomic_save(obj, path: Path, keep_previous: Path | None = None) -> None:
     os.replace(tmp, path)
 
 
+def atomic_write_text(path: Path, text: str) -> None:
+    """A run folder's text file (summary.json, config.yaml, metrics.jsonl when rewritten) written
+    aside, fsync'ed and renamed: a kill or a full disk leaves the old file whole, never an empty
+    one, and no temporary file; a failure for want of space or permission is one line."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if e.errno in UNWRITABLE:
+            raise unwritable(e, path.parent) from e
+        raise
+
+
 def save_last(state: dict, folder: Path, rotate: bool = True) -> None:
     """last.pt; the one it replaces becomes last.prev.pt unless `rotate` is False (the run
     resumed from last.prev.pt because last.pt was unreadable: that file must not replace it)."""

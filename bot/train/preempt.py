@@ -17,6 +17,9 @@ steps of the signal under several processes, after the current step under one.
 
 A second signal changes nothing (the handler only records the first), so the checkpoint
 being written is finished, and it is written atomically anyway (bot/files/checkpoint.py).
+Once a stop is under way the stop signals stay ignored to the process's end: restoring the
+default handlers would let a late second SIGTERM kill it with -15 instead of exit 75, and
+a requeue test (`[ $? -eq 75 ]`) would not requeue.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ class StopSignals:
         self.previous = {}
         self.group = dist.new_group(backend="gloo") if world > 1 and dist.is_initialized() else None
         self.pending, self.flag = None, torch.zeros(1, dtype=torch.int64)
+        self.stopping = False  # a stop was decided here: the process is on its way out
 
     def __enter__(self) -> "StopSignals":
         if threading.current_thread() is threading.main_thread():  # Python allows handlers only there
@@ -61,7 +65,7 @@ class StopSignals:
             self.pending.wait()
             self.pending = None
         for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
+            signal.signal(sig, signal.SIG_IGN if self.stopping or self.received else handler)
         self.previous = {}
 
     def _record(self, signum, _frame) -> None:
@@ -70,6 +74,7 @@ class StopSignals:
     def agreed(self) -> str | None:
         """The name of the signal to stop on, the same on every process at the same step, or None."""
         if self.group is None:
+            self.stopping = bool(self.received)
             return signal.Signals(self.received).name if self.received else None
         decided = None
         if self.pending is not None:  # the all-reduce started after the previous step
@@ -77,4 +82,5 @@ class StopSignals:
             decided = int(self.flag.item())
         self.flag = torch.tensor([self.received], dtype=torch.int64)
         self.pending = dist.all_reduce(self.flag, op=dist.ReduceOp.MAX, group=self.group, async_op=True)
+        self.stopping = bool(decided)
         return signal.Signals(decided).name if decided else None
