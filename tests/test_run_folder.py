@@ -16,7 +16,6 @@ import textwrap
 import time
 
 import pytest
-import torch
 from conftest import ROOT
 
 from bot.cli import train as train_cli

@@ -7,7 +7,6 @@ stored as plain values (tests/fixtures/last-numpy-rng.pt, numpy arrays in its pi
 resumes, also under numpy 1.x's module names.
 """
 
-import io
 import os
 import shutil
 import zipfile

@@ -65,7 +65,7 @@ def measure(name: str, model: torch.nn.Module, file: Path, cfg, threads: int, re
 
 
 def print_table(rows: list[dict], threads: int, size: int) -> str:
-    lines = [f"| model | top-1 | top-5 | file MB | ms/img batch 1 | ms/img batch 32 |",
+    lines = ["| model | top-1 | top-5 | file MB | ms/img batch 1 | ms/img batch 32 |",
              "|---|---|---|---|---|---|"]
     lines += [f"| {r['model']} | {r['top1']:.2f} | {r['top5']:.2f} | {r['mb']:.2f} | {r['ms_b1']:.2f} "
               f"| {r['ms_b32']:.2f} |" for r in rows]
