@@ -142,3 +142,22 @@ def test_foreign_files_are_named_for_what_they_are(tmp_path):
     for name, phrase in expected.items():
         with pytest.raises(UserError, match=phrase):
             trained.read(tmp_path / name)
+
+
+def test_a_relative_data_root_from_a_checkpoint_says_where_it_came_from(tmp_path, capsys):
+    state = checkpoint.load(FIXTURE)
+    state["config"]["data"]["root"] = "data/moved-away"
+    torch.save(state, tmp_path / "best.pt")
+    assert evaluate.main([str(tmp_path / "best.pt")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"error: data.root data/moved-away, from the config in {tmp_path / 'best.pt'}, does not exist "
+                   f"here (relative to {Path.cwd()}): give data.root=/path/to/the/data")
+
+
+def test_init_from_another_width_names_the_key(toy, tmp_path, capsys):
+    status = train_cli.main(["recipes/demo.yaml", f"data.root={toy}", f"run.out={tmp_path / 'run'}",
+                             *FIXTURE_ARGS[:1], "model.width=0.125", *FIXTURE_ARGS[2:], f"model.init_from={FIXTURE}"])
+    assert status == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: model.init_from {FIXTURE} was trained with model.width=0.0625 but this run has model.width=0.125: "
+        f"set model.width=0.0625 to fine-tune it")

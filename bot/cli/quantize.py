@@ -94,7 +94,8 @@ def main(argv=None) -> int:
                out.with_suffix(".json"): outputs.json_of(lambda rows: isinstance(rows, list)
                                                          and all("ms_b1" in r for r in rows))}
         for path, is_own in own.items():  # before the work: refused or unwritable costs nothing
-            outputs.check_output(path, "--out", "int8 model or its table", is_own, inputs=[source.path])
+            outputs.check_output(path, "--out" if path == out else f"--out {out}: its table", "int8 model or its table",
+                                 is_own, inputs=[source.path])
         threads = args.threads or torch.get_num_threads()
         model = trained.build(source)
         batches = quantize.calibration_images(cfg, args.calib)
