@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
 import sys
 import time
 from contextlib import nullcontext
 from functools import partial
-from importlib import metadata
 from pathlib import Path
 
 import torch
@@ -25,7 +23,7 @@ from tqdm import tqdm
 from bot import config
 from bot.data import build_loaders
 from bot.errors import UserError
-from bot.files import checkpoint, trained
+from bot.files import checkpoint
 from bot.models import build_model, count_params_macs
 from bot.models.slimmable import fit_shapes
 from bot.train import backends
@@ -35,6 +33,7 @@ from bot.train.finetune import init_from
 from bot.train.losses import Objective
 from bot.train.optim import build_optimizer, load_optimizer_state
 from bot.train.preempt import Stopped, StopSignals
+from bot.train.run_checks import check_same_classes, check_same_run, provenance
 from bot.train.runlock import RunLock
 from bot.train.runlog import RunLog
 from bot.train.schedule import build_schedule
@@ -42,9 +41,6 @@ from bot.train.slim_penalty import with_slim_l1
 from bot.train.sync_bn import convert_sync_batchnorm
 from bot.train.teacher import load_teacher
 
-# Keys that may change between a run and its resumption without changing what is trained.
-RESUMABLE_CHANGES = {"run.max_steps", "run.log_every", "run.checkpoint_every", "run.wandb", "run.resume",
-                     "run.name", "run.group", "run.out", "data.root", "data.workers", "data.prefetch", "compile"}
 # fp16 with dynamic loss scaling only: gluon-cv used none and static scales produce NaNs.
 NONFINITE_LIMIT = {"fp16": 50, "bf16": 0, "fp32": 0}
 # A run has diverged once a measured training loss is above this many times its first logged
@@ -67,43 +63,6 @@ def make_autocast(precision: str, device: torch.device):
         raise UserError(f"precision {precision} is not supported on {device.type} by this torch; "
                         f"use precision={other}") from None
     return partial(torch.autocast, device.type, dtype=dtype)
-
-
-def check_same_run(cfg, saved: dict, folder: Path) -> None:
-    """Never silently resume a run folder that holds a different recipe."""
-    now, before = config.flat(cfg.to_dict()), config.flat({k: v for k, v in saved.items() if k != "provenance"})
-    # a key newer than the saved run was trained at its default, which is always "off"
-    before = config.flat(config.Config().to_dict()) | before
-    changed = [k for k in now if k not in RESUMABLE_CHANGES and now[k] != before.get(k)]
-    if changed and cfg.run.resume != "force":
-        diffs = ", ".join(f"{k} {before.get(k)!r} -> {now[k]!r}" for k in changed[:3])
-        raise UserError(f"run.out {folder} holds a run with another config ({diffs}); "
-                        f"use a new run.out, or run.resume=force to continue it anyway")
-
-
-def check_same_classes(cfg, saved: dict, classes: list[str], folder: Path) -> None:
-    """data.root may move on resume (RESUMABLE_CHANGES), but never to other classes: compared by
-    name, so a moved copy of the same data resumes and another dataset is one line."""
-    diff = trained.class_difference(saved.get("classes"), int(saved["num_classes"]), classes)
-    if diff is not None:
-        raise UserError(f"data.root {cfg.data.root} has other classes than the run in {folder} was trained on "
-                        f"({diff}); point data.root at that run's data, or use a new run.out")
-
-
-def provenance() -> dict:
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).parent, timeout=5).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        commit = None
-    packages = {}
-    for name in ("torch", "torchvision", "timm", "accelerate", "nvidia-dali-cuda130", "wandb", "numpy"):
-        try:
-            packages[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
-    return {"git_commit": commit, "python": sys.version.split()[0], "packages": packages,
-            "command": " ".join(sys.argv)}
 
 
 def build_step(cfg, model, accelerator, num_classes: int, batch: int, steps_per_epoch: int,
