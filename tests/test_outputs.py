@@ -94,6 +94,7 @@ def test_a_rerun_replaces_its_own_output(run, toy, tmp_path, capsys):
         assert export.main([str(run), "--format", "torchscript"]) == 0
         assert slim.main([str(run), "--ratio", "0.3", "--out", str(tmp_path / "slim")]) == 0
     assert (run / "best.torchscript.pt").is_file() and (tmp_path / "slim/slim.json").is_file()
+    capsys.readouterr()
     # a slimmed network has no timm name: refused in one line that names the formats that work
     refused(capsys, export.main([str(tmp_path / "slim"), "--format", "timm"]), "slimmed", "--format onnx")
     assert not [p for p in tmp_path.rglob("*") if ".tmp" in p.name]
