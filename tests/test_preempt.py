@@ -84,9 +84,9 @@ def test_two_processes_stop_at_the_same_step_and_resume_bit_exactly(toy, tmp_pat
 def test_a_second_signal_during_the_save_changes_nothing(toy, tmp_path, monkeypatch):
     real_save, real_after_step = checkpoint.save_last, Run.after_step
 
-    def save_with_a_second_notice(state, folder):
+    def save_with_a_second_notice(state, folder, **kw):
         os.kill(os.getpid(), signal.SIGTERM)  # arrives while last.pt is written
-        real_save(state, folder)
+        real_save(state, folder, **kw)
 
     def after_step(self, loss):
         real_after_step(self, loss)
