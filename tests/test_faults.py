@@ -94,8 +94,8 @@ def test_non_finite_loss_stops_with_exit_2_and_keeps_the_last_good_checkpoint(to
     out = tmp_path / "run"
     done = run_cli(*cli_args(toy, out, "run.checkpoint_every=1", "optim.lr=1.0e+30"))
     assert done.returncode == 2, done.stderr
-    assert done.stderr.strip() == (f"error: loss is not finite since step 2; stopped, keeping the last good "
-                                   f"checkpoint in {out} (lower optim.lr, or use fp16 with its loss scaling)")
+    assert done.stderr.strip() == (f"error: loss is not finite since step 2; stopped, keeping {out / 'last.pt'} "
+                                   f"at step 1 (lower optim.lr, or use fp16 with its loss scaling)")
     state = torch.load(out / "last.pt", weights_only=False)
     assert state["step"] == 1  # step 2's update, from a NaN loss, was never written
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
@@ -112,7 +112,7 @@ def test_fp16_overflow_in_the_forward_stops_at_once(toy, tmp_path):
         pytest.skip("fp16 is not supported on this machine's CPU")
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip() == (f"error: the model's weights or BatchNorm statistics are not finite at step 2; "
-                                   f"stopped, keeping the last good checkpoint in {out} (lower optim.lr)")
+                                   f"stopped, keeping {out / 'last.pt'} at step 1 (lower optim.lr)")
     state = torch.load(out / "last.pt", weights_only=False)
     assert state["step"] == 1
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
@@ -142,7 +142,7 @@ def test_fp16_skips_non_finite_losses_then_stops_after_too_many_in_a_row(toy, tm
     else:
         pytest.fail("the run did not stop")
     assert message == (f"loss is not finite since step 2 (4 steps in a row skipped by the fp16 loss scaler); "
-                       f"stopped, keeping the last good checkpoint in {out} (lower optim.lr)")
+                       f"stopped, keeping {out / 'last.pt'} at step 4 (lower optim.lr)")
     state = torch.load(out / "last.pt", weights_only=False)
     assert state["step"] == 4  # steps 2-4 were survived (skipped) and checkpointed; step 5 was one too many
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())

@@ -84,9 +84,9 @@ def test_two_processes_stop_at_the_same_step_and_resume_bit_exactly(toy, tmp_pat
 def test_a_second_signal_during_the_save_changes_nothing(toy, tmp_path, monkeypatch):
     real_save, real_after_step = checkpoint.save_last, Run.after_step
 
-    def save_with_a_second_notice(state, folder):
+    def save_with_a_second_notice(state, folder, **kw):
         os.kill(os.getpid(), signal.SIGTERM)  # arrives while last.pt is written
-        real_save(state, folder)
+        real_save(state, folder, **kw)
 
     def after_step(self, loss):
         real_after_step(self, loss)
@@ -103,7 +103,10 @@ def test_a_second_signal_during_the_save_changes_nothing(toy, tmp_path, monkeypa
         train(cfg)
     assert (stopped.value.signal_name, stopped.value.step) == ("SIGUSR1", 2)
     assert checkpoint.load_last(tmp_path)["step"] == 2
-    assert signal.getsignal(signal.SIGTERM) is before  # the handlers are put back
+    # once stopping, the stop signals stay ignored to the process's end (a late one must not turn 75 into -15)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+    for sig in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(sig, before)  # this test process goes on
 
 
 def test_one_process_stops_on_the_first_signal_only():
@@ -112,7 +115,12 @@ def test_one_process_stops_on_the_first_signal_only():
         os.kill(os.getpid(), signal.SIGUSR1)
         os.kill(os.getpid(), signal.SIGTERM)
         assert stop.agreed() == "SIGUSR1"
-    assert signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL
+    assert signal.getsignal(signal.SIGUSR1) is signal.SIG_IGN  # stopping: ignored to the process's end
+    for sig in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(sig, signal.SIG_DFL)
+    with StopSignals(world=1) as stop:
+        assert stop.agreed() is None
+    assert signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL  # no stop: the handlers are put back
 
 
 

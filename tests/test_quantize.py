@@ -53,6 +53,8 @@ def test_int8_keeps_top1_within_one_point_and_reloads(quantized):
     assert row.split("|")[3].strip() == f"{int8['top1']:.2f}"
     refused = run_cli("scripts/export.py", run / "best.int8.onnx", "--format", "onnx")
     assert refused.returncode == 2 and "ONNX model" in refused.stderr
+    other_size = run_cli("scripts/evaluate.py", run / "best.int8.onnx", "--sizes", "32,40")  # fixed 32 px input
+    assert other_size.returncode == 2 and "fixed input size 32: it cannot be tested at 40" in other_size.stderr
 
 
 def test_int8_logits_are_close_to_fp32(quantized, toy400):

@@ -21,8 +21,7 @@ import torch
 from tqdm import tqdm
 
 from bot.cli import run
-from bot.errors import UserError
-from bot.files import trained
+from bot.files import outputs, trained
 
 
 def parse(argv) -> argparse.Namespace:
@@ -82,15 +81,16 @@ def main(argv=None) -> int:
     args = parse(sys.argv[1:] if argv is None else argv)
 
     def body():
-        if args.out and not Path(args.out).parent.is_dir():
-            raise UserError(f"--out {args.out}: folder {Path(args.out).parent} does not exist")
+        if args.out:  # before the work: refused or unwritable costs nothing (bot/files/outputs.py)
+            outputs.check_output(args.out, "--out", "comparison table", outputs.text_starting("| model | top-1 |"),
+                                 inputs=[trained.checkpoint_path(spec, name) for name, spec in args.models])
         with tempfile.TemporaryDirectory() as tmp:
             rows = [row(name, spec, args.overrides, Path(tmp), args.repeats)
                     for name, spec in tqdm(args.models, desc="models", disable=None, leave=False)]
         text = table(rows)
         print(text)
         if args.out:
-            Path(args.out).write_text(text + "\n")
+            outputs.write_text(Path(args.out), text + "\n")
         return 0
 
     return run(body)

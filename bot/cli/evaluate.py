@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import sys
 from pathlib import Path
 
@@ -26,7 +27,9 @@ import torch
 from bot import config
 from bot.cli import run
 from bot.errors import UserError
-from bot.files import trained
+from bot.files import outputs, trained
+
+CSV_HEAD = "class,images,top1_"  # the first columns of the per-class CSV
 
 
 def parse(argv) -> argparse.Namespace:
@@ -53,11 +56,29 @@ def eval_config(model: trained.Trained, overrides: list[str], size: int | None) 
     for item in overrides:
         config.apply_override(tree, item)
     keys = {item.split("=", 1)[0].strip() for item in overrides}
+    root = tree["data"]["root"]
+    if "data.root" not in keys and root and not Path(root).expanduser().is_dir():
+        where = f" (relative to {Path.cwd()})" if not Path(root).expanduser().is_absolute() else ""
+        raise UserError(f"data.root {root}, from the config in {model.path}, does not exist here{where}: "
+                        f"give data.root=/path/to/the/data")
     if size is not None:
         tree["data"]["image_size"] = size
     if "data.val_resize" not in keys and (size is not None or "data.image_size" in keys):
         tree["data"]["val_resize"] = None  # derived again from the new size (256/224, config.validate)
     return config.from_dict(tree)
+
+
+def check_sizes(model_info: trained.Trained, args) -> None:
+    """An int8 ONNX model runs at the one resolution it was exported at."""
+    if not model_info.onnx:
+        return
+    size = model_info.cfg.data.image_size
+    other = [s for s in args.sizes if s not in (None, size)]
+    other += [value.strip() for key, _, value in (o.partition("=") for o in args.overrides)
+              if key.strip() == "data.image_size" and value.strip() != str(size)]
+    if other:
+        raise UserError(f"{model_info.path} is an ONNX model of fixed input size {size}: it cannot be tested at "
+                        f"{other[0]}; evaluate its checkpoint ({model_info.info['from']}) at other sizes")
 
 
 def evaluate_sizes(model_info: trained.Trained, args) -> list[dict]:
@@ -92,13 +113,14 @@ def print_table(model_info: trained.Trained, rows: list[dict], ema: bool) -> Non
 
 
 def write_per_class(path: str, rows: list[dict]) -> None:
-    with open(path, "w", newline="") as f:
-        out = csv.writer(f)
-        out.writerow(["class", "images"] + [f"top1_{r['size']}" for r in rows])
-        first = rows[0]
-        for k, name in enumerate(first["classes"]):
-            n = first["class_images"][k]
-            out.writerow([name, n] + [f"{100 * r['class_top1_hits'][k] / n:.2f}" if n else "" for r in rows])
+    text = io.StringIO(newline="")
+    out = csv.writer(text)
+    out.writerow(["class", "images"] + [f"top1_{r['size']}" for r in rows])
+    first = rows[0]
+    for k, name in enumerate(first["classes"]):
+        n = first["class_images"][k]
+        out.writerow([name, n] + [f"{100 * r['class_top1_hits'][k] / n:.2f}" if n else "" for r in rows])
+    outputs.write_text(Path(path), text.getvalue())
     print(f"per-class top-1 in {path}")
 
 
@@ -107,8 +129,10 @@ def main(argv=None) -> int:
 
     def body():
         model_info = trained.read(args.checkpoint, onnx=True)
-        if args.per_class and not Path(args.per_class).parent.is_dir():
-            raise UserError(f"--per-class {args.per_class}: folder {Path(args.per_class).parent} does not exist")
+        if args.per_class:  # before the work: refused or unwritable costs nothing
+            outputs.check_output(args.per_class, "--per-class", "per-class CSV", outputs.text_starting(CSV_HEAD),
+                                 inputs=[model_info.path])
+        check_sizes(model_info, args)
         rows = evaluate_sizes(model_info, args)
         if rows:  # the main process reports
             print_table(model_info, rows, args.ema)

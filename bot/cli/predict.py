@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import sys
 from pathlib import Path
 
@@ -21,7 +22,9 @@ from tqdm import tqdm
 from bot.cli import run
 from bot.data.folder import IMAGE_SUFFIXES
 from bot.errors import UserError, one_line
-from bot.files import trained
+from bot.files import outputs, trained
+
+CSV_HEAD = "path,class_1,prob_1"  # the first columns of the CSV this command writes
 
 
 def parse(argv) -> argparse.Namespace:
@@ -30,7 +33,8 @@ def parse(argv) -> argparse.Namespace:
                                        "or an int8 model of scripts/quantize.py (.onnx)")
     p.add_argument("images", nargs="+", help="image files and/or folders")
     p.add_argument("--top", type=int, default=5, help="classes per image (default 5)")
-    p.add_argument("--out", default=None, help="also write the predictions to this CSV")
+    p.add_argument("--out", default=None, help="also write the predictions to this CSV (a new file, or one "
+                                                "this command wrote before)")
     p.add_argument("--batch", type=int, default=64, help="images per forward pass")
     p.add_argument("--ema", action="store_true", help="the moving average of the weights")
     args = p.parse_args(argv)
@@ -63,7 +67,7 @@ def predict(model, transform, files: list[Path], top: int, batch: int, class_nam
             chunk, images = [], []
             for path in files[start:start + batch]:
                 try:
-                    images.append(transform(decode(str(path))))
+                    images.append(transform(decode(str(path), hint="")))  # a file given, not a dataset's
                     chunk.append(path)
                 except (UserError, OSError, ValueError) as e:
                     bar.write(f"skipped {path}: {one_line(e)}", file=sys.stderr)
@@ -79,6 +83,15 @@ def predict(model, transform, files: list[Path], top: int, batch: int, class_nam
     return results, skipped
 
 
+def predictions_csv(results, top: int) -> str:
+    text = io.StringIO(newline="")
+    out = csv.writer(text)
+    out.writerow(["path"] + [f"{c}_{k}" for k in range(1, top + 1) for c in ("class", "prob")])
+    for path, best in results:
+        out.writerow([str(path)] + [v for name, p in best for v in (name, f"{p:.6f}")])
+    return text.getvalue()
+
+
 def main(argv=None) -> int:
     args = parse(sys.argv[1:] if argv is None else argv)
 
@@ -87,15 +100,14 @@ def main(argv=None) -> int:
 
         model_info = trained.read(args.checkpoint, onnx=True)
         files = find_images(args.images)
+        if args.out:  # before the work: refused or unwritable costs nothing
+            outputs.check_output(args.out, "--out", "predictions CSV", outputs.text_starting(CSV_HEAD),
+                                 inputs=[model_info.path, *files])
         model = trained.build(model_info, ema=args.ema)
         names = model_info.classes or [f"class_{k}" for k in range(model_info.num_classes)]
         results, skipped = predict(model, val_transform(model_info.cfg.data), files, args.top, args.batch, names)
         if args.out:
-            with open(args.out, "w", newline="") as f:
-                out = csv.writer(f)
-                out.writerow(["path"] + [f"{c}_{k}" for k in range(1, min(args.top, len(names)) + 1) for c in ("class", "prob")])
-                for path, best in results:
-                    out.writerow([str(path)] + [v for name, p in best for v in (name, f"{p:.6f}")])
+            outputs.write_text(Path(args.out), predictions_csv(results, min(args.top, len(names))))
         for path, best in results:
             print(f"{path}: " + "  ".join(f"{name} {p:.3f}" for name, p in best))
         print(f"{len(results)} image(s) classified" + (f", {skipped} unreadable skipped" if skipped else "")

@@ -12,7 +12,9 @@ ranges and int8 weights it learned instead (no calibration); `--bits N` below 8 
 plain run's weights to N bits after training, with QAT's modules and range tracking, as the
 baseline QAT at model.qat_bits=N is compared with. Then fp32 and int8 are measured side by side, in this run, with the
 same threads: top-1/top-5 on the val folder, file size, and CPU milliseconds per image at
-batch 1 and 32 (median of --repeats). Overrides are evaluate's (data.root, data.workers ...).
+batch 1 and 32 (median of --repeats), and the table is also written beside the model as
+NAME.md and NAME.json. Overrides are evaluate's (data.root, data.workers ...). These three
+files may replace this command's own earlier ones, never a checkpoint or a run's files.
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ import torch
 
 from bot.cli import run
 from bot.errors import UserError
-from bot.files import trained
+from bot.files import outputs, trained
+
+TABLE_HEAD = "| model | top-1 |"  # the first line of NAME.md
 
 
 def parse(argv) -> argparse.Namespace:
@@ -37,7 +41,8 @@ def parse(argv) -> argparse.Namespace:
     p.add_argument("checkpoint", help="a checkpoint (best.pt, last.pt) or a run folder (its best.pt)")
     p.add_argument("overrides", nargs="*", help="e.g. data.root=/data/imagenet")
     p.add_argument("--calib", type=int, default=512, help="training images to calibrate on (default 512)")
-    p.add_argument("--out", default=None, help="the int8 model (default: beside the checkpoint, NAME.int8.onnx)")
+    p.add_argument("--out", default=None, help="the int8 model (default: beside the checkpoint, NAME.int8.onnx); "
+                                                "its table goes beside it as NAME.int8.md and NAME.int8.json")
     p.add_argument("--bits", type=int, default=8, help="weight bits (default 8; 2-7: post-training, "
                    "calibrated as QAT tracks ranges, to compare with model.qat_bits)")
     p.add_argument("--repeats", type=int, default=20, help="timed passes per latency (their median is shown)")
@@ -67,7 +72,7 @@ def measure(name: str, model: torch.nn.Module, file: Path, cfg, threads: int, re
 
 
 def print_table(rows: list[dict], threads: int, size: int) -> str:
-    lines = [f"| model | top-1 | top-5 | file MB | ms/img batch 1 | ms/img batch 32 |",
+    lines = ["| model | top-1 | top-5 | file MB | ms/img batch 1 | ms/img batch 32 |",
              "|---|---|---|---|---|---|"]
     lines += [f"| {r['model']} | {r['top1']:.2f} | {r['top5']:.2f} | {r['mb']:.2f} | {r['ms_b1']:.2f} "
               f"| {r['ms_b32']:.2f} |" for r in rows]
@@ -92,8 +97,12 @@ def main(argv=None) -> int:
         out = Path(args.out) if args.out else source.path.with_suffix(".int8.onnx")
         if out.suffix != ".onnx":
             raise UserError(f"--out {out}: the int8 model is an ONNX file, name it *.onnx")
-        if not out.parent.is_dir():
-            raise UserError(f"--out {out}: folder {out.parent} does not exist")
+        own = {out: outputs.onnx_file, out.with_suffix(".md"): outputs.text_starting(TABLE_HEAD),
+               out.with_suffix(".json"): outputs.json_of(lambda rows: isinstance(rows, list)
+                                                         and all("ms_b1" in r for r in rows))}
+        for path, is_own in own.items():  # before the work: refused or unwritable costs nothing
+            outputs.check_output(path, "--out" if path == out else f"--out {out}: its table", "int8 model or its table",
+                                 is_own, inputs=[source.path])
         threads = args.threads or torch.get_num_threads()
         model = trained.build(source)
         meta = onnx_model.metadata(source.cfg, source.classes or [f"class_{k}" for k in range(source.num_classes)],
@@ -112,7 +121,7 @@ def main(argv=None) -> int:
             if qat or args.bits < 8:
                 _simulated(model, source, batches, args.bits, cfg, out, meta)
             else:
-                with export.written_aside(out) as (tmp_out,):
+                with outputs.written_aside(out) as (tmp_out,):
                     quantize.quantize_onnx(fp32, tmp_out, batches, meta)
                 n = sum(len(b) for b in batches)
                 print(f"wrote {out}: int8 of {source.describe()}, calibrated on {n} training images")
@@ -120,8 +129,8 @@ def main(argv=None) -> int:
             name = ("QAT " if qat else "") + f"int8 (onnxruntime){'' if bits == 8 else f', {bits}-bit weights'}"
             rows.append(measure(name, onnx_model.OnnxModule(out, threads), out, cfg, threads, args.repeats))
         text = print_table(rows, threads, cfg.data.image_size)
-        out.with_suffix(".md").write_text(text + "\n")
-        out.with_suffix(".json").write_text(json.dumps(rows, indent=2) + "\n")
+        outputs.write_text(out.with_suffix(".md"), text + "\n")
+        outputs.write_text(out.with_suffix(".json"), json.dumps(rows, indent=2) + "\n")
         return 0
 
     return run(body)
@@ -136,7 +145,7 @@ def _simulated(model, source, batches, bits: int, cfg, out: Path, meta: dict) ->
     if batches:
         calibrate(prepare_qat(model, bits), batches)
     diff = quantize.qat_onnx(model, cfg.data.image_size, out, meta)
-    how = (f"with the ranges QAT learned" if not batches
+    how = ("with the ranges QAT learned" if not batches
            else f"{bits}-bit weights, ranges calibrated on {sum(len(b) for b in batches)} training images")
     print(f"wrote {out}: int8 of {source.describe()}, {how} (onnxruntime vs fake-quant logits: {diff:.3g})")
 

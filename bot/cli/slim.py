@@ -7,7 +7,8 @@ over the whole network (Liu et al., ICCV 2017; train with model.slim_l1 so that 
 gammas are ~0) is removed: the convs, their BNs and the next convs really get narrower.
 DIR/best.pt is a checkpoint like the trainer's, with the narrower weights: fine-tune it
 with `model.init_from=DIR/best.pt` (same recipe), or evaluate, predict, export and
-quantize it. DIR/slim.json lists the channels kept per layer. `--round-to 8` keeps a
+quantize it. DIR/slim.json lists the channels kept per layer. DIR is a new folder or one this
+command wrote before: never a training run's folder. `--round-to 8` keeps a
 multiple of 8 channels in every layer (removing a little less than --ratio): convolution
 kernels run such counts faster than odd ones, on the CPU and on GPUs' tensor cores.
 """
@@ -23,7 +24,7 @@ import torch
 
 from bot.cli import run
 from bot.errors import UserError
-from bot.files import trained
+from bot.files import outputs, trained
 
 
 def parse(argv) -> argparse.Namespace:
@@ -41,6 +42,37 @@ def parse(argv) -> argparse.Namespace:
     return args
 
 
+def _slimmed_checkpoint(path: Path) -> bool:
+    from bot.files.checkpoint import load
+
+    try:
+        return "slim" in load(path)
+    except Exception:
+        return False
+
+
+def check_out(out: Path, source: Path) -> Path:
+    """The folder to write DIR/best.pt and DIR/slim.json into: new, or this command's own
+    earlier output; never a training run's folder (its summary.json would describe other
+    weights) nor the checkpoint being slimmed (bot/files/outputs.py's rule)."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a folder")
+    if not out.exists():
+        parent = next(p for p in out.parents if p.exists())
+        if not parent.is_dir():
+            raise UserError(f"--out {out}: {parent} is a file, not a folder")
+        outputs.check_writable(parent, "--out")
+        return out
+    trainer = [n for n in outputs.RUN_FILES if n != "best.pt" and (out / n).exists()]
+    if trainer:
+        raise UserError(f"--out {out} is a training run's folder (it has {trainer[0]}): its best.pt is that "
+                        f"run's; slim into a new folder")
+    outputs.check_output(out / "best.pt", "--out", "slimmed checkpoint", _slimmed_checkpoint, inputs=[source])
+    outputs.check_output(out / "slim.json", "--out", "slim.json", outputs.json_of(
+        lambda info: isinstance(info, dict) and "channels" in info), inputs=[source])
+    return out
+
+
 def main(argv=None) -> int:
     args = parse(sys.argv[1:] if argv is None else argv)
 
@@ -54,11 +86,7 @@ def main(argv=None) -> int:
         m = source.cfg.model
         if not m.arch.startswith("resnet"):
             raise UserError(f"{source.path} is a {m.arch}: slimming removes channels inside residual blocks")
-        out = Path(args.out)
-        if out.exists() and not out.is_dir():
-            raise UserError(f"--out {out} is a file, not a folder")
-        if (out / "best.pt").resolve() == source.path.resolve():
-            raise UserError(f"--out {out} would overwrite the checkpoint being slimmed")
+        out = check_out(Path(args.out), source.path)
         model = trained.build(source)
         size = source.cfg.data.image_size
         params, macs = count_params_macs(model, size)
@@ -75,7 +103,7 @@ def main(argv=None) -> int:
         out.mkdir(parents=True, exist_ok=True)
         atomic_save({"model": model.state_dict(), "config": source.cfg.to_dict(), "num_classes": source.num_classes,
                      "classes": source.classes, "slim": info}, out / "best.pt")
-        (out / "slim.json").write_text(json.dumps(info, indent=2) + "\n")
+        outputs.write_text(out / "slim.json", json.dumps(info, indent=2) + "\n")
         removed = total - sum(a for _, a in counts)
         print(f"slimmed {source.describe()}: {removed} of {total} in-block channels removed ({removed / total:.1%}; "
               f"{near_zero} had |gamma| < 1e-3)" + (f", every layer a multiple of {args.round_to}" if args.round_to > 1 else ""))

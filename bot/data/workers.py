@@ -26,6 +26,7 @@ def worker_init(start_method: str) -> functools.partial:
     that ignored that one too would hang the exit for ever. So the main process sets an event
     at exit, before multiprocessing's atexit runs, and from then on workers die of the signal."""
     if start_method not in _EXITING:
+        start_resource_tracker()  # before the Event, which registers with it
         _EXITING[start_method] = multiprocessing.get_context(start_method).Event()
         # atexit runs last-registered first: multiprocessing registered its own on import
         atexit.register(_EXITING[start_method].set)
@@ -33,6 +34,22 @@ def worker_init(start_method: str) -> functools.partial:
 
 
 _EXITING = {}
+
+
+def start_resource_tracker() -> None:
+    """Start multiprocessing's resource tracker (the fork server's workers register their
+    semaphores with it) with the stop signals blocked. It ignores SIGINT and SIGTERM itself
+    but not SIGUSR1: signalled with the job's process group, it died, was relaunched by the
+    next register, and then printed a KeyError traceback for every semaphore unregistered
+    that the new one never saw (33 on the toy run). A blocked signal stays pending in it,
+    harmlessly; the mask is inherited through fork and exec, and this process's is restored."""
+    from multiprocessing import resource_tracker
+
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        resource_tracker.ensure_running()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def ignore_stop_signals(exiting, _worker_id: int = 0) -> None:

@@ -9,13 +9,12 @@ checked, so a failed export never replaces an earlier good one.
 from __future__ import annotations
 
 import json
-import os
 import warnings
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
+from bot.files.outputs import written_aside
 from bot.models import VARIANTS, widths
 
 
@@ -35,21 +34,6 @@ def check(ours: torch.Tensor, theirs, what: str) -> float:
     if not diff <= tol:
         raise ExportMismatch(f"{what}: logits differ from the trained model by {diff:.3g} (tolerance {tol:.3g})")
     return diff
-
-
-@contextmanager
-def written_aside(*paths: Path):
-    """Temporary names for `paths` (the suffix stays last: timm reads a file by its suffix);
-    renamed over `paths` when the block succeeds, removed when it raises."""
-    tmps = [p.with_name(p.stem + ".tmp" + p.suffix) for p in paths]
-    try:
-        yield tmps
-    except BaseException:
-        for tmp in tmps:
-            tmp.unlink(missing_ok=True)
-        raise
-    for tmp, path in zip(tmps, paths):
-        os.replace(tmp, path)
 
 
 def to_onnx(model, image_size: int, path: Path) -> float:
@@ -131,3 +115,12 @@ def to_timm(model, arch: str, variant: str, classes: list[str], image_size: int,
         call += ("\nfor stage in (model.layer2, model.layer3, model.layer4):  # ResNet-A: stride 2 on the 1x1 conv1"
                  "\n    stage[0].conv1.stride, stage[0].conv2.stride = (2, 2), (1, 1)")
     return max(diffs), call
+
+
+def slimmed(model, cfg, num_classes: int) -> bool:
+    """Whether `model` has other layer widths than its config builds (scripts/slim.py): timm's
+    constructors take one width per stage, so such a network has no timm name or kwargs."""
+    from bot.models import build_model
+
+    fresh = build_model(cfg, num_classes).state_dict()
+    return any(k in fresh and tuple(v.shape) != tuple(fresh[k].shape) for k, v in model.state_dict().items())

@@ -91,7 +91,7 @@ def qat_onnx(model: torch.nn.Module, image_size: int, out: Path, meta: dict[str,
     import onnx
     import onnxruntime
 
-    from bot.deploy.export import written_aside
+    from bot.files.outputs import written_aside
     from bot.models.qat import freeze
 
     freeze(model)

@@ -1,7 +1,9 @@
 """A trained model read back from a checkpoint or a run folder.
 
 The one place where evaluate, predict, export, fine-tuning (`model.init_from`) and the
-distillation teacher read a checkpoint and check its classes.
+distillation teacher read a checkpoint and check its classes. It is read by
+bot/files/checkpoint.py's `load` (weights_only: nothing in the file runs); a TorchScript or
+safetensors file, a bare tensor or state_dict is named as what it is, in one line.
 
 A checkpoint is what the trainer writes (`best.pt`, `last.pt`): the weights under `model`
 (a plain state_dict), the resolved `config`, `num_classes` and `classes` (the class folder
@@ -23,6 +25,7 @@ import torch
 
 from bot import config
 from bot.errors import UserError
+from bot.files import checkpoint
 from bot.files.checkpoint import BEST, LAST
 
 EMA_KEY = "ema"
@@ -60,6 +63,21 @@ def checkpoint_path(spec: str | Path, what: str) -> Path:
     return path
 
 
+def not_a_checkpoint(obj) -> str | None:
+    """What a loaded file is when it is not a bot checkpoint, in words; None when it is one."""
+    if isinstance(obj, torch.Tensor):
+        return "a bare tensor, not a checkpoint (bot's best.pt or last.pt)"
+    if not isinstance(obj, dict):
+        return f"a pickled {type(obj).__name__}, not a checkpoint (bot's best.pt or last.pt)"
+    if "model" not in obj and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return ("a bare state_dict without config or classes (e.g. the .pth of scripts/export.py "
+                "--format timm): give the run's best.pt")
+    missing = [k for k in ("model", "num_classes", "config") if k not in obj]
+    if missing:
+        return f"not a bot checkpoint (no {', '.join(repr(k) for k in missing)})"
+    return None
+
+
 def read(spec: str | Path, what: str = "checkpoint", onnx: bool = False) -> Trained:
     """The checkpoint at `spec` (a file or a run folder), or one UserError line naming it.
 
@@ -74,12 +92,16 @@ def read(spec: str | Path, what: str = "checkpoint", onnx: bool = False) -> Trai
         cfg, classes, source = read_metadata(path, what)
         return Trained(path, cfg, len(classes), classes, {}, info={"from": source}, onnx=True)
     try:
-        # weights_only=False: a training checkpoint holds the RNG states (numpy arrays) to resume
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-        weights, num_classes, tree = ckpt["model"], int(ckpt["num_classes"]), ckpt["config"]
-    except Exception as e:  # a truncated file, a foreign checkpoint: one line, not a traceback
+        ckpt = checkpoint.load(path, what)
+    except UserError:
+        raise
+    except Exception as e:  # a truncated file, a foreign format: one line, not a traceback
         detail = str(e).splitlines()[0] if str(e) else ""
         raise UserError(f"{what} {path} is not a readable bot checkpoint ({type(e).__name__}: {detail})") from None
+    problem = not_a_checkpoint(ckpt)
+    if problem:
+        raise UserError(f"{what} {path} is {problem}")
+    weights, num_classes, tree = ckpt["model"], int(ckpt["num_classes"]), ckpt["config"]
     try:
         cfg = config.from_dict(tree)
     except UserError as e:

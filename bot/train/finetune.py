@@ -4,7 +4,8 @@ weights of another run.
 Every weight is taken over except the classifier when the classes differ (in count, or
 in names and order: a classifier's row k means the checkpoint's class k); then the new
 classifier keeps the initialisation of this run's config. Any other difference (another
-arch or variant) is an error naming the first key, never a partial load.
+arch or variant, another model.width) is an error naming the first key that differs,
+never a partial load.
 """
 
 from __future__ import annotations
@@ -39,10 +40,22 @@ def first_mismatch(ours: dict, theirs: dict, skip: set[str]) -> str | None:
     return None
 
 
-def init_from(model: nn.Module, spec: str, classes: list[str], say: bool = True) -> None:
+# must match between the checkpoint's config and this run's: fit_shapes (for slimmed
+# checkpoints) would otherwise quietly give the model the checkpoint's layer widths. Another
+# arch or variant already fails on a weight's name or shape.
+SAME = ("width",)
+
+
+def init_from(model: nn.Module, spec: str, classes: list[str], say: bool = True, ours=None) -> None:
     """Load the weights of checkpoint or run folder `spec` into `model` (built for `classes`);
-    `say`: print what was loaded (the main process)."""
+    `say`: print what was loaded (the main process); `ours`: this run's config.model, compared
+    with the checkpoint's on SAME."""
     source = trained.read(spec, WHAT)
+    for key in SAME if ours is not None else ():
+        theirs, here = getattr(source.cfg.model, key), getattr(ours, key)
+        if theirs != here:
+            raise UserError(f"{WHAT} {source.path} was trained with model.{key}={theirs} but this run has "
+                            f"model.{key}={here}: set model.{key}={theirs} to fine-tune it")
     fit_shapes(model, source.weights)  # a slimmed checkpoint (scripts/slim.py): its narrower layers
     ours, theirs = model.state_dict(), source.weights
     head = classifier_keys(model)

@@ -17,11 +17,22 @@ steps of the signal under several processes, after the current step under one.
 
 A second signal changes nothing (the handler only records the first), so the checkpoint
 being written is finished, and it is written atomically anyway (bot/files/checkpoint.py).
+Once a stop is under way the stop signals stay ignored to the process's end: restoring the
+default handlers would let a late second SIGTERM kill it with -15 instead of exit 75, and
+a requeue test (`[ $? -eq 75 ]`) would not requeue.
+
+`accelerate launch` with one process runs the trainer as its child and passes no signal on:
+a SIGTERM to the launcher alone killed the launcher and left the trainer training, orphaned.
+Under that launcher the trainer asks the kernel for SIGTERM when its parent dies
+(prctl PR_SET_PDEATHSIG, Linux), so it stops after the step and saves as on any notice.
 """
 
 from __future__ import annotations
 
+import ctypes
+import os
 import signal
+import sys
 import threading
 
 import torch
@@ -32,6 +43,22 @@ from bot.data.workers import STOP_SIGNALS  # loader workers ignore them: bot/dat
 # sysexits.h EX_TEMPFAIL, "a temporary failure; the user is invited to retry": a scheduler's
 # requeue test (docs/distributed.md) reads it; 0 stays "finished", 2 "bad input".
 REQUEUE_STATUS = 75
+
+
+def under_single_process_launcher() -> bool:
+    """`accelerate launch` with one process: its simple launcher sets ACCELERATE_USE_CPU, and
+    no torchrun variables (torchrun passes SIGTERM on to its workers itself)."""
+    return "ACCELERATE_USE_CPU" in os.environ and "LOCAL_RANK" not in os.environ
+
+
+def stop_when_parent_dies() -> None:
+    """SIGTERM to this process when its parent (the launcher) dies: prctl(PR_SET_PDEATHSIG)."""
+    if not sys.platform.startswith("linux"):
+        return
+    parent = os.getppid()
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)  # 1: PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # it died before the request: the notice is already due
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 class Stopped(Exception):
@@ -50,10 +77,13 @@ class StopSignals:
         self.previous = {}
         self.group = dist.new_group(backend="gloo") if world > 1 and dist.is_initialized() else None
         self.pending, self.flag = None, torch.zeros(1, dtype=torch.int64)
+        self.stopping = False  # a stop was decided here: the process is on its way out
 
     def __enter__(self) -> "StopSignals":
         if threading.current_thread() is threading.main_thread():  # Python allows handlers only there
             self.previous = {sig: signal.signal(sig, self._record) for sig in STOP_SIGNALS}
+            if under_single_process_launcher():
+                stop_when_parent_dies()
         return self
 
     def __exit__(self, *exc) -> None:
@@ -61,7 +91,7 @@ class StopSignals:
             self.pending.wait()
             self.pending = None
         for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
+            signal.signal(sig, signal.SIG_IGN if self.stopping or self.received else handler)
         self.previous = {}
 
     def _record(self, signum, _frame) -> None:
@@ -70,6 +100,7 @@ class StopSignals:
     def agreed(self) -> str | None:
         """The name of the signal to stop on, the same on every process at the same step, or None."""
         if self.group is None:
+            self.stopping = bool(self.received)
             return signal.Signals(self.received).name if self.received else None
         decided = None
         if self.pending is not None:  # the all-reduce started after the previous step
@@ -77,4 +108,5 @@ class StopSignals:
             decided = int(self.flag.item())
         self.flag = torch.tensor([self.received], dtype=torch.int64)
         self.pending = dist.all_reduce(self.flag, op=dist.ReduceOp.MAX, group=self.group, async_op=True)
+        self.stopping = bool(decided)
         return signal.Signals(decided).name if decided else None

@@ -41,9 +41,7 @@ class RunLog:
         lines = self.path.read_text().splitlines(keepends=True)
         keep = [line for line in lines if _step(line) <= step]
         if len(keep) < len(lines):
-            tmp = self.path.with_suffix(".jsonl.tmp")
-            tmp.write_text("".join(keep))
-            tmp.replace(self.path)
+            checkpoint.atomic_write_text(self.path, "".join(keep))
 
     def log(self, record: dict) -> None:
         if not self.enabled:

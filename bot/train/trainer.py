@@ -9,12 +9,11 @@ its methods are the phases `train` calls in order.
 from __future__ import annotations
 
 import json
-import subprocess
+import math
 import sys
 import time
 from contextlib import nullcontext
 from functools import partial
-from importlib import metadata
 from pathlib import Path
 
 import torch
@@ -35,17 +34,22 @@ from bot.train.finetune import init_from
 from bot.train.losses import Objective
 from bot.train.optim import build_optimizer, load_optimizer_state
 from bot.train.preempt import Stopped, StopSignals
+from bot.train.run_checks import check_same_classes, check_same_run, provenance
+from bot.train.runlock import RunLock
 from bot.train.runlog import RunLog
 from bot.train.schedule import build_plan, build_schedule
 from bot.train.slim_penalty import with_slim_l1
 from bot.train.sync_bn import convert_sync_batchnorm
 from bot.train.teacher import load_teacher
 
-# Keys that may change between a run and its resumption without changing what is trained.
-RESUMABLE_CHANGES = {"run.max_steps", "run.log_every", "run.checkpoint_every", "run.wandb", "run.resume",
-                     "run.name", "run.group", "run.out", "data.root", "data.workers", "data.prefetch", "compile"}
 # fp16 with dynamic loss scaling only: gluon-cv used none and static scales produce NaNs.
 NONFINITE_LIMIT = {"fp16": 50, "bf16": 0, "fp32": 0}
+# A run has diverged once a measured training loss is above this many times its first logged
+# loss (or not finite, or the val loss not finite): from that step nothing is saved.
+# Cross-entropy starts at about ln(classes) and falls; 10x is far above any healthy run. The
+# val loss is not held to the ratio: after a first epoch at a high learning rate BatchNorm's
+# running statistics can put it at 30x and more in a run that then trains well.
+DIVERGED_RATIO = 10
 
 
 def make_autocast(precision: str, device: torch.device):
@@ -60,34 +64,6 @@ def make_autocast(precision: str, device: torch.device):
         raise UserError(f"precision {precision} is not supported on {device.type} by this torch; "
                         f"use precision={other}") from None
     return partial(torch.autocast, device.type, dtype=dtype)
-
-
-def check_same_run(cfg, saved: dict, folder: Path) -> None:
-    """Never silently resume a run folder that holds a different recipe."""
-    now, before = config.flat(cfg.to_dict()), config.flat({k: v for k, v in saved.items() if k != "provenance"})
-    # a key newer than the saved run was trained at its default, which is always "off"
-    before = config.flat(config.Config().to_dict()) | before
-    changed = [k for k in now if k not in RESUMABLE_CHANGES and now[k] != before.get(k)]
-    if changed and cfg.run.resume != "force":
-        diffs = ", ".join(f"{k} {before.get(k)!r} -> {now[k]!r}" for k in changed[:3])
-        raise UserError(f"run.out {folder} holds a run with another config ({diffs}); "
-                        f"use a new run.out, or run.resume=force to continue it anyway")
-
-
-def provenance() -> dict:
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).parent, timeout=5).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        commit = None
-    packages = {}
-    for name in ("torch", "torchvision", "timm", "accelerate", "nvidia-dali-cuda130", "wandb", "numpy"):
-        try:
-            packages[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
-    return {"git_commit": commit, "python": sys.version.split()[0], "packages": packages,
-            "command": " ".join(sys.argv)}
 
 
 def build_step(cfg, model, accelerator, num_classes: int, batch: int, steps_per_epoch: int,
@@ -139,6 +115,7 @@ class Run:
         saved = checkpoint.load_last(self.folder) if self.folder.is_dir() else None
         if saved is not None:
             check_same_run(cfg, saved["config"], self.folder)
+            check_same_classes(cfg, saved, self.classes, self.folder)
         self.model = self.make_model(saved)
         teacher = (load_teacher(cfg.loss.distill_teacher, self.classes, self.device, cfg.channels_last)
                    if cfg.loss.distill_teacher else None)
@@ -155,9 +132,14 @@ class Run:
             self.total_steps = min(self.total_steps, cfg.run.max_steps)
         self.step, self.epoch, self.best, self.history = 0, 0, -1.0, {"train_time": 0.0, "evals": []}
         self.resumed = saved is not None
+        # resumed from last.prev.pt because last.pt is unreadable: the next save must not rotate
+        # the unreadable file into last.prev.pt, which would leave a single readable checkpoint
+        self.rotate = saved is None or saved[checkpoint.READ_FROM] == checkpoint.LAST
+        self.lock = RunLock(self.folder)
         self.stop_signals = StopSignals(self.world)
         if saved is not None:
             self.resume(saved)
+        self.saved_step = self.step if saved is not None else None  # where last.pt stands
 
     def make_model(self, saved: dict | None) -> torch.nn.Module:
         """The model on the run's device in its final form (before any distributed wrapper): the
@@ -167,7 +149,7 @@ class Run:
         if saved is not None:
             fit_shapes(model, saved["model"])  # a fine-tuned slimmed network keeps its narrower layers
         if cfg.model.init_from and saved is None:
-            init_from(model, cfg.model.init_from, self.classes, say=self.main)
+            init_from(model, cfg.model.init_from, self.classes, say=self.main, ours=cfg.model)
         self.params, self.macs = count_params_macs(model, cfg.data.image_size)
         if cfg.model.qat:  # after init_from, which loads the plain network's weights
             model = prepare_qat(model, cfg.model.qat_bits)
@@ -193,7 +175,18 @@ class Run:
         return self.folder / "summary.json"
 
     def finished(self) -> bool:
-        return self.resumed and self.step >= self.total_steps and self.summary_path.exists()
+        """Trained to the end with a readable summary.json; an unreadable one (a disk that filled
+        during its write, an edit) is written again from last.pt rather than leaving the folder stuck."""
+        if not (self.resumed and self.step >= self.total_steps and self.summary_path.exists()):
+            return False
+        try:
+            json.loads(self.summary_path.read_text())
+            return True
+        except (OSError, ValueError) as e:
+            if self.main:
+                print(f"warning: {self.summary_path} is unreadable ({type(e).__name__}); writing it again "
+                      f"from last.pt", file=sys.stderr)
+            return False
 
     def start(self) -> None:
         cfg = self.cfg
@@ -201,11 +194,12 @@ class Run:
             resolved = cfg.to_dict() | {"provenance": provenance()}
             try:
                 self.folder.mkdir(parents=True, exist_ok=True)
-                (self.folder / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
             except OSError as e:
                 if e.errno in checkpoint.UNWRITABLE:
                     raise checkpoint.unwritable(e, self.folder) from e
                 raise
+            self.lock.acquire()  # before the first write: a second trainer stops here (bot/train/runlock.py)
+            checkpoint.atomic_write_text(self.folder / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
         self.log = RunLog(cfg, self.folder, self.main, resume_step=self.step)
         network = "-".join(filter(None, (cfg.model.arch, cfg.model.variant)))  # variants are ResNet-only
         self.log.print(f"{cfg.run.name}: {network} {self.params / 1e6:.2f} M params "
@@ -251,19 +245,28 @@ class Run:
     def after_step(self, loss: torch.Tensor) -> None:
         """The training line every run.log_every steps, last.pt every run.checkpoint_every."""
         step, run = self.step, self.cfg.run
-        if step % run.log_every == 0 or step == self.total_steps:
+        log_now = step % run.log_every == 0 or step == self.total_steps
+        # the epoch's end is saved by validate, after its evaluation: saving here too would put
+        # last.pt and last.prev.pt at one step, and a kill in between would log the evaluation twice
+        save_now = (step % run.checkpoint_every == 0 and step < self.total_steps
+                    and step != self.plan.first_step(self.epoch + 1))
+        if not (log_now or save_now):
+            return
+        value = self.accelerator.reduce(loss, reduction="mean").item()  # the global batch's, not rank 0's share
+        if log_now:
             now = time.perf_counter()
-            loss = self.accelerator.reduce(loss, reduction="mean")  # the global batch's loss, not rank 0's share
-            record = {"epoch": self.epoch, "step": step, "lr": self.train_step.lr_at(step - 1), "loss": loss.item(),
+            record = {"epoch": self.epoch, "step": step, "lr": self.train_step.lr_at(step - 1), "loss": value,
                       "img_per_s": (self.images(step) - self.images(self.tick_step)) / (now - self.tick)}
             self.log.log(record)
             self.bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.4g}",
                                  img_s=f"{record['img_per_s']:.0f}")
             if self.bar.disable:
                 self.log.print(json.dumps(record))
-            self.check_finite()
+            self.history.setdefault("first_loss", value)
             self.tick, self.tick_step = time.perf_counter(), step
-        if step % run.checkpoint_every == 0 and step < self.total_steps:
+        self.check_diverged(value)
+        self.check_finite()
+        if save_now:
             self.count_train_time()
             self.save_last()
 
@@ -299,7 +302,20 @@ class Run:
                 skipped = f" ({bad} steps in a row skipped by the fp16 loss scaler)" if fp16 else ""
                 what = f"loss is not finite since step {self.step - bad + 1}{skipped}"
             hint = "lower optim.lr" + ("" if fp16 else ", or use fp16 with its loss scaling")
-            raise UserError(f"{what}; stopped, keeping the last good checkpoint in {self.folder} ({hint})")
+            raise UserError(f"{what}; stopped, {self.kept()} ({hint})")
+
+    def kept(self) -> str:
+        if self.saved_step is None:
+            return f"nothing saved in {self.folder} yet"
+        return f"keeping {self.folder / checkpoint.LAST} at step {self.saved_step}"
+
+    def check_diverged(self, loss: float) -> None:
+        """DIVERGED_RATIO: a training loss far above the first logged one stops the run before any
+        save (a non-finite one is check_finite's: fp16's loss scaler may skip a few)."""
+        first = self.history.get("first_loss")
+        if first is not None and math.isfinite(loss) and loss > DIVERGED_RATIO * first:
+            raise UserError(f"the run diverged at step {self.step}: loss {loss:.4g} is above {DIVERGED_RATIO}x the "
+                            f"first logged loss {first:.4g}; stopped, {self.kept()} (lower optim.lr)")
 
     # ------------------------------------------------------------ evaluation and checkpoints
 
@@ -318,6 +334,9 @@ class Run:
         record = {"epoch": self.epoch, "step": self.step, **metrics}
         self.log.log(record)
         self.log.print(f"epoch {self.epoch + 1}/{self.cfg.schedule.epochs} step {self.step}: {text}")
+        if not math.isfinite(metrics["val_loss"]):  # diverged logits: neither best.pt nor last.pt takes them
+            raise UserError(f"the run diverged at step {self.step}: val loss is {metrics['val_loss']}; stopped, "
+                            f"{self.kept()} (lower optim.lr)")
         self.history["evals"].append(record)
         score = metrics["ema_top1" if self.cfg.run.best_of == "ema" else "top1"]
         if score > self.best:
@@ -346,7 +365,9 @@ class Run:
             checkpoint.save_last({
                 "model": self.model.state_dict(), "optimizer": ts.optimizer.state_dict(),
                 "scaler": ts.scaler.state_dict(), "step": self.step, "epoch": self.epoch, "best_top1": self.best,
-                "history": self.history, "rng": checkpoint.rng_states(), **ema, **self.identity()}, self.folder)
+                "history": self.history, "rng": checkpoint.rng_states(), **ema, **self.identity()}, self.folder,
+                rotate=self.rotate)
+        self.rotate, self.saved_step = True, self.step
 
     def save_best(self, top1: float) -> None:
         """best.pt: under `model` the weights run.best_of names (raw or the average), and the
@@ -370,7 +391,7 @@ class Run:
         if self.ema is not None:
             summary |= {"ema_top1": final["ema_top1"], "ema_top5": final["ema_top5"], "best_of": self.cfg.run.best_of}
         if self.main:
-            self.summary_path.write_text(json.dumps(summary, indent=2) + "\n")
+            checkpoint.atomic_write_text(self.summary_path, json.dumps(summary, indent=2) + "\n")
             self.log.print(f"{self.cfg.run.name}: top1 {summary['top1']:.2f} top5 {summary['top5']:.2f} "
                            f"(best {self.best:.2f}) in {self.step} steps; summary in {self.summary_path}")
         self.log.close()
@@ -385,9 +406,12 @@ def train(cfg: config.Config) -> dict:
         if run.main:
             print(f"{run.folder}: already finished at step {run.step}; nothing to do")
         return json.loads(run.summary_path.read_text())
-    run.start()
-    with run.stop_signals:
-        while run.step < run.total_steps:
-            run.train_epoch()
-            run.validate()
-    return run.finish()
+    try:
+        run.start()
+        with run.stop_signals:
+            while run.step < run.total_steps:
+                run.train_epoch()
+                run.validate()
+        return run.finish()
+    finally:
+        run.lock.release()
