@@ -129,7 +129,9 @@ class LossConfig:
     # from the mirrored sample, lambda recomputed from the clipped box; 0 disables. Off in the last
     # loss.mixup_off_epochs too, as timm's mixup_off_epoch stops both.
     cutmix_alpha: float = 0.0
-    cutmix_prob: float = 0.5  # with mixup on too: the chance a batch uses CutMix instead (timm's switch_prob)
+    # the chance a batch uses CutMix (Yun et al.'s cutmix_prob; 1.0 in their ImageNet command). With
+    # mixup on too, the other batches use mixup (timm's switch_prob): 1.0 would leave mixup none
+    cutmix_prob: float = 1.0
 
 
 @dataclass

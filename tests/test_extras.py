@@ -92,6 +92,34 @@ def test_cutmix_draws_are_a_pure_function_of_seed_and_step():
     assert {d[1] for d in draws} == set(range(32))  # centres uniform over every row
 
 
+@pytest.mark.parametrize("draw", [lambda step: cutmix_draw(0, step, 0.2, 32, 32)[0],
+                                  lambda step: mixup_lambda(0, step, 0.2)], ids=["cutmix", "mixup"])
+def test_lambda_is_beta_at_alpha_0_2(draw):
+    """At alpha = 0.2 (the paper's mixup), Beta(a, a) piles lambda near 0 and 1: variance
+    1 / (4 (2a + 1)) = 0.179 against the uniform's 0.083, and ~58% of draws within 0.05 of an end."""
+    lams = np.array([draw(step) for step in range(4000)])
+    # 4000 draws: the sample mean's std is 0.007, the variance's below 0.003
+    assert abs(lams.mean() - 0.5) < 0.03 and abs(lams.var() - 1 / (4 * 1.4)) < 0.015
+    assert 0.5 < np.mean((lams < 0.05) | (lams > 0.95)) < 0.65
+
+
+@pytest.mark.parametrize("prob", [0.0, 0.5, 1.0])
+def test_cutmix_prob_is_the_chance_a_batch_is_cut_without_mixup(prob):
+    """Yun et al.'s cutmix_prob: each batch is CutMix-ed with probability prob, else left clean."""
+    cfg = cfg_of("loss.cutmix_alpha=1.0", f"loss.cutmix_prob={prob}", "schedule.epochs=10")
+    objective = Objective(cfg, 4, 8)
+    images, labels = torch.randn(8, 3, 32, 32), torch.arange(8) % 4
+    n, cut = 0, 0
+    for step in range(400):
+        mixed, _ = objective.prepare(images, labels, step, 0)
+        lam, cy, cx = cutmix_draw(cfg.run.seed, step, 1.0, 32, 32)
+        pasted = cutmix(images, images, cutmix_box(lam, cy, cx, 32, 32))[0]
+        assert torch.equal(mixed, images) or torch.equal(mixed, pasted)
+        if not torch.equal(pasted, images):  # lambda > 1 - 1/32^2 draws an empty box: cut or not alike
+            n, cut = n + 1, cut + (not torch.equal(mixed, images))
+    assert abs(cut - n * prob) <= 4 * math.sqrt(n * prob * (1 - prob))  # binomial(n, prob), 4 std
+
+
 @pytest.mark.parametrize("prob", [0.0, 0.3, 1.0])
 def test_switch_between_mixup_and_cutmix(prob):
     cfg = cfg_of("loss.mixup_alpha=0.2", "loss.cutmix_alpha=1.0", f"loss.cutmix_prob={prob}", "schedule.epochs=10")
@@ -258,6 +286,7 @@ def test_each_extras_recipe_is_the_all_tricks_recipe_plus_its_extra():
         changed[path.stem] = sorted(f"{s}.{k}" for s in cfg if isinstance(cfg[s], dict) and s != "run"
                                     for k in cfg[s] if cfg[s][k] != base[s][k])
     assert changed == {
-        "cutmix": ["loss.cutmix_alpha"], "cutout": ["data.cutout"], "ema": ["model.ema_decay", "model.ema_warmup"],
+        "cutmix": ["loss.cutmix_alpha", "loss.cutmix_prob"], "cutout": ["data.cutout"],
+        "ema": ["model.ema_decay", "model.ema_warmup"],
         "mish": ["model.act"], "progressive": ["data.size_schedule", "data.train_sizes"],
         "random-shapes": ["data.train_sizes"], "swish": ["model.act"]}
