@@ -259,6 +259,31 @@ def test_ema_closed_form_after_k_steps():
         assert torch.allclose(value, closed, atol=1e-6), key
 
 
+def test_train_step_folds_every_optimizer_step_into_the_ema():
+    """The step itself updates the average, update t after step t (1-based): its closed form
+    ema_k = prod_t d_t x_0 + sum_i (1 - d_i) prod_{t > i} d_t x_i, d_t = min(0.9, (1 + t) / (10 + t))."""
+    from bot.train.engine import make_accelerator
+    from bot.train.trainer import build_step
+
+    torch.manual_seed(0)
+    cfg = cfg_of("model.ema_decay=0.9", "model.ema_warmup=true", "data.batch_size=8", "optim.lr=25.6")
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 4))
+    step = build_step(cfg, model, make_accelerator(), num_classes=4, batch=8, steps_per_epoch=10)
+    states = [{k: v.clone() for k, v in model.state_dict().items()}]
+    for s in range(4):
+        step(torch.randn(8, 3, 8, 8), torch.arange(8) % 4, s, 0)
+        states.append({k: v.clone() for k, v in model.state_dict().items()})
+    k, decays = len(states) - 1, [None] + [ema_decay_at(0.9, t, True) for t in range(1, len(states))]
+    assert not torch.equal(states[-1]["4.weight"], states[0]["4.weight"])  # the weights did move
+    for key, value in step.ema.state_dict().items():
+        if not value.is_floating_point():
+            assert torch.equal(value, states[-1][key])
+            continue
+        closed = math.prod(decays[1:]) * states[0][key] + sum(
+            (1 - decays[i]) * math.prod(decays[i + 1:]) * states[i][key] for i in range(1, k + 1))
+        assert torch.allclose(value, closed, atol=1e-6), key
+
+
 def test_ema_warmup_decay_is_tensorflows_num_updates_form():
     assert [ema_decay_at(0.999, t, True) for t in (1, 10, 100)] == [2 / 11, 11 / 20, 101 / 110]
     assert ema_decay_at(0.9, 10_000, True) == 0.9 and ema_decay_at(0.9, 1, False) == 0.9
