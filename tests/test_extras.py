@@ -17,7 +17,7 @@ from bot.data.cutout import cutout_box, erase
 from bot.data.sizes import size_schedule
 from bot.errors import UserError
 from bot.models import build_model, count_params_macs
-from bot.train.ema import WeightEma, ema_decay_at
+from bot.train.ema import WeightEma, ema_decay_at, reported
 from bot.train.losses import (
     Objective,
     cutmix,
@@ -282,6 +282,16 @@ def test_train_step_folds_every_optimizer_step_into_the_ema():
         closed = math.prod(decays[1:]) * states[0][key] + sum(
             (1 - decays[i]) * math.prod(decays[i + 1:]) * states[i][key] for i in range(1, k + 1))
         assert torch.allclose(value, closed, atol=1e-6), key
+
+
+def test_ema_state_round_trips_and_tables_report_the_average_only_under_best_of_ema():
+    torch.manual_seed(0)
+    a, b = WeightEma(nn.Linear(3, 2), 0.9, False), WeightEma(nn.Linear(3, 2), 0.9, False)
+    b.load_state_dict(a.state_dict())
+    assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
+    summary = {"top1": 70.0, "ema_top1": 71.0, "top5": 90.0, "ema_top5": 92.0, "best_of": "ema"}
+    assert (reported(summary, "top1"), reported(summary, "top5")) == (71.0, 92.0)
+    assert reported(summary | {"best_of": "raw"}, "top1") == 70.0 and reported({"top1": 70.0}, "top1") == 70.0
 
 
 def test_ema_warmup_decay_is_tensorflows_num_updates_form():

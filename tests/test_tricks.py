@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from bot import config
 from bot.models import build_model
 from bot.train.losses import Objective, distillation_term, mixup, mixup_lambda, smooth_targets, soft_cross_entropy
-from bot.train.optim import build_optimizer, param_groups
+from bot.train.optim import build_optimizer, load_optimizer_state, param_groups, use_fused
 from bot.train.schedule import build_schedule, peak_lr
 
 # ---------------------------------------------------------------- learning rate
@@ -68,6 +68,23 @@ def test_without_the_trick_everything_is_decayed():
     assert len(group["params"]) == len(list(model.parameters()))
 
 
+def test_resumed_optimizer_keeps_its_own_step_implementation():
+    """load_optimizer_state: the momentum buffers come from the checkpoint, the fused/foreach
+    choice stays this run's (a CPU checkpoint would otherwise take a GPU run off the fused step)."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    saved = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, foreach=True)
+    model(torch.randn(4, 3)).sum().backward()
+    saved.step()
+    here = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9, foreach=False)
+    assert not use_fused(model)  # a CPU model takes torch's default step
+    load_optimizer_state(here, saved.state_dict())
+    assert here.param_groups[0]["foreach"] is False and here.param_groups[0].get("fused") is None
+    assert here.param_groups[0]["lr"] == 0.1  # the rest of the group is the checkpoint's
+    for p in model.parameters():
+        assert torch.equal(here.state[p]["momentum_buffer"], saved.state[p]["momentum_buffer"])
+
+
 # ---------------------------------------------------------------- label smoothing
 
 def test_smoothing_forms_match_the_text_and_the_code():
@@ -97,10 +114,10 @@ def test_soft_cross_entropy_hand_computed():
 
 def test_mixup_mixes_with_the_reversed_batch_for_odd_sizes():
     x = torch.arange(3.0).view(3, 1, 1, 1)
-    t = torch.eye(3)
+    t = torch.eye(4)[:3]  # 4 classes: flipping the classes instead of the batch would not match
     mx, mt = mixup(x, t, 0.7)
     assert mx.flatten().tolist() == pytest.approx([0.7 * 0 + 0.3 * 2, 1.0, 0.7 * 2 + 0.3 * 0])
-    assert mt[0].tolist() == pytest.approx([0.7, 0, 0.3]) and mt[1].tolist() == pytest.approx([0, 1, 0])
+    assert mt[0].tolist() == pytest.approx([0.7, 0, 0.3, 0]) and mt[1].tolist() == pytest.approx([0, 1, 0, 0])
 
 
 def test_mixup_lambda_is_beta_and_repeatable():
