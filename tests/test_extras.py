@@ -48,7 +48,7 @@ def test_cutmix_box_area_follows_lambda_inside_the_image(lam):
 
 def test_cutmix_lambda_is_recomputed_from_the_box_clipped_at_a_border():
     images = torch.arange(4 * 3 * 8 * 8, dtype=torch.float32).view(4, 3, 8, 8)
-    targets = smooth_targets(torch.tensor([0, 1, 2, 3]), 4, 0.0, "uniform")
+    targets = smooth_targets(torch.tensor([0, 1, 2, 3]), 5, 0.0, "uniform")  # 5 classes: not symmetric
     box = cutmix_box(0.75, 0, 0, 8, 8)  # a 4 x 4 box centred on the corner: only 2 x 2 inside
     assert box == (0, 2, 0, 2)
     mixed, mixed_targets = cutmix(images, targets, box)
@@ -59,6 +59,12 @@ def test_cutmix_lambda_is_recomputed_from_the_box_clipped_at_a_border():
     lam = 1 - 4 / 64  # from the clipped box, not the drawn 0.75
     assert torch.allclose(mixed_targets, lam * targets + (1 - lam) * targets.flip(0))
     assert torch.allclose(mixed_targets.sum(1), torch.ones(4))
+
+
+def test_cutmix_box_smaller_than_a_pixel_is_empty_at_a_border():
+    # sqrt(1 - lambda) = 0.05: 0 rows of 16 and 3 columns of 64 (and the transpose), centred on row (column) 0
+    assert cutmix_box(1 - 0.05 ** 2, 0, 10, 16, 64) == (0, 0, 9, 12)
+    assert cutmix_box(1 - 0.05 ** 2, 10, 0, 64, 16) == (9, 12, 0, 0)
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -146,6 +152,7 @@ def test_cutmix_alone_and_off_in_the_last_epochs():
     assert torch.equal(same, images)
     with pytest.raises(UserError, match="loss.cutmix_alpha needs at least 2 images"):
         Objective(cfg, 4, 1)
+    Objective(cfg, 4, 2)  # 2 images are a pair
 
 
 def test_distillation_teacher_sees_the_cutmixed_images():
@@ -288,6 +295,7 @@ def test_ema_state_round_trips_and_tables_report_the_average_only_under_best_of_
     torch.manual_seed(0)
     a, b = WeightEma(nn.Linear(3, 2), 0.9, False), WeightEma(nn.Linear(3, 2), 0.9, False)
     b.load_state_dict(a.state_dict())
+    assert not any(p.requires_grad for p in a.module.parameters())  # the average is never trained
     assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
     summary = {"top1": 70.0, "ema_top1": 71.0, "top5": 90.0, "ema_top5": 92.0, "best_of": "ema"}
     assert (reported(summary, "top1"), reported(summary, "top5")) == (71.0, 92.0)
