@@ -17,7 +17,17 @@ install: .venv/.installed
 	touch $@
 
 test: install
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q tests --durations=15
+
+# Mutation testing of the paper's formulas (docs/testing.md): mutmut mutates bot/train/losses.py,
+# schedule.py, optim.py and ema.py and runs their fast unit tests against each mutant. mutmut is
+# not in requirements.txt: this target installs it, at constraints.txt's pin. About 6 minutes on 2 cores.
+.PHONY: mutation
+mutation: install
+	$(PY) -m pip install --quiet mutmut -c constraints.txt
+	rm -rf mutants
+	OMP_NUM_THREADS=1 nice $(PY) -m mutmut run --max-children 2
+	$(PY) -m mutmut export-cicd-stats && cat mutants/mutmut-cicd-stats.json
 
 $(TOY)/.complete: | install
 	$(PY) scripts/make_toy_data.py $(TOY)
@@ -110,6 +120,17 @@ clean:
 # One GPU: the training step, the loaders and train.py end to end (docs/gpu.md, docs/benchmarks.md).
 bench-gpu: install
 	$(PY) scripts/bench_gpu.py
+
+# A lent GPU's check within 8 minutes (docs/gpu.md, "A lent GPU's 15 minutes"): the CUDA tests, the
+# step (fp16, bf16, compiled bf16) against the bare loop, the DALI GPU loader and train.py end to
+# end, each part time-boxed, every figure in $(OUT)/gpu-check.json and .md as soon as measured.
+# No install: on the GPU machine, PY=python3.
+OUT ?= gpu-check
+.PHONY: gpu-check
+gpu-check:
+	$(PY) scripts/bench_gpu.py --out $(OUT) --parts tests step loader end-to-end --budget 450 \
+		--compile-precisions bf16 --timm eager --rounds 3 --images 4096 --loader-epochs 1 \
+		--train-steps 120 --train-overrides precision=bf16 compile=false
 
 # Smaller, faster models (docs/compress.md): the demo network at half width trained with network
 # slimming's L1 penalty, then int8 (onnxruntime), slimmed 30% (every layer a multiple of 8

@@ -80,7 +80,9 @@ class ModelConfig:
     # ResNet-C/D only: every stage's and the stem's channels x width (rounded; timm's `channels` and
     # `stem_width`); 1 is the paper's network. Below 1 for quick CPU runs: 0.5 has ~1/4 the MACs.
     width: float = 1.0
-    init: Literal["xavier", "kaiming"] = "xavier"  # xavier: the paper's (section 2); kaiming: timm's own init
+    # xavier: the paper's text (section 2, Xavier-uniform); msra: the authors' code (gluon-cv's
+    # MXNet MSRAPrelu: Gaussian, std sqrt(1.882 / ((fan_in + fan_out) / 2))); kaiming: timm's own init
+    init: Literal["xavier", "msra", "kaiming"] = "xavier"
     sync_bn: bool = False  # BatchNorm statistics over all processes
     # Fine-tuning (section 6): a checkpoint or run folder whose weights start this run; the
     # classifier is re-initialised when the classes differ. A resumed run ignores it (last.pt wins).
@@ -141,7 +143,9 @@ class LossConfig:
     # from the mirrored sample, lambda recomputed from the clipped box; 0 disables. Off in the last
     # loss.mixup_off_epochs too, as timm's mixup_off_epoch stops both.
     cutmix_alpha: float = 0.0
-    cutmix_prob: float = 0.5  # with mixup on too: the chance a batch uses CutMix instead (timm's switch_prob)
+    # the chance a batch uses CutMix (Yun et al.'s cutmix_prob; 1.0 in their ImageNet command). With
+    # mixup on too, the other batches use mixup (timm's switch_prob): 1.0 would leave mixup none
+    cutmix_prob: float = 1.0
 
 
 @dataclass

@@ -3,6 +3,7 @@
     python scripts/bench_gpu.py [--batch 256] [--images 10240] [--train-steps 300] [--json bench_gpu.json]
     python scripts/bench_gpu.py --parts step --precisions bf16 --compile false   (a part of it)
     python scripts/bench_gpu.py --cpu-smoke      (every part, tiny, on the CPU: checks the script, measures nothing)
+    make gpu-check OUT=dir                      (a lent GPU's 8 minutes: docs/gpu.md)
 
 On one GPU, channels_last, for fp16 and bf16, eager and compiled (torch.compile):
 - step: the project's training step (bot's TrainStep, built by the trainer's build_step)
@@ -14,8 +15,12 @@ On one GPU, channels_last, for fp16 and bf16, eager and compiled (torch.compile)
   augmentation, on generated ImageNet-like JPEGs (~500 x 375, quality 90);
 - end to end: train.py recipes/resnet50-d.yaml on those JPEGs for --train-steps steps,
   DALI GPU, bf16, compiled; img/s from metrics.jsonl (the median log line after the first two).
-The batch is --batch, halved until one training step fits in memory. Prints one table and
-writes the figures as JSON (--json). Needs CUDA: without it, exits 2 unless --cpu-smoke.
+- tests (only when asked: --parts tests ...): the tests marked `cuda` (pytest -m cuda).
+The batch is --batch, halved until one training step fits in memory. The parts run in the
+order tests, step (eager), loader, end to end, step (compiled: the slowest last), each in
+its time box (BOXES) and all within --budget seconds; each figure is written as soon as it
+is measured to --json and a Markdown table beside it (or both under --out), so a run that
+is cut keeps what it measured. Needs CUDA: without it, exits 2 unless --cpu-smoke.
 """
 
 from __future__ import annotations
@@ -39,10 +44,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 from bench_loader import measure, photo_like  # noqa: E402
+from timeboxed import Figures, OutOfTime, cuda_test_rows, time_box  # noqa: E402
 
 from bot import config  # noqa: E402
 from bot.models import build_model  # noqa: E402
-from bot.train import backends
+from bot.train import backends  # noqa: E402
 from bot.train.trainer import build_step, make_autocast  # noqa: E402
 
 SHAPES = [(500, 375), (375, 500), (500, 333), (500, 400), (480, 360), (640, 480)]
@@ -80,8 +86,8 @@ def bare_loop(model, precision: str, device, x, y, lr: float = 0.1):
     return step
 
 
-def loops(cfg, device, x, y, compiled):
-    """{name: step function} of the three loops, each on its own freshly built model."""
+def loops(cfg, device, x, y, compiled, with_timm: bool = True):
+    """{name: step function} of the three loops (two without timm's), each on its own freshly built model."""
     import timm
 
     def fresh(make):
@@ -92,10 +98,12 @@ def loops(cfg, device, x, y, compiled):
     ours = fresh(lambda: build_model(cfg, 1000))
     train_step = build_step(cfg, ours, OneDevice(device), 1000, len(x), steps_per_epoch=5000)
     counter = iter(range(10**9))
-    return {"bot step": lambda: train_step(x, y, next(counter), 0),
-            "bare loop": bare_loop(fresh(lambda: build_model(cfg, 1000)), cfg.precision, device, x, y),
-            f"timm {cfg.model.arch}d, bare loop": bare_loop(fresh(lambda: timm.create_model(cfg.model.arch + "d")),
-                                                   cfg.precision, device, x, y)}
+    steps = {"bot step": lambda: train_step(x, y, next(counter), 0),
+             "bare loop": bare_loop(fresh(lambda: build_model(cfg, 1000)), cfg.precision, device, x, y)}
+    if with_timm:
+        steps[f"timm {cfg.model.arch}d, bare loop"] = bare_loop(fresh(lambda: timm.create_model(cfg.model.arch + "d")),
+                                                                cfg.precision, device, x, y)
+    return steps
 
 
 def timed(step, n: int, device) -> float:
@@ -132,15 +140,15 @@ def base_overrides(args, batch: int, precision: str) -> list[str]:
             f"precision={precision}", "channels_last=true"]
 
 
-def step_rows(args, device, batch: int) -> list[dict]:
-    rows = []
+def step_rows(args, device, batch: int, compiled_ones: bool):
+    """The step's rows, one (precision, compile) pair at a time: the eager pairs, or the compiled ones."""
     x = torch.randn(batch, 3, args.size, args.size, device=device).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 1000, (batch,), device=device)
-    for precision in args.precisions:
-        for compiled in args.compile:
+    for compiled in [c for c in args.compile if bool(c) == compiled_ones]:
+        for precision in (args.compile_precisions or args.precisions) if compiled else args.precisions:
             cfg = config.load(None, base_overrides(args, batch, precision))
             backends.configure(cfg, device)
-            steps = loops(cfg, device, x, y, compiled)
+            steps = loops(cfg, device, x, y, compiled, with_timm=args.timm == "always" or not compiled)
             for step in steps.values():  # warm-up: compilation, cuDNN autotuning
                 timed(step, args.warmup, device)
             times = {k: [] for k in steps}
@@ -148,13 +156,12 @@ def step_rows(args, device, batch: int) -> list[dict]:
                 for k, step in steps.items():
                     times[k].append(timed(step, args.steps, device))
             ips = {k: args.steps * batch / statistics.median(v) for k, v in times.items()}
-            for k, v in ips.items():
-                rows.append({"part": "step", "what": k, "precision": precision, "compiled": compiled,
-                             "img_per_s": round(v, 1), "vs_bare": round(v / ips["bare loop"], 3)})
             print(f"step {precision} compile={compiled}: " + ", ".join(f"{k} {v:,.0f}" for k, v in ips.items()),
                   file=sys.stderr)
             del steps
-    return rows
+            for k, v in ips.items():
+                yield {"part": "step", "what": k, "precision": precision, "compiled": compiled,
+                       "img_per_s": round(v, 1), "vs_bare": round(v / ips["bare loop"], 3)}
 
 
 # ---------------------------------------------------------------- the loaders
@@ -181,20 +188,24 @@ def write_images(root: Path, n: int, n_val: int, classes: int, workers: int) -> 
             pass
 
 
-def loader_rows(args, root: Path, device, batch: int) -> list[dict]:
+def has_dali() -> bool:
+    try:
+        import nvidia.dali  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def loader_rows(args, root: Path, device, batch: int):
     from bot.data import build_loaders
 
-    rows = []
     kinds = [("dali", "DALI GPU loader alone" if device.type == "cuda" else "DALI CPU loader alone (smoke)"),
              ("torch", f"torchvision loader alone, {args.cores} workers")]
     for backend, name in kinds:
-        if backend == "dali":
-            try:
-                import nvidia.dali  # noqa: F401
-            except ImportError:
-                print("DALI is not installed: no DALI row (../shared/gpu/README.md says how to bring it)",
-                      file=sys.stderr)
-                continue
+        if backend == "dali" and not has_dali():
+            print("DALI is not installed: no DALI row (../shared/gpu/README.md says how to bring it)", file=sys.stderr)
+            yield {"part": "loader", "what": name, "img_per_s": None, "note": "skipped: no DALI"}
+            continue
         cfg = config.load(None, [f"data.root={root}", f"data.backend={backend}", f"data.batch_size={batch}",
                                  f"data.workers={args.cores}", f"data.image_size={args.size}", "data.antialias=false"])
 
@@ -204,9 +215,8 @@ def loader_rows(args, root: Path, device, batch: int) -> list[dict]:
                 return loader
             return OnDevice(loader, device)
         rate, cpu_ms = measure(make, args.loader_epochs)
-        rows.append({"part": "loader", "what": name, "img_per_s": round(rate, 1), "cpu_ms_per_img": round(cpu_ms, 2)})
         print(f"{name}: {rate:,.0f} img/s", file=sys.stderr)
-    return rows
+        yield {"part": "loader", "what": name, "img_per_s": round(rate, 1), "cpu_ms_per_img": round(cpu_ms, 2)}
 
 
 class OnDevice:
@@ -227,31 +237,37 @@ class OnDevice:
 
 
 def end_to_end_row(args, root: Path, device, batch: int) -> dict:
+    # the recipes read with DALI: without it, the torchvision loader, said in the row's `what`
+    overrides = args.train_overrides + ([] if has_dali() else ["data.backend=torch"])
     with tempfile.TemporaryDirectory() as out:
         command = [sys.executable, "train.py", args.recipe, f"data.root={root}", f"run.out={out}",
                    f"data.batch_size={batch}", f"data.image_size={args.size}", f"data.workers={args.cores}",
                    f"run.max_steps={args.train_steps}", f"run.log_every={args.log_every}", "schedule.epochs=1000",
-                   "run.checkpoint_every=1000000", *args.train_overrides]
+                   "run.checkpoint_every=1000000", *overrides]
         print(" ".join(command[1:]), file=sys.stderr)
         done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
         if done.returncode:
             raise SystemExit(f"error: train.py failed ({done.returncode}): {done.stderr.strip().splitlines()[-1:]}")
         records = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
     rates = [r["img_per_s"] for r in records if "img_per_s" in r][2:]  # the first two: compilation, warm-up
-    return {"part": "end to end", "what": "train.py " + " ".join(command[2:3] + args.train_overrides),
+    return {"part": "end to end", "what": "train.py " + " ".join(command[2:3] + overrides),
             "img_per_s": round(statistics.median(rates), 1) if rates else None, "log_lines": len(rates)}
 
 
 # ---------------------------------------------------------------- main
 
+# Each part's time box in seconds, for one H100/H200 (docs/gpu.md): all of them fit in 480 s
+# with torch 2.11 when nothing is cut; the whole run is capped by --budget as well.
+BOXES = {"tests": 150, "step": 70, "loader": 90, "end to end": 90, "step compiled": 180}
 
-def table(rows: list[dict], header: str) -> str:
+
+def table(rows: list[dict], header: str = "") -> str:
     lines = [header, "", "| part | what | precision | compiled | img/s | vs bare loop |", "|---|---|---|---|---|---|"]
     for r in rows:
         compiled = {False: "no", True: "yes"}.get(r.get("compiled"), r.get("compiled", ""))
         lines.append(f"| {r['part']} | {r['what']} | {r.get('precision', '')} | {compiled} | "
                      f"{r['img_per_s']:,.0f} | {r.get('vs_bare', '')} |" if r["img_per_s"] is not None else
-                     f"| {r['part']} | {r['what']} | | | not measured | |")
+                     f"| {r['part']} | {r['what']} | | | {r.get('note', 'not measured')} | |")
     return "\n".join(lines)
 
 
@@ -263,6 +279,9 @@ def parse(argv):
     p.add_argument("--precisions", nargs="+", default=["fp16", "bf16"])
     p.add_argument("--compile", nargs="+", type=lambda s: {"false": False, "true": True}.get(s, s),
                    default=[False, True], help="false, true or torch.compile modes")
+    p.add_argument("--compile-precisions", nargs="+", help="the precisions to compile (default: --precisions)")
+    p.add_argument("--timm", choices=["always", "eager"], default="always",
+                   help="eager: timm's loop only uncompiled (a compile less)")
     p.add_argument("--steps", type=int, default=20, help="steps per timed round")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--warmup", type=int, default=5)
@@ -273,20 +292,40 @@ def parse(argv):
     p.add_argument("--train-steps", type=int, default=300)
     p.add_argument("--log-every", type=int, default=20)
     p.add_argument("--train-overrides", nargs="*", default=["precision=bf16", "compile=true"])
-    p.add_argument("--parts", nargs="+", choices=["step", "loader", "end-to-end"], default=["step", "loader", "end-to-end"],
-                   help="a subset, to split the run into shorter commands")
-    p.add_argument("--json", type=Path, default=Path("bench_gpu.json"))
+    p.add_argument("--parts", nargs="+", choices=["tests", "step", "loader", "end-to-end"],
+                   default=["step", "loader", "end-to-end"], help="a subset, to split the run into shorter commands")
+    p.add_argument("--budget", type=float, default=3600, help="seconds for the whole run; parts past it are skipped")
+    p.add_argument("--json", type=Path, default=Path("bench_gpu.json"), help="and the Markdown table beside it")
+    p.add_argument("--out", type=Path, help="a folder: figures in OUT/gpu-check.json and .md, logs beside")
     p.add_argument("--cpu-smoke", action="store_true", help="every part, tiny, on the CPU (checks the script only)")
     return p.parse_args(argv)
 
 
+def smoke(args) -> None:
+    """ResNet-18-D at 32 px and a handful of images: every part, in seconds, on the CPU."""
+    args.arch, args.size, args.batch, args.precisions, args.compile = "resnet18", 32, 8, ["fp32"], [False]
+    args.steps, args.rounds, args.warmup, args.images, args.loader_epochs = 1, 1, 1, 32, 1
+    args.train_steps, args.log_every, args.cores = 4, 1, 0  # 0: no worker processes to start
+    args.train_overrides = ["data.backend=torch", "model.arch=resnet18"]
+
+
+def plan(args, device, batch: int, images, folder: Path) -> list:
+    """(part, rows) in the order they run: the slowest to compile last, so a cut loses least."""
+    wanted = {"tests": "tests", "step": "step", "loader": "loader", "end to end": "end-to-end", "step compiled": "step"}
+    parts = [("tests", lambda: cuda_test_rows(folder / "cuda-tests.log")),
+             ("step", lambda: step_rows(args, device, batch, compiled_ones=False)),
+             ("loader", lambda: loader_rows(args, images(), device, batch)),
+             ("end to end", lambda: iter([end_to_end_row(args, images(), device, batch)])),
+             ("step compiled", lambda: step_rows(args, device, batch, compiled_ones=True))]
+    return [(name, rows) for name, rows in parts if wanted[name] in args.parts
+            and (name != "step compiled" or any(args.compile))]
+
+
 def main(argv=None) -> int:
     args = parse(argv)
-    if args.cpu_smoke:  # ResNet-18-D at 32 px and a handful of images: minutes on a laptop
-        args.arch, args.size, args.batch, args.precisions, args.compile = "resnet18", 32, 8, ["fp32"], [False]
-        args.steps, args.rounds, args.warmup, args.images, args.loader_epochs = 1, 1, 1, 32, 1
-        args.train_steps, args.log_every, args.cores = 4, 1, 0  # 0: no worker processes to start
-        args.train_overrides = ["data.backend=torch", "model.arch=resnet18"]
+    started = time.monotonic()
+    if args.cpu_smoke:
+        smoke(args)
         device = torch.device("cpu")
     elif not torch.cuda.is_available():
         print("error: bench_gpu.py measures a CUDA GPU and torch sees none; --cpu-smoke runs every part tiny "
@@ -294,26 +333,45 @@ def main(argv=None) -> int:
         return 2
     else:
         device = torch.device("cuda", 0)
+    path = args.out / "gpu-check.json" if args.out else args.json
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU (smoke run: not a measurement)"
     batch = fitting_batch(args, device)
-    rows = step_rows(args, device, batch) if "step" in args.parts else []
-    if {"loader", "end-to-end"} & set(args.parts):
-        with tempfile.TemporaryDirectory() as tmp:
-            root = Path(tmp)
-            write_images(root, args.images, 64 if args.cpu_smoke else 1024, classes=4 if args.cpu_smoke else 100,
-                         workers=args.cores)
-            if "loader" in args.parts:
-                rows += loader_rows(args, root, device, batch)
-            if "end-to-end" in args.parts:
-                rows.append(end_to_end_row(args, root, device, batch))
     header = (f"{args.arch}-D {args.size}px, batch {batch}, channels_last, on {name} (torch {torch.__version__}, "
-              f"{os.cpu_count()} CPU cores); step: median of {args.rounds} rounds x {args.steps} steps")
-    print(table(rows, header))
-    figures = {"device": name, "torch": torch.__version__, "batch": batch, "arch": f"{args.arch}-D", "size": args.size,
-               "cpu_smoke": args.cpu_smoke, "rows": rows}
-    args.json.write_text(json.dumps(figures, indent=1) + "\n")
-    print(json.dumps(figures))
+              f"DALI {'yes' if has_dali() else 'no'}, {os.cpu_count()} CPU cores); "
+              f"step: median of {args.rounds} rounds x {args.steps} steps")
+    figures = Figures(path, {"device": name, "torch": torch.__version__, "batch": batch, "arch": f"{args.arch}-D",
+                             "size": args.size, "cpu_smoke": args.cpu_smoke}, lambda rows: table(rows, header))
+    with tempfile.TemporaryDirectory() as tmp:
+        def images() -> Path:  # written once, by the first part that reads them, inside its time box
+            if not (Path(tmp) / "done").exists():
+                write_images(Path(tmp), args.images, 64 if args.cpu_smoke else 1024,
+                             classes=4 if args.cpu_smoke else 100, workers=args.cores)
+                (Path(tmp) / "done").touch()
+            return Path(tmp)
+        for part, rows in plan(args, device, batch, images, path.parent):
+            box = 600 if args.cpu_smoke else BOXES[part]  # a busy CPU is no GPU: the smoke checks paths, not time
+            run_part(figures, part, rows, min(box, args.budget - (time.monotonic() - started)))
+    print(table(figures.rows, header))
+    print(json.dumps(figures.meta | {"rows": figures.rows}))
     return 0
+
+
+def run_part(figures: Figures, part: str, rows, box: float) -> None:
+    """The part's rows into `figures` as they come; a note row if it is cut, fails or has no time."""
+    if box < 2:
+        figures.add({"part": part, "what": "", "img_per_s": None, "note": "skipped: out of --budget"})
+        return
+    try:
+        with time_box(box):
+            for row in rows():
+                figures.add(row)
+    except OutOfTime:
+        figures.add({"part": part, "what": "", "img_per_s": None, "note": f"cut by its time box of {box:.0f} s"})
+    except (Exception, SystemExit) as error:  # one part failing must not lose the others' figures
+        figures.add({"part": part, "what": "", "img_per_s": None, "note": f"failed: {str(error)[-300:]}"})
+    finally:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
 
 if __name__ == "__main__":

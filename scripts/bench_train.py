@@ -40,7 +40,7 @@ TRICKS = {
                              "schedule.kind=cosine", "loss.label_smoothing=0.1", "loss.mixup_alpha=0.2"],
 }
 TRICKS["all but distillation + extras"] = TRICKS["all but distillation"] + [
-    "loss.cutmix_alpha=1.0", "model.act=silu", "model.ema_decay=0.9999"]
+    "loss.cutmix_alpha=1.0", "loss.cutmix_prob=0.5", "model.act=silu", "model.ema_decay=0.9999"]
 
 
 def bare_loop(cfg, device, x, y):

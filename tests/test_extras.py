@@ -17,7 +17,7 @@ from bot.data.cutout import cutout_box, erase
 from bot.data.sizes import size_schedule
 from bot.errors import UserError
 from bot.models import build_model, count_params_macs
-from bot.train.ema import WeightEma, ema_decay_at
+from bot.train.ema import WeightEma, ema_decay_at, reported
 from bot.train.losses import (
     Objective,
     cutmix,
@@ -48,7 +48,7 @@ def test_cutmix_box_area_follows_lambda_inside_the_image(lam):
 
 def test_cutmix_lambda_is_recomputed_from_the_box_clipped_at_a_border():
     images = torch.arange(4 * 3 * 8 * 8, dtype=torch.float32).view(4, 3, 8, 8)
-    targets = smooth_targets(torch.tensor([0, 1, 2, 3]), 4, 0.0, "uniform")
+    targets = smooth_targets(torch.tensor([0, 1, 2, 3]), 5, 0.0, "uniform")  # 5 classes: not symmetric
     box = cutmix_box(0.75, 0, 0, 8, 8)  # a 4 x 4 box centred on the corner: only 2 x 2 inside
     assert box == (0, 2, 0, 2)
     mixed, mixed_targets = cutmix(images, targets, box)
@@ -59,6 +59,12 @@ def test_cutmix_lambda_is_recomputed_from_the_box_clipped_at_a_border():
     lam = 1 - 4 / 64  # from the clipped box, not the drawn 0.75
     assert torch.allclose(mixed_targets, lam * targets + (1 - lam) * targets.flip(0))
     assert torch.allclose(mixed_targets.sum(1), torch.ones(4))
+
+
+def test_cutmix_box_smaller_than_a_pixel_is_empty_at_a_border():
+    # sqrt(1 - lambda) = 0.05: 0 rows of 16 and 3 columns of 64 (and the transpose), centred on row (column) 0
+    assert cutmix_box(1 - 0.05 ** 2, 0, 10, 16, 64) == (0, 0, 9, 12)
+    assert cutmix_box(1 - 0.05 ** 2, 10, 0, 64, 16) == (9, 12, 0, 0)
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -92,6 +98,34 @@ def test_cutmix_draws_are_a_pure_function_of_seed_and_step():
     assert {d[1] for d in draws} == set(range(32))  # centres uniform over every row
 
 
+@pytest.mark.parametrize("draw", [lambda step: cutmix_draw(0, step, 0.2, 32, 32)[0],
+                                  lambda step: mixup_lambda(0, step, 0.2)], ids=["cutmix", "mixup"])
+def test_lambda_is_beta_at_alpha_0_2(draw):
+    """At alpha = 0.2 (the paper's mixup), Beta(a, a) piles lambda near 0 and 1: variance
+    1 / (4 (2a + 1)) = 0.179 against the uniform's 0.083, and ~58% of draws within 0.05 of an end."""
+    lams = np.array([draw(step) for step in range(4000)])
+    # 4000 draws: the sample mean's std is 0.007, the variance's below 0.003
+    assert abs(lams.mean() - 0.5) < 0.03 and abs(lams.var() - 1 / (4 * 1.4)) < 0.015
+    assert 0.5 < np.mean((lams < 0.05) | (lams > 0.95)) < 0.65
+
+
+@pytest.mark.parametrize("prob", [0.0, 0.5, 1.0])
+def test_cutmix_prob_is_the_chance_a_batch_is_cut_without_mixup(prob):
+    """Yun et al.'s cutmix_prob: each batch is CutMix-ed with probability prob, else left clean."""
+    cfg = cfg_of("loss.cutmix_alpha=1.0", f"loss.cutmix_prob={prob}", "schedule.epochs=10")
+    objective = Objective(cfg, 4, 8)
+    images, labels = torch.randn(8, 3, 32, 32), torch.arange(8) % 4
+    n, cut = 0, 0
+    for step in range(400):
+        mixed, _ = objective.prepare(images, labels, step, 0)
+        lam, cy, cx = cutmix_draw(cfg.run.seed, step, 1.0, 32, 32)
+        pasted = cutmix(images, images, cutmix_box(lam, cy, cx, 32, 32))[0]
+        assert torch.equal(mixed, images) or torch.equal(mixed, pasted)
+        if not torch.equal(pasted, images):  # lambda > 1 - 1/32^2 draws an empty box: cut or not alike
+            n, cut = n + 1, cut + (not torch.equal(mixed, images))
+    assert abs(cut - n * prob) <= 4 * math.sqrt(n * prob * (1 - prob))  # binomial(n, prob), 4 std
+
+
 @pytest.mark.parametrize("prob", [0.0, 0.3, 1.0])
 def test_switch_between_mixup_and_cutmix(prob):
     cfg = cfg_of("loss.mixup_alpha=0.2", "loss.cutmix_alpha=1.0", f"loss.cutmix_prob={prob}", "schedule.epochs=10")
@@ -118,6 +152,7 @@ def test_cutmix_alone_and_off_in_the_last_epochs():
     assert torch.equal(same, images)
     with pytest.raises(UserError, match="loss.cutmix_alpha needs at least 2 images"):
         Objective(cfg, 4, 1)
+    Objective(cfg, 4, 2)  # 2 images are a pair
 
 
 def test_distillation_teacher_sees_the_cutmixed_images():
@@ -231,6 +266,42 @@ def test_ema_closed_form_after_k_steps():
         assert torch.allclose(value, closed, atol=1e-6), key
 
 
+def test_train_step_folds_every_optimizer_step_into_the_ema():
+    """The step itself updates the average, update t after step t (1-based): its closed form
+    ema_k = prod_t d_t x_0 + sum_i (1 - d_i) prod_{t > i} d_t x_i, d_t = min(0.9, (1 + t) / (10 + t))."""
+    from bot.train.engine import make_accelerator
+    from bot.train.trainer import build_step
+
+    torch.manual_seed(0)
+    cfg = cfg_of("model.ema_decay=0.9", "model.ema_warmup=true", "data.batch_size=8", "optim.lr=25.6")
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 4))
+    step = build_step(cfg, model, make_accelerator(), num_classes=4, batch=8, steps_per_epoch=10)
+    states = [{k: v.clone() for k, v in model.state_dict().items()}]
+    for s in range(4):
+        step(torch.randn(8, 3, 8, 8), torch.arange(8) % 4, s, 0)
+        states.append({k: v.clone() for k, v in model.state_dict().items()})
+    k, decays = len(states) - 1, [None] + [ema_decay_at(0.9, t, True) for t in range(1, len(states))]
+    assert not torch.equal(states[-1]["4.weight"], states[0]["4.weight"])  # the weights did move
+    for key, value in step.ema.state_dict().items():
+        if not value.is_floating_point():
+            assert torch.equal(value, states[-1][key])
+            continue
+        closed = math.prod(decays[1:]) * states[0][key] + sum(
+            (1 - decays[i]) * math.prod(decays[i + 1:]) * states[i][key] for i in range(1, k + 1))
+        assert torch.allclose(value, closed, atol=1e-6), key
+
+
+def test_ema_state_round_trips_and_tables_report_the_average_only_under_best_of_ema():
+    torch.manual_seed(0)
+    a, b = WeightEma(nn.Linear(3, 2), 0.9, False), WeightEma(nn.Linear(3, 2), 0.9, False)
+    b.load_state_dict(a.state_dict())
+    assert not any(p.requires_grad for p in a.module.parameters())  # the average is never trained
+    assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
+    summary = {"top1": 70.0, "ema_top1": 71.0, "top5": 90.0, "ema_top5": 92.0, "best_of": "ema"}
+    assert (reported(summary, "top1"), reported(summary, "top5")) == (71.0, 92.0)
+    assert reported(summary | {"best_of": "raw"}, "top1") == 70.0 and reported({"top1": 70.0}, "top1") == 70.0
+
+
 def test_ema_warmup_decay_is_tensorflows_num_updates_form():
     assert [ema_decay_at(0.999, t, True) for t in (1, 10, 100)] == [2 / 11, 11 / 20, 101 / 110]
     assert ema_decay_at(0.9, 10_000, True) == 0.9 and ema_decay_at(0.9, 1, False) == 0.9
@@ -258,6 +329,7 @@ def test_each_extras_recipe_is_the_all_tricks_recipe_plus_its_extra():
         changed[path.stem] = sorted(f"{s}.{k}" for s in cfg if isinstance(cfg[s], dict) and s != "run"
                                     for k in cfg[s] if cfg[s][k] != base[s][k])
     assert changed == {
-        "cutmix": ["loss.cutmix_alpha"], "cutout": ["data.cutout"], "ema": ["model.ema_decay", "model.ema_warmup"],
+        "cutmix": ["loss.cutmix_alpha", "loss.cutmix_prob"], "cutout": ["data.cutout"],
+        "ema": ["model.ema_decay", "model.ema_warmup"],
         "mish": ["model.act"], "progressive": ["data.size_schedule", "data.train_sizes"],
         "random-shapes": ["data.train_sizes"], "swish": ["model.act"]}

@@ -89,8 +89,8 @@ def test_two_processes_hold_the_same_average(toy, tmp_path):
     assert all(torch.equal(saved[k], rank0[k]) for k in rank0)
 
 
-ALL_ON = ["loss.mixup_alpha=0.2", "loss.cutmix_alpha=1.0", "data.cutout=0.25", "model.act=silu",
-          "data.train_sizes=[32, 64]", "data.size_schedule=progressive", "model.ema_decay=0.9",
+ALL_ON = ["loss.mixup_alpha=0.2", "loss.cutmix_alpha=1.0", "loss.cutmix_prob=0.5", "data.cutout=0.25",
+          "model.act=silu", "data.train_sizes=[32, 64]", "data.size_schedule=progressive", "model.ema_decay=0.9",
           "model.ema_warmup=true", "run.best_of=ema"]
 FAULT_ARGS = ["data.image_size=32", "data.batch_size=16", "data.workers=0", "schedule.epochs=2",
               "schedule.warmup_epochs=0", "run.log_every=1", "run.checkpoint_every=4"]

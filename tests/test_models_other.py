@@ -156,7 +156,7 @@ def test_one_step_with_every_trick_and_the_teacher_at_the_students_size(arch, si
         "data.backend=torch", f"data.image_size={size}", "data.batch_size=4", "data.workers=0",
         f"precision={precision}", "schedule.kind=cosine", "loss.label_smoothing=0.1", "loss.smoothing_form=uniform",
         "loss.mixup_alpha=0.2", f"loss.distill_teacher={teacher}", "run.max_steps=1"])
-    assert (cfg.optim.no_bias_decay, cfg.schedule.warmup_epochs, cfg.model.init) == (True, 5, "xavier")
+    assert (cfg.optim.no_bias_decay, cfg.schedule.warmup_epochs, cfg.model.init) == (True, 5, "msra")
     summary = trainer.train(cfg)
     assert summary["steps"] == 1 and 0 <= summary["top1"] <= 100
     assert summary["params"] == sum(p.numel() for p in model(arch, num_classes=4).parameters())

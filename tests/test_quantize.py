@@ -4,6 +4,7 @@ import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -101,3 +102,19 @@ def test_batchnorm_folding_with_zero_gamma_and_average_pooled_shortcut(tmp_path)
     with torch.no_grad():
         ref, got = model(x), OnnxModule(tmp_path / "int8.onnx")(x)
     assert (got - ref).abs().max().item() <= 0.1 * (ref.max() - ref.min()).item()
+
+
+def test_calibration_reads_training_images_spread_over_every_class(toy, monkeypatch):
+    """Calibrating on val images would leak the evaluation set into the int8 ranges, and the
+    accuracy test above would not see it: check the files themselves."""
+    from bot import config
+    from bot.data import torch_loader
+    from bot.deploy.quantize import calibration_images
+
+    read = []
+    decode = torch_loader.decode
+    monkeypatch.setattr(torch_loader, "decode", lambda path: read.append(path) or decode(path))
+    batches = calibration_images(config.load(None, [f"data.root={toy}", "data.image_size=32"]), 8, batch=4)
+    assert [tuple(b.shape) for b in batches] == [(4, 3, 32, 32)] * 2
+    assert len(read) == 8 and all(Path(p).parent.parent == toy / "train" for p in read), read
+    assert len({Path(p).parent.name for p in read}) == 4  # 8 picks over 4 classes of 24: every class

@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from bot import config
 from bot.models import build_model
 from bot.train.losses import Objective, distillation_term, mixup, mixup_lambda, smooth_targets, soft_cross_entropy
-from bot.train.optim import build_optimizer, param_groups
-from bot.train.schedule import build_schedule, peak_lr
+from bot.train.optim import build_optimizer, load_optimizer_state, param_groups, use_fused
+from bot.train.schedule import build_schedule, lr_at, peak_lr
 
 # ---------------------------------------------------------------- learning rate
 
@@ -37,6 +37,11 @@ def test_warmup_is_linear_per_iteration_then_cosine():
     for t in range(0, T, 13):  # section 5.1
         assert lr(m + t) == pytest.approx(0.5 * (1 + math.cos(t * math.pi / T)) * 0.4)
     assert lr(m) == pytest.approx(0.4) and lr(m + T // 2) == pytest.approx(0.2)
+
+
+def test_an_unknown_schedule_kind_is_named():
+    with pytest.raises(ValueError, match="unknown schedule kind 'linear'"):
+        lr_at(0, peak=0.1, warmup_steps=0, total_steps=10, kind="linear")
 
 
 def test_warmup_then_step_decay():
@@ -65,7 +70,27 @@ def test_nag_and_decay_on_conv_and_linear_weights_only():
 def test_without_the_trick_everything_is_decayed():
     model = build_model(config.load(None, ["model.arch=resnet18"]), num_classes=10)
     (group,) = param_groups(model, 1e-4, no_bias_decay=False)
-    assert len(group["params"]) == len(list(model.parameters()))
+    assert len(group["params"]) == len(list(model.parameters())) and group["weight_decay"] == 1e-4
+    assert [g["weight_decay"] for g in param_groups(model, 1e-4, no_bias_decay=True)] == [1e-4, 0.0]
+
+
+def test_resumed_optimizer_keeps_its_own_step_implementation():
+    """load_optimizer_state: the momentum buffers come from the checkpoint, the fused/foreach
+    choice stays this run's (a CPU checkpoint would otherwise take a GPU run off the fused step)."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    saved = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, foreach=True)
+    model(torch.randn(4, 3)).sum().backward()
+    saved.step()
+    here = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9, foreach=False)
+    assert not use_fused(model)  # a CPU model takes torch's default step
+    state = saved.state_dict()
+    state["param_groups"][0]["fused"] = True  # as a GPU run writes it
+    load_optimizer_state(here, state)
+    assert here.param_groups[0]["foreach"] is False and here.param_groups[0].get("fused") is None
+    assert here.param_groups[0]["lr"] == 0.1  # the rest of the group is the checkpoint's
+    for p in model.parameters():
+        assert torch.equal(here.state[p]["momentum_buffer"], saved.state[p]["momentum_buffer"])
 
 
 # ---------------------------------------------------------------- label smoothing
@@ -77,6 +102,8 @@ def test_smoothing_forms_match_the_text_and_the_code():
     uniform = smooth_targets(labels, 5, 0.1, "uniform")
     assert uniform[1].tolist() == pytest.approx([0.92, 0.02, 0.02, 0.02, 0.02])  # 1 - eps + eps / K
     assert paper.sum(1).tolist() == pytest.approx([1, 1]) and uniform.sum(1).tolist() == pytest.approx([1, 1])
+    with pytest.raises(ValueError, match="unknown smoothing form 'text'"):
+        smooth_targets(labels, 5, 0.1, "text")
 
 
 def test_uniform_smoothing_equals_torch_label_smoothing():
@@ -97,10 +124,10 @@ def test_soft_cross_entropy_hand_computed():
 
 def test_mixup_mixes_with_the_reversed_batch_for_odd_sizes():
     x = torch.arange(3.0).view(3, 1, 1, 1)
-    t = torch.eye(3)
+    t = torch.eye(4)[:3]  # 4 classes: flipping the classes instead of the batch would not match
     mx, mt = mixup(x, t, 0.7)
     assert mx.flatten().tolist() == pytest.approx([0.7 * 0 + 0.3 * 2, 1.0, 0.7 * 2 + 0.3 * 0])
-    assert mt[0].tolist() == pytest.approx([0.7, 0, 0.3]) and mt[1].tolist() == pytest.approx([0, 1, 0])
+    assert mt[0].tolist() == pytest.approx([0.7, 0, 0.3, 0]) and mt[1].tolist() == pytest.approx([0, 1, 0, 0])
 
 
 def test_mixup_lambda_is_beta_and_repeatable():
@@ -134,8 +161,8 @@ def test_mixup_needs_two_images_per_micro_batch():
 
 def test_distillation_loss_hand_computed():
     z = torch.tensor([[1.0, 0.0, -1.0]])  # student
-    r = torch.tensor([[0.0, 2.0, 0.0]])  # teacher
-    T, w = 2.0, 0.5
+    r = torch.tensor([[0.0, 2.0, 0.5]])  # teacher: not symmetric about the student's, which would hide r's scale
+    T, w = 3.0, 0.5  # T = 2 would not tell T^2 from 2T
     p_r = torch.softmax(r / T, -1)
     log_q = torch.log_softmax(z / T, -1)
     want_soft = T * T * -(p_r * log_q).sum()

@@ -22,6 +22,7 @@ The tricks on these networks (the config rejects the ones that do not apply):
                  bound of its own 3 x 3 x 1 connections.
   distillation   unchanged: the ResNet-152-D teacher sees the student's (mixed) batch, at the
                  student's resolution (299 px for Inception-V3), as in gluon-cv.
+`model.init=msra` (the authors' code) counts fans as MXNet does, ungrouped (bot/models/init.py).
 `model.init=kaiming` keeps timm's own init for the network (Inception-V3: truncated normal,
 std 0.1; MobileNet: normal with std sqrt(2 / fan_out), fans per group).
 No weights are ever downloaded.
@@ -33,7 +34,7 @@ import timm
 from torch import nn
 
 from bot.models.activations import ACTIVATIONS
-from bot.models.init import xavier_init
+from bot.models.init import init_weights
 
 # arch -> (timm name, constructor kwargs that make it the authors' network)
 OTHER_ARCHS = {
@@ -49,6 +50,5 @@ def build_other(cfg, num_classes: int) -> nn.Module:
     # (relu by default: gluon-cv's and the MobileNet paper's, where timm's MobileNet has ReLU6)
     model = timm.create_model(name, pretrained=False, num_classes=num_classes, act_layer=ACTIVATIONS[cfg.model.act],
                               **kwargs)
-    if cfg.model.init == "xavier":
-        xavier_init(model)
+    init_weights(model, cfg.model.init)
     return model

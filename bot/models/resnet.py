@@ -22,7 +22,7 @@ from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 from torch import nn
 
 from bot.models.activations import ACTIVATIONS
-from bot.models.init import xavier_init
+from bot.models.init import init_weights
 
 # block type and blocks per stage (He et al. 2016, table 1; timm's resnet18 ... resnet152)
 ARCHS = {
@@ -53,8 +53,7 @@ def build_resnet(cfg, num_classes: int = 1000) -> nn.Module:
                    **{**VARIANTS[cfg.model.variant], **widths(cfg.model.variant, cfg.model.width)})
     if cfg.model.variant == "A":
         stride_on_first_conv(model)
-    if cfg.model.init == "xavier":
-        xavier_init(model)
+    init_weights(model, cfg.model.init)
     # "kaiming" keeps timm's init: kaiming normal (fan_out) convs, torch's default Linear, BN 1/0.
     if cfg.model.zero_gamma:
         # Section 3.1: each residual block then starts as the identity (its branch outputs 0),

@@ -61,7 +61,8 @@ def cutmix_draw(seed: int, step: int, alpha: float, height: int, width: int) -> 
 
 
 def uses_cutmix(seed: int, step: int, prob: float) -> bool:
-    """With mixup and CutMix both on, whether this step uses CutMix (timm's switch_prob)."""
+    """Whether this step uses CutMix: with probability `prob` (Yun et al.'s cutmix_prob); with
+    mixup on too, the steps that do not use CutMix use mixup (timm's switch_prob)."""
     return bool(np.random.default_rng([seed, step, 0x5117C4]).random() < prob)
 
 
@@ -113,7 +114,7 @@ class Objective:
         targets = smooth_targets(labels, self.num_classes, self.eps, self.form)
         if epoch >= self.mixup_until:
             return images, targets
-        if self.cutmix_alpha > 0 and (self.alpha == 0 or uses_cutmix(self.seed, step, self.cutmix_prob)):
+        if self.cutmix_alpha > 0 and uses_cutmix(self.seed, step, self.cutmix_prob):
             lam, cy, cx = cutmix_draw(self.seed, step, self.cutmix_alpha, *images.shape[-2:])
             return cutmix(images, targets, cutmix_box(lam, cy, cx, *images.shape[-2:]))
         if self.alpha > 0:
