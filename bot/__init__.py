@@ -7,7 +7,7 @@ The package in wings, each importing only the wings below it (tests/test_layers.
     bot.train  |  bot.deploy      the training core  |  after training: export, int8, pruning
     bot.files                     checkpoints, trained models read back, the ONNX reader
     bot.models |  bot.data        the networks  |  the two loaders
-    bot.config                    the one typed config
+    bot.config                    the one typed config (its values checked in bot.config_checks)
     bot.errors                    UserError: bad input, one line, exit 2
 
 The public Python API: bot.config.load, bot.models.build_model, bot.models.count_params_macs,

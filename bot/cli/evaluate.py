@@ -64,7 +64,7 @@ def eval_config(model: trained.Trained, overrides: list[str], size: int | None) 
     if size is not None:
         tree["data"]["image_size"] = size
     if "data.val_resize" not in keys and (size is not None or "data.image_size" in keys):
-        tree["data"]["val_resize"] = None  # derived again from the new size (256/224, config.validate)
+        tree["data"]["val_resize"] = None  # derived again from the new size (256/224, bot/config_checks.py)
     return config.from_dict(tree)
 
 

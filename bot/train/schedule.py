@@ -119,7 +119,7 @@ def build_schedule(cfg, steps_per_epoch: int):
     """The run's lr as a function of the global step, with epochs turned into steps
     (`steps_per_epoch`: the loader's batches per epoch)."""
     s, plan = cfg.schedule, build_plan(cfg, steps_per_epoch)
-    # warmup ends before the first milestone (config.validate), where every step is one batch
+    # warmup ends before the first milestone (bot/config_checks.py), where every step is one batch
     decay = tuple(growth_after(n, cfg.data.accumulate, cfg.data.accumulate_max)[1]
                   for n in range(len(s.milestones) + 1)) if s.kind == "batch_growth" else ()
     return partial(lr_at, peak=peak_lr(cfg), warmup_steps=round(s.warmup_epochs * steps_per_epoch),
