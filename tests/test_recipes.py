@@ -282,12 +282,20 @@ KEEP_PRECISION = "recipe-efficient"
 
 
 @pytest.fixture(scope="module")
-def teacher(toy, tmp_path_factory):
-    """A one-step ResNet-18-D, standing in for the ResNet-152-D teacher's best.pt."""
-    trainer = _trainer()
-    out = tmp_path_factory.mktemp("teacher")
-    trainer.train(config.load(ROOT / "recipes" / "demo.yaml", shrink(toy, out)))
-    return out / "best.pt"
+def stand_in(toy, tmp_path_factory):
+    """`stand_in(width)`: a one-step ResNet-18-D of that width (demo.yaml's), standing in for the
+    ResNet-152-D teacher's best.pt or a fine-tuning recipe's source, which must have the width
+    of the recipe (model.init_from refuses another); trained once per width."""
+    made = {}
+
+    def best(width: float = 1.0):
+        if width not in made:
+            out = tmp_path_factory.mktemp("stand-in")
+            _trainer().train(config.load(ROOT / "recipes" / "demo.yaml", shrink(toy, out) + [f"model.width={width}"]))
+            made[width] = out / "best.pt"
+        return made[width]
+
+    return best
 
 
 def training_cases():
@@ -309,9 +317,9 @@ def test_one_training_step(path, overrides, keep_precision, toy, tmp_path, reque
     cfg = config.load(path, overrides)
     extra = [] if keep_precision else ["precision=fp32"]
     if cfg.loss.distill_teacher:
-        extra.append(f"loss.distill_teacher={request.getfixturevalue('teacher')}")
-    if cfg.model.init_from:  # a fine-tuning recipe starts from the same stand-in run (a ResNet-18-D)
-        extra.append(f"model.init_from={request.getfixturevalue('teacher')}")
+        extra.append(f"loss.distill_teacher={request.getfixturevalue('stand_in')()}")
+    if cfg.model.init_from:  # a fine-tuning recipe starts from a stand-in run (a ResNet-18-D) of its width
+        extra.append(f"model.init_from={request.getfixturevalue('stand_in')(cfg.model.width)}")
     cfg = config.load(path, overrides + shrink(toy, tmp_path / "run", cfg.model.arch) + extra)
     summary = trainer.train(cfg)
     assert summary["steps"] == 1 and 0 <= summary["top1"] <= 100

@@ -94,6 +94,19 @@ def test_changed_config_is_not_resumed_silently(toy, tmp_path):
     assert train(small(toy, tmp_path / "run", "run.max_steps=4", "optim.lr=0.2", "run.resume=force"))["steps"] == 4
 
 
+def test_a_key_that_changes_no_step_never_refuses_a_resume(tmp_path):
+    from bot.train.run_checks import check_same_run
+
+    def saved(*extra):
+        return config.load("recipes/demo.yaml", list(extra)).to_dict()
+
+    # loss.cutmix_prob's default went from 0.5 to 1.0: a run without CutMix resumes whatever its value
+    check_same_run(config.load("recipes/demo.yaml", []), saved("loss.cutmix_prob=0.5"), tmp_path)
+    with pytest.raises(UserError, match=r"another config \(loss.cutmix_prob 0.5 -> 1.0\)"):  # with CutMix it counts
+        check_same_run(config.load("recipes/demo.yaml", ["loss.cutmix_alpha=1.0"]),
+                       saved("loss.cutmix_alpha=1.0", "loss.cutmix_prob=0.5"), tmp_path)
+
+
 def test_bad_input_exits_2_and_keeps_the_checkpoint(toy, tmp_path):
     out = tmp_path / "run"
     train(small(toy, out, "run.max_steps=2"))

@@ -21,12 +21,23 @@ RESUMABLE_CHANGES = {"run.max_steps", "run.log_every", "run.checkpoint_every", "
                      "run.name", "run.group", "run.out", "data.root", "data.workers", "data.prefetch", "compile"}
 
 
+# key -> the key without which it does nothing (0 or off in both configs: it changes no step).
+# So a changed default of such a key never refuses a resume: loss.cutmix_prob went from 0.5 to 1.0,
+# and a run without CutMix (loss.cutmix_alpha 0) trains the same whatever its value.
+INERT_WITHOUT = {"loss.cutmix_prob": "loss.cutmix_alpha"}
+
+
+def inert(key: str, now: dict, before: dict) -> bool:
+    needs = INERT_WITHOUT.get(key)
+    return needs is not None and not now.get(needs) and not before.get(needs)
+
+
 def check_same_run(cfg, saved: dict, folder: Path) -> None:
     """Never silently resume a run folder that holds a different recipe."""
     now, before = config.flat(cfg.to_dict()), config.flat({k: v for k, v in saved.items() if k != "provenance"})
     # a key newer than the saved run was trained at its default, which is always "off"
     before = config.flat(config.Config().to_dict()) | before
-    changed = [k for k in now if k not in RESUMABLE_CHANGES and now[k] != before.get(k)]
+    changed = [k for k in now if k not in RESUMABLE_CHANGES and now[k] != before.get(k) and not inert(k, now, before)]
     if changed and cfg.run.resume != "force":
         diffs = ", ".join(f"{k} {before.get(k)!r} -> {now[k]!r}" for k in changed[:3])
         raise UserError(f"run.out {folder} holds a run with another config ({diffs}); "
