@@ -1,3 +1,4 @@
+import contextlib
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,20 @@ def toy(tmp_path_factory) -> Path:
     subprocess.run([sys.executable, str(ROOT / "scripts/make_toy_data.py"), str(out), "--classes", "4",
                     "--train", "24", "--val", "8", "--size", "64"], check=True, capture_output=True)
     return out
+
+
+@contextlib.contextmanager
+def tmpfs(folder: Path, options: str, why: str):
+    """A 1 MiB tmpfs mounted on `folder` with `options` for the block (root only: skips with `why`
+    where it cannot be mounted), for faults a real filesystem gives: a full disk, a read-only one."""
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"{options},size=1m", "tmpfs", str(folder)],
+                             capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(why)
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
 
 
 def run_cli(*args, cwd=ROOT, timeout=600):

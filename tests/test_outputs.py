@@ -8,10 +8,9 @@ last.pt beside a config.yaml, metrics.jsonl and summary.json.
 
 import os
 import shutil
-import subprocess
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, tmpfs
 
 from bot.cli import evaluate, export, predict, quantize, slim
 
@@ -52,13 +51,8 @@ def read_only(tmp_path):
         yield folder
         folder.chmod(0o755)
         return
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(folder)], capture_output=True)
-    if mounted.returncode != 0:
-        pytest.skip("as root chmod does not stop writes, and a read-only tmpfs cannot be mounted here")
-    try:
+    with tmpfs(folder, "ro", "as root chmod does not stop writes, and a read-only tmpfs cannot be mounted here"):
         yield folder
-    finally:
-        subprocess.run(["umount", str(folder)], check=True)
 
 
 def test_no_command_writes_over_a_checkpoint_an_input_or_a_run_file(run, toy, tmp_path, capsys):

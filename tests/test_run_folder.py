@@ -16,7 +16,7 @@ import textwrap
 import time
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, tmpfs
 
 from bot.cli import train as train_cli
 from bot.files import checkpoint
@@ -167,13 +167,8 @@ def full_disk(tmp_path):
     """A 1 MiB tmpfs (root only), to be filled up."""
     folder = tmp_path / "disk"
     folder.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(folder)], capture_output=True)
-    if mounted.returncode != 0:
-        pytest.skip("a small tmpfs (a disk to fill) needs root and mount")
-    try:
+    with tmpfs(folder, "rw", "a small tmpfs (a disk to fill) needs root and mount"):
         yield folder
-    finally:
-        subprocess.run(["umount", str(folder)], check=True)
 
 
 def test_a_full_disk_at_resume_is_one_line_and_leaves_no_temporary_file(toy, full_disk, capsys):
