@@ -5,6 +5,11 @@ YAML overlay that lists only what it turns on, and may inherit with `base: other
 (relative to the recipe's folder). `load(path, overrides)` merges base, recipe and
 `dotted.key=value` overrides (values parse as YAML), then checks every key, type and
 value: an unknown key, a wrong type or an impossible value raises UserError naming it.
+
+A recipe path that exists is read as it is; otherwise a name such as `demo` or
+`recipes/demo.yaml` is one of the recipes shipped inside the package (`recipe_path`), so an
+installed bot trains them from any folder. A run's config.yaml is a recipe too: its
+`provenance` section (what the trainer records about where the run came from) changes nothing.
 """
 
 from __future__ import annotations
@@ -185,6 +190,43 @@ class Config:
 
 # ---------------------------------------------------------------- reading recipes
 
+# The top-level recipes/ folder as the package sees it: bot/recipes is a link to it in a
+# checkout, and a folder of package data in a wheel (pyproject.toml [tool.setuptools.package-data]).
+PACKAGED_RECIPES = Path(__file__).parent / "recipes"
+
+# The section a run's config.yaml adds to the resolved config (bot/train/run_checks.py's provenance)
+PROVENANCE = "provenance"
+
+
+def packaged_recipe(name: str | Path) -> Path | None:
+    """The shipped recipe (or grid) that `name` means: `demo`, `demo.yaml`, `recipes/demo.yaml`,
+    `ablations/table6`, `recipes/ablations/table6.yaml`; None when there is no such file."""
+    parts = Path(name).parts
+    if not parts or Path(name).is_absolute():
+        return None
+    if parts[0] == "recipes":
+        parts = parts[1:]
+    if not parts:
+        return None
+    path = PACKAGED_RECIPES.joinpath(*parts)
+    if path.suffix not in (".yaml", ".yml"):
+        path = path.with_name(path.name + ".yaml")
+    inside = path.resolve().is_relative_to(PACKAGED_RECIPES.resolve())  # no ../ out of the package
+    return path if inside and path.is_file() else None
+
+
+def recipe_path(name: str | Path) -> Path:
+    """`name` if that file exists (a path that exists always wins), else the packaged recipe of
+    that name; UserError when neither is there."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    packaged = packaged_recipe(name)
+    if packaged is None:
+        raise UserError(f"recipe not found: {path} (not a file here, nor one of the recipes shipped in "
+                        f"{PACKAGED_RECIPES})")
+    return packaged
+
 
 def read_recipe(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
     """The recipe at `path` merged over its `base:` chain, as a plain nested dict."""
@@ -347,7 +389,8 @@ def build(cls: type, tree: dict, prefix: str = "") -> Any:
 
 def load(path: str | Path | None, overrides: list[str] = ()) -> Config:
     """Recipe (with its base chain) + overrides -> a checked Config."""
-    tree = read_recipe(path) if path is not None else {}
+    tree = read_recipe(recipe_path(path)) if path is not None else {}
+    tree.pop(PROVENANCE, None)
     for item in overrides:
         apply_override(tree, item)
     cfg = validate(build(Config, tree))
