@@ -4,19 +4,24 @@ all call the `main(argv) -> exit status` of a module here.
 Bad input (bot.errors.UserError) is one line on stderr and exit status 2, whichever
 command met it. A run stopped by SIGTERM/SIGUSR1 after saving exits with
 bot.train.preempt.REQUEUE_STATUS (75), for a scheduler to requeue.
+
+Each command's module docstring is its --help: the first line says what it does, the rest
+(usage examples first) follows the options as written (`command_parser`).
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 from typing import Callable
 
 from bot.errors import UserError, one_line
-from bot.train.preempt import REQUEUE_STATUS, Stopped
 
 
 def run(body: Callable[[], int | None], interrupted: str = "interrupted") -> int:
     """`body()`'s exit status, with bad input turned into one line and status 2."""
+    from bot.train.preempt import REQUEUE_STATUS, Stopped  # here: a command's --help need not import torch
+
     try:
         return body() or 0
     except UserError as e:
@@ -32,6 +37,14 @@ def run(body: Callable[[], int | None], interrupted: str = "interrupted") -> int
             print(f"error: {one_line(e)}", file=sys.stderr)
             return 2
         raise
+
+
+def command_parser(doc: str) -> argparse.ArgumentParser:
+    """A parser whose --help shows `doc`'s first line above the options and the rest of `doc`
+    (the usage examples and notes) below them, line breaks kept."""
+    first, _, rest = doc.strip().partition("\n")
+    return argparse.ArgumentParser(description=first.strip(), epilog=rest.strip("\n") or None,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 def checkout_file(name: str):

@@ -1,8 +1,15 @@
-"""Run an ablation grid (recipes/ablations/*.yaml) and write its table.
+"""Run an ablation grid (recipes/ablations/*.yaml) and write its table  (installed as `bot-ablate`)
 
-    python scripts/ablate.py GRID [--dry-run] [--seeds N] [--out DIR] [--table-only]
-                             [--launcher "accelerate launch ..."] [--override-rows]
-                             [dotted.key=value ...]
+    python scripts/ablate.py recipes/ablations/demo.yaml data.root=data/toy --seeds 3
+    python scripts/ablate.py recipes/ablations/table6.yaml --dry-run      # the commands it would run
+    python scripts/ablate.py recipes/ablations/table4.yaml data.root=/data/imagenet \
+        --launcher "accelerate launch --config_file configs/accelerate/8gpu.yaml"
+    python scripts/ablate.py recipes/ablations/demo.yaml --table-only     # the table of the runs on disk
+    bot-ablate ablations/demo data.root=data/toy      # installed: a grid shipped with bot, from any folder
+
+GRID is a grid file; when no such file exists, a name such as `ablations/demo` or
+`recipes/ablations/demo.yaml` means the grid shipped inside the package (its rows' recipes
+are the shipped ones too).
 
 Each row whose run has no summary.json is started, or resumed when it has a last.pt
 (the trainer resumes from it); a finished row is never rerun. The key=value arguments
@@ -22,7 +29,8 @@ import subprocess
 import sys
 import time
 
-from bot.cli import checkout_file
+from bot.cli import checkout_file, command_parser
+from bot.config import recipe_path
 from bot.errors import UserError, one_line
 from bot.grid import checks
 from bot.grid.runs import row_config, run_dirs, run_overrides, run_status
@@ -37,7 +45,7 @@ def train_command() -> list[str]:
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = command_parser(__doc__)
     p.add_argument("grid", help="a grid file, e.g. recipes/ablations/table4.yaml")
     p.add_argument("overrides", nargs="*", help="dotted.key=value applied to every row")
     p.add_argument("--dry-run", action="store_true", help="print each row's command and state; run nothing")
@@ -78,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     launcher = shlex.split(args.launcher) if args.launcher else [sys.executable]
     train = train_command()
     try:
-        grid = read_grid(args.grid, args.out)
+        grid = read_grid(recipe_path(args.grid), args.out)
         for row in grid.rows:  # every row must load before the first one runs
             row_config(grid, row, args.overrides, args.seeds)
         check_rows(grid, args.overrides, args.override_rows)

@@ -1,6 +1,8 @@
-"""Compare compressed models side by side: top-1, params, MACs, file size, CPU ms per image
+"""Compare compressed models side by side: top-1, params, MACs, file size, CPU ms per image  (installed as `bot-compress-report`)
 
     python scripts/compress_report.py data.root=data/toy NAME=MODEL [NAME=MODEL ...] [--out table.md]
+    python scripts/compress_report.py data.root=data/toy --out runs/compress-demo/table.md \
+        fp32=runs/compress-demo int8=runs/compress-demo/best.int8.onnx slim-30%=runs/compress-demo-slim/best.pt
 
 MODEL is a checkpoint or run folder (measured as its fp32 ONNX export) or an int8 model of
 scripts/quantize.py (.onnx). Every model runs in onnxruntime with the same threads, in this
@@ -20,12 +22,12 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from bot.cli import run
+from bot.cli import command_parser, run
 from bot.files import outputs, trained
 
 
 def parse(argv) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = command_parser(__doc__)
     p.add_argument("items", nargs="+", help="data.root=... then NAME=MODEL pairs")
     p.add_argument("--out", default=None, help="also write the table (markdown) here")
     p.add_argument("--repeats", type=int, default=20, help="timed passes per latency (median shown)")

@@ -18,7 +18,6 @@ is finished when its index file exists, and `_make_shards.json` records what is 
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -29,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bot.cli import command_parser
 from bot.data.shards import INFO, index_path, index_tar, write_index, write_missing_indexes
 from bot.errors import UserError, one_line
 
@@ -226,8 +226,7 @@ def make_shards(src: Path, out: Path, seed: int = 0, shuffle: bool = True, shard
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-                                 epilog="\n".join(__doc__.splitlines()[1:]))
+    ap = command_parser(__doc__)
     ap.add_argument("src", type=Path, help="ImageNet-layout folder or local Hugging Face dataset (with --index: a shard folder)")
     ap.add_argument("out", type=Path, nargs="?", help="the shard folder to write")
     ap.add_argument("--seed", type=int, default=0, help="the write-time shuffle's seed")

@@ -1,6 +1,9 @@
 """int8 post-training quantization of a trained model for CPU inference  (installed as `bot-quantize`)
 
-    python scripts/quantize.py CHECKPOINT_OR_RUN [dotted.key=value ...] [--calib 512] [--out PATH]
+    python scripts/quantize.py runs/demo data.root=data/toy                 # runs/demo/best.int8.onnx
+    python scripts/quantize.py runs/demo data.root=data/toy --calib 256 --out demo.int8.onnx
+    python scripts/quantize.py runs/demo data.root=data/toy --bits 4       # post-training 4-bit weights
+    python scripts/evaluate.py runs/demo/best.int8.onnx                    # then read like a checkpoint
 
 The checkpoint is exported to ONNX, its BatchNorms folded into the convs, and quantized
 statically by onnxruntime: int8 weights per channel, uint8 activations whose ranges are
@@ -28,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from bot.cli import run
+from bot.cli import command_parser, run
 from bot.errors import UserError
 from bot.files import outputs, trained
 
@@ -36,8 +39,7 @@ TABLE_HEAD = "| model | top-1 |"  # the first line of NAME.md
 
 
 def parse(argv) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                epilog="Overrides are dotted.key=value, as for evaluate.py.")
+    p = command_parser(__doc__)
     p.add_argument("checkpoint", help="a checkpoint (best.pt, last.pt) or a run folder (its best.pt)")
     p.add_argument("overrides", nargs="*", help="e.g. data.root=/data/imagenet")
     p.add_argument("--calib", type=int, default=512, help="training images to calibrate on (default 512)")

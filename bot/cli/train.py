@@ -1,23 +1,27 @@
-"""Train a recipe:  python train.py RECIPE [dotted.key=value ...] [--print-config]  (or bot-train)
+"""Train a recipe: python train.py RECIPE [dotted.key=value ...] [--print-config]  (installed as `bot-train`)
 
-    python train.py recipes/resnet50-all-tricks.yaml data.root=/data/imagenet
+    python train.py recipes/demo.yaml data.root=data/toy
+    python train.py recipes/resnet50-all-tricks.yaml data.root=/data/imagenet loss.mixup_alpha=0
     accelerate launch --config_file configs/accelerate/8gpu.yaml train.py recipes/efficient.yaml data.root=...
+    python train.py runs/demo/config.yaml run.out=runs/demo-again      # a run's config.yaml is a recipe
+    bot-train demo data.root=data/toy      # installed: a recipe shipped with bot, from any folder
+    python train.py recipes/demo.yaml --print-config
 
-Running the same command again resumes from the run folder's last.pt. Bad input (an
-unknown key, a wrong type, a missing data folder, a corrupt image ...) exits with status
-2 and one line naming the problem.
+RECIPE is a YAML file; when no such file exists, a name such as `demo` or
+`recipes/demo.yaml` means the recipe shipped inside the package. Overrides are
+dotted.key=value; values parse as YAML. Running the same command again resumes from the
+run folder's last.pt. Bad input (an unknown key, a wrong type, a missing data folder, a
+corrupt image ...) exits with status 2 and one line naming the problem.
 """
 
-import argparse
 import sys
 
-from bot.cli import run
+from bot.cli import command_parser, run
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description="Train a Bag-of-Tricks recipe.",
-                                     epilog="Overrides are dotted.key=value; values parse as YAML.")
-    parser.add_argument("recipe", help="a YAML recipe, e.g. recipes/demo.yaml")
+    parser = command_parser(__doc__)
+    parser.add_argument("recipe", help="a YAML recipe, e.g. recipes/demo.yaml, or a shipped recipe's name (demo)")
     parser.add_argument("overrides", nargs="*", help="e.g. data.root=/data/imagenet optim.lr=0.2")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     args = parser.parse_args(argv)
