@@ -1,6 +1,8 @@
 """Network slimming: remove the channels with the smallest BN scales  (installed as `bot-slim`)
 
-    python scripts/slim.py CHECKPOINT_OR_RUN --ratio 0.3 --out DIR [--round-to 8]
+    python train.py recipes/compress-demo.yaml data.root=data/toy      # trained with model.slim_l1
+    python scripts/slim.py runs/compress-demo --ratio 0.3 --round-to 8 --out runs/compress-demo-slim
+    python train.py recipes/compress-demo-finetune.yaml data.root=data/toy   # fine-tune what is left
 
 The `--ratio` share of the channels inside the residual blocks whose |gamma| is smallest
 over the whole network (Liu et al., ICCV 2017; train with model.slim_l1 so that many
@@ -11,6 +13,8 @@ quantize it. DIR/slim.json lists the channels kept per layer. DIR is a new folde
 command wrote before: never a training run's folder. `--round-to 8` keeps a
 multiple of 8 channels in every layer (removing a little less than --ratio): convolution
 kernels run such counts faster than odd ones, on the CPU and on GPUs' tensor cores.
+A network trained without model.slim_l1 has few gammas near 0, so the ranking says little
+about which channels matter: slimming it is allowed, with a warning.
 """
 
 from __future__ import annotations
@@ -22,13 +26,13 @@ from pathlib import Path
 
 import torch
 
-from bot.cli import run
+from bot.cli import command_parser, run
 from bot.errors import UserError
 from bot.files import outputs, trained
 
 
 def parse(argv) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = command_parser(__doc__)
     p.add_argument("checkpoint", help="a checkpoint (best.pt, last.pt) or a run folder (its best.pt)")
     p.add_argument("--ratio", type=float, required=True, help="share of the in-block channels to remove, in (0, 1)")
     p.add_argument("--out", required=True, help="folder for the slimmed checkpoint (DIR/best.pt)")
@@ -73,6 +77,21 @@ def check_out(out: Path, source: Path) -> Path:
     return out
 
 
+def warn_unpenalized(source: trained.Trained, near_zero: int, total: int) -> None:
+    """Liu et al.'s ranking works because the L1 penalty drives unneeded gammas to ~0; without it
+    the smallest gammas are merely small, and removing them costs accuracy a fine-tune must win back."""
+    l1 = source.cfg.model.slim_l1
+    if l1 and near_zero:
+        return
+    if not l1:
+        why = f"was trained without model.slim_l1: {near_zero} of its {total} in-block |gamma| are below 1e-3"
+    else:
+        why = (f"was trained with model.slim_l1={l1:g}, but none of its {total} in-block |gamma| is below 1e-3 "
+               f"(a weak penalty or a short run)")
+    print(f"warning: {source.path} {why}, so the ranking says little about which channels matter: expect to "
+          f"lose accuracy and fine-tune, or train with model.slim_l1 (Liu et al. use 1e-5 to 1e-4)", file=sys.stderr)
+
+
 def main(argv=None) -> int:
     args = parse(sys.argv[1:] if argv is None else argv)
 
@@ -93,6 +112,7 @@ def main(argv=None) -> int:
         names = {id(conv): name for name, conv in model.named_modules()}
         layers = [names[id(conv)] for conv, _ in slimmed_pairs(model)]
         near_zero = sum(int((bn.weight.abs() < 1e-3).sum()) for _, bn in slimmed_pairs(model))
+        warn_unpenalized(source, near_zero, sum(bn.weight.numel() for _, bn in slimmed_pairs(model)))
         counts = prune(model, args.ratio, size, args.round_to)
         with torch.no_grad():
             model(torch.zeros(2, 3, size, size))  # the narrower network runs
