@@ -1,6 +1,8 @@
 """What a run writes as it goes: metrics.jsonl, the console and (optionally) wandb.
 
-Only the main process writes; the others get a RunLog that does nothing.
+Only the main process writes; the others get a RunLog that does nothing. On a terminal the
+training steps show in tqdm's bar; off one (a pipe, a SLURM log) the bar is off and each
+logged step is a readable line instead (`print_step`), while metrics.jsonl keeps the JSON.
 """
 
 from __future__ import annotations
@@ -20,9 +22,16 @@ def _step(line: str) -> float:
         return float("inf")
 
 
+def step_line(record: dict, epochs: int) -> str:
+    """A training record of metrics.jsonl as one line, in the form of the evaluation lines."""
+    return (f"epoch {record['epoch'] + 1}/{epochs} step {record['step']}: loss {record['loss']:.4f} "
+            f"lr {record['lr']:.4g} {record['img_per_s']:.0f} img/s")
+
+
 class RunLog:
     def __init__(self, cfg, folder: Path, enabled: bool, resume_step: int = 0):
         self.enabled, self.path, self.wandb = enabled, folder / "metrics.jsonl", None
+        self.epochs = cfg.schedule.epochs
         if enabled:
             self._forget_after(resume_step)
         if enabled and cfg.run.wandb != "off":
@@ -59,6 +68,9 @@ class RunLog:
     def print(self, *args) -> None:
         if self.enabled:
             print(*args, flush=True)
+
+    def print_step(self, record: dict) -> None:
+        self.print(step_line(record, self.epochs))
 
     def close(self) -> None:
         if self.wandb is not None:

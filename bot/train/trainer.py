@@ -261,7 +261,7 @@ class Run:
             self.bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.4g}",
                                  img_s=f"{record['img_per_s']:.0f}")
             if self.bar.disable:
-                self.log.print(json.dumps(record))
+                self.log.print_step(record)  # a readable line where no bar shows
             self.history.setdefault("first_loss", value)
             self.tick, self.tick_step = time.perf_counter(), step
         self.check_diverged(value)
