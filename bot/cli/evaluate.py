@@ -1,17 +1,20 @@
 """Evaluate a trained model on a val folder:  top-1, top-5 and loss  (installed as `bot-evaluate`)
 
-    python scripts/evaluate.py CHECKPOINT_OR_RUN [dotted.key=value ...] [--sizes 224,256,288]
-                               [--ema] [--per-class CSV]
+    python scripts/evaluate.py runs/demo                              # the run's own val set, as trained
+    python scripts/evaluate.py runs/demo --sizes 32,40,48 --per-class per-class.csv
+    python scripts/evaluate.py runs/demo/last.pt data.root=data/toy-new data.backend=dali --ema
     torchrun --nproc_per_node 8 scripts/evaluate.py runs/x data.root=/data/imagenet
 
 A run folder means its best.pt. The checkpoint's own config is the starting point
 (data.root, the backend, the val resize and crop, precision), so with no overrides
-the run's val set is measured again exactly as the trainer measured it. Overrides use
-the training keys: data.root (a folder with val/<class>/ is enough), data.backend,
-data.batch_size (global), data.workers, data.image_size, data.val_resize.
-`--sizes` tests several resolutions (the val resize keeps the 256/224 ratio unless
-data.val_resize is given): a network trained at one resolution is often best tested
-at a slightly larger one. Under torchrun or accelerate every image is counted once.
+the run's val set is measured again exactly as the trainer measured it. Overrides are
+dotted.key=value with the training keys: data.root (a folder with val/<class>/ is
+enough), data.backend, data.batch_size (global), data.workers, data.image_size,
+data.val_resize. `--sizes` tests several resolutions (the val resize keeps the 256/224
+ratio unless data.val_resize is given) and takes the place of data.image_size: a network
+trained at one resolution is often best tested at a slightly larger one. Under torchrun
+or accelerate every image is counted once. A bar shows the batches on a terminal; off
+one (a pipe, a log file) a line is printed at every tenth of them.
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ from pathlib import Path
 import torch
 
 from bot import config
-from bot.cli import run
+from bot.cli import command_parser, overrides, run
+from bot.cli.progress import Progress
 from bot.errors import UserError
 from bot.files import outputs, trained
 
@@ -33,8 +37,7 @@ CSV_HEAD = "class,images,top1_"  # the first columns of the per-class CSV
 
 
 def parse(argv) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                epilog="Overrides are dotted.key=value, as for train.py.")
+    p = command_parser(__doc__)
     p.add_argument("checkpoint", help="a checkpoint (best.pt, last.pt), a run folder (its best.pt) "
                                        "or an int8 model of scripts/quantize.py (.onnx)")
     p.add_argument("overrides", nargs="*", help="e.g. data.root=/data/imagenet data.backend=dali")
@@ -50,35 +53,40 @@ def parse(argv) -> argparse.Namespace:
     return args
 
 
-def eval_config(model: trained.Trained, overrides: list[str], size: int | None) -> config.Config:
-    """The checkpoint's config with `overrides`, at test resolution `size` (None: as it is)."""
-    tree = model.cfg.to_dict()
-    for item in overrides:
-        config.apply_override(tree, item)
-    keys = {item.split("=", 1)[0].strip() for item in overrides}
-    root = tree["data"]["root"]
-    if "data.root" not in keys and root and not Path(root).expanduser().is_dir():
+def eval_config(model: trained.Trained, given: list[str], size: int | None) -> config.Config:
+    """The checkpoint's config with the overrides `given`, at test resolution `size` (None: as it
+    is), whose data.root must exist here."""
+    cfg = overrides.checkpoint_config(model, given, size)
+    root = cfg.data.root
+    if "data.root" not in overrides.keys(given) and root and not Path(root).expanduser().is_dir():
         where = f" (relative to {Path.cwd()})" if not Path(root).expanduser().is_absolute() else ""
         raise UserError(f"data.root {root}, from the config in {model.path}, does not exist here{where}: "
                         f"give data.root=/path/to/the/data")
-    if size is not None:
-        tree["data"]["image_size"] = size
-    if "data.val_resize" not in keys and (size is not None or "data.image_size" in keys):
-        tree["data"]["val_resize"] = None  # derived again from the new size (256/224, bot/config_checks.py)
-    return config.from_dict(tree)
+    return cfg
 
 
-def check_sizes(model_info: trained.Trained, args) -> None:
-    """An int8 ONNX model runs at the one resolution it was exported at."""
-    if not model_info.onnx:
-        return
-    size = model_info.cfg.data.image_size
-    other = [s for s in args.sizes if s not in (None, size)]
-    other += [value.strip() for key, _, value in (o.partition("=") for o in args.overrides)
-              if key.strip() == "data.image_size" and value.strip() != str(size)]
-    if other:
-        raise UserError(f"{model_info.path} is an ONNX model of fixed input size {size}: it cannot be tested at "
-                        f"{other[0]}; evaluate its checkpoint ({model_info.info['from']}) at other sizes")
+def note_sizes(args) -> None:
+    """--sizes sets the test sizes: a data.image_size given as well is not tested; say so."""
+    given = [o.partition("=")[2].strip() for o in args.overrides if o.partition("=")[0].strip() == "data.image_size"]
+    if given and args.sizes != [None]:
+        listed = ",".join(map(str, args.sizes))
+        print(f"note: --sizes {listed} sets the test sizes, so data.image_size={given[-1]} is not tested "
+              f"(add it to --sizes to test it too)", file=sys.stderr)
+
+
+class Counted:
+    """`loader`, moving `progress` on by one batch as each is done."""
+
+    def __init__(self, loader, progress: Progress):
+        self.loader, self.progress = loader, progress
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        for batch in self.loader:
+            yield batch
+            self.progress.update()
 
 
 def evaluate_sizes(model_info: trained.Trained, args) -> list[dict]:
@@ -95,8 +103,11 @@ def evaluate_sizes(model_info: trained.Trained, args) -> list[dict]:
         trained.check_classes(model_info, loader.classes, "checkpoint", f"{cfg.data.root}/val")
         if cfg.channels_last:
             net = net.to(memory_format=torch.channels_last)
-        metrics = evaluate(net, loader, accelerator, make_autocast(cfg.precision, accelerator.device),
-                           cfg.channels_last, per_class=len(loader.classes))
+        with Progress(len(loader), f"evaluate {cfg.data.image_size} px", "batch",
+                      enabled=accelerator.is_main_process) as progress:
+            metrics = evaluate(net, Counted(loader, progress), accelerator,
+                               make_autocast(cfg.precision, accelerator.device), cfg.channels_last,
+                               per_class=len(loader.classes))
         rows.append({"size": cfg.data.image_size, "resize": cfg.data.val_resize, "root": cfg.data.root,
                      "classes": loader.classes, **metrics})
     return rows if accelerator.is_main_process else []
@@ -114,7 +125,7 @@ def print_table(model_info: trained.Trained, rows: list[dict], ema: bool) -> Non
 
 def write_per_class(path: str, rows: list[dict]) -> None:
     text = io.StringIO(newline="")
-    out = csv.writer(text)
+    out = csv.writer(text, lineterminator="\n")
     out.writerow(["class", "images"] + [f"top1_{r['size']}" for r in rows])
     first = rows[0]
     for k, name in enumerate(first["classes"]):
@@ -132,7 +143,8 @@ def main(argv=None) -> int:
         if args.per_class:  # before the work: refused or unwritable costs nothing
             outputs.check_output(args.per_class, "--per-class", "per-class CSV", outputs.text_starting(CSV_HEAD),
                                  inputs=[model_info.path])
-        check_sizes(model_info, args)
+        overrides.check_onnx_size(model_info, args.sizes, args.overrides)
+        note_sizes(args)
         rows = evaluate_sizes(model_info, args)
         if rows:  # the main process reports
             print_table(model_info, rows, args.ema)
