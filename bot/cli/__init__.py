@@ -20,15 +20,11 @@ from bot.errors import UserError, one_line
 
 def run(body: Callable[[], int | None], interrupted: str = "interrupted") -> int:
     """`body()`'s exit status, with bad input turned into one line and status 2."""
-    from bot.train.preempt import REQUEUE_STATUS, Stopped  # here: a command's --help need not import torch
-
     try:
         return body() or 0
     except UserError as e:
         print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
-    except Stopped:  # its line is printed (by rank 0) and last.pt written
-        return REQUEUE_STATUS
     except KeyboardInterrupt:
         print(interrupted, file=sys.stderr)
         return 130
@@ -36,6 +32,13 @@ def run(body: Callable[[], int | None], interrupted: str = "interrupted") -> int
         if "UserError" in str(e):
             print(f"error: {one_line(e)}", file=sys.stderr)
             return 2
+        raise
+    except Exception as e:
+        # only a training run raises Stopped, and it has imported bot.train.preempt (and torch)
+        # already: a command that never trains (--help, --print-config) does not import them here
+        preempt = sys.modules.get("bot.train.preempt")
+        if preempt is not None and isinstance(e, preempt.Stopped):  # its line is printed (by rank 0), last.pt written
+            return preempt.REQUEUE_STATUS
         raise
 
 
