@@ -127,8 +127,10 @@ def write(out: Path, classes: int, counts: dict[str, int], size: int, seed: int,
                 rng = np.random.default_rng([seed, split_id, label, i])
                 make_image(rng, label, classes, size, first).save(folder / f"{i:05d}.jpg", quality=90)
                 done += 1
-            print(f"\r{out}: {done}/{total} images", end="", file=sys.stderr, flush=True)
-    print(file=sys.stderr)
+            if sys.stderr.isatty():  # a count that rewrites itself; a log gets the one line below
+                print(f"\r{out}: {done}/{total} images", end="", file=sys.stderr, flush=True)
+    print(f"\r{out}: {total} images, {classes} classes: {counts['train']} train and {counts['val']} val each",
+          file=sys.stderr)
     (out / ".complete").write_text(f"classes={classes} train={counts['train']} val={counts['val']} "
                                    f"size={size} seed={seed} first_shape={first}\n")
 
