@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import torch
+import yaml
 
 from conftest import ROOT, run_cli
 
@@ -16,12 +17,38 @@ TRAIN = ["data.backend=torch", "data.image_size=32", "data.batch_size=16", "data
 
 
 @pytest.fixture(scope="module")
-def run(toy, tmp_path_factory):
-    """A two-epoch ResNet-18-D run on the toy data: best.pt, last.pt, summary.json."""
+def training(toy, tmp_path_factory):
+    """A two-epoch ResNet-18-D run on the toy data (best.pt, last.pt, summary.json), and what
+    it printed off a terminal."""
     out = tmp_path_factory.mktemp("run")
     done = run_cli("train.py", "recipes/demo.yaml", f"data.root={toy}", f"run.out={out}", *TRAIN)
     assert done.returncode == 0, done.stderr[-2000:]
-    return out
+    return out, done.stdout
+
+
+@pytest.fixture(scope="module")
+def run(training):
+    return training[0]
+
+
+def test_training_off_a_terminal_prints_readable_lines_and_keeps_json_in_metrics(training):
+    folder, stdout = training
+    steps = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in steps if "loss" in r]
+    assert steps and not [line for line in stdout.splitlines() if line.startswith("{")]
+    printed = re.findall(r"^epoch (\d+)/2 step (\d+): loss (\S+) lr (\S+) (\d+) img/s$", stdout, re.M)
+    assert printed == [(str(r["epoch"] + 1), str(r["step"]), f"{r['loss']:.4f}", f"{r['lr']:.4g}",
+                        f"{r['img_per_s']:.0f}") for r in steps]
+
+
+def test_a_runs_config_yaml_is_a_recipe_of_the_same_config(run):
+    """The command that reproduces a run is `train.py RUN/config.yaml`: it loads (provenance and
+    all) and resolves to the config the run trained with."""
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert "git_commit" in saved.pop("provenance")
+    again = run_cli("train.py", run / "config.yaml", "--print-config")
+    assert again.returncode == 0, again.stderr
+    assert yaml.safe_load(again.stdout) == saved
 
 
 def table(stdout: str) -> list[list[str]]:
@@ -34,6 +61,7 @@ def test_evaluate_repeats_the_runs_own_measurement(run, toy, tmp_path):
     summary = json.loads((run / "summary.json").read_text())
     last = run_cli("scripts/evaluate.py", run / "last.pt", "--per-class", tmp_path / "classes.csv")
     assert last.returncode == 0, last.stderr[-2000:]
+    assert re.search(r"^evaluate 32 px: (\d+)/\1 batch \(100%\)", last.stderr, re.M)  # progress off a terminal
     ((size, resize, top1, top5, loss),) = table(last.stdout)
     assert (size, resize) == ("32", "37")  # the run's own val transform
     assert (top1, top5) == (f"{summary['top1']:.2f}", f"{summary['top5']:.2f}")  # as printed: 2 decimals
@@ -88,14 +116,16 @@ def test_predict_agrees_with_evaluate_and_skips_unreadable_files(run, toy, tmp_p
     shutil.copytree(toy / "val", folder)
     bad = folder / "broken.jpg"
     bad.write_bytes(b"not a jpeg")
-    done = run_cli("scripts/predict.py", run / "last.pt", folder, "--top", "2", "--out", tmp_path / "p.csv",
+    done = run_cli("scripts/predict.py", run / "last.pt", folder, "--topk", "2", "--out", tmp_path / "p.csv",
                    "--batch", "7")
     assert done.returncode == 0, done.stderr[-2000:]
     assert f"skipped {bad}: cannot read image" in done.stderr
-    rows = list(csv.DictReader(open(tmp_path / "p.csv")))
+    assert re.search(r"^predict: 33/33 img \(100%\)", done.stderr, re.M)  # progress off a terminal
+    rows = list(csv.DictReader(open(tmp_path / "p.csv")))  # timm's columns; --topk 2: JSON lists
     assert len(rows) == len(list((toy / "val").rglob("*.jpg"))) and "broken" not in str(rows)
-    assert all(0 <= float(r["prob_2"]) <= float(r["prob_1"]) <= 1 for r in rows)
-    correct = sum(r["class_1"] == r["path"].split("/")[-2] for r in rows)
+    probs = [json.loads(r["prob"]) for r in rows]
+    assert all(0 <= p2 <= p1 <= 1 for p1, p2 in probs)
+    correct = sum(json.loads(r["label"])[0] == r["filename"].split("/")[-2] for r in rows)
     summary = json.loads((run / "summary.json").read_text())
     assert 100 * correct / len(rows) == pytest.approx(summary["top1"], abs=0.01)  # the val transform, batched
 
