@@ -77,3 +77,22 @@ def test_readme_lists_the_commands_pyproject_installs():
     install = readme[readme.index("**Install**"):readme.index("**From Python**")]
     assert set(re.findall(r"`(bot-[a-z-]+)`", install)) == scripts
     assert set(re.findall(r"(?<![/\w])bot-[a-z][a-z-]*[a-z]", readme)) <= scripts  # no other command anywhere
+
+
+def test_every_commands_help_shows_usage_examples(capsys):
+    import importlib
+
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    for name, spec in scripts.items():
+        if name == "bot-export":  # its parser does not use bot.cli.command_parser yet
+            continue
+        module = importlib.import_module(spec.split(":")[0])
+        try:
+            module.main(["--help"])
+        except SystemExit as e:
+            assert e.code == 0, name
+        out = capsys.readouterr().out
+        options_end = out.index("  -h, --help")
+        examples = [line for line in out[options_end:].splitlines()
+                    if re.match(r"    (python |torchrun |accelerate |bot-[a-z-]+ )", line)]  # below the options
+        assert examples, (name, out)
