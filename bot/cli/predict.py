@@ -129,13 +129,13 @@ def main(argv=None) -> int:
         model_info = trained.read(args.checkpoint, onnx=True)
         overrides.check_onnx_size(model_info, [], args.overrides)
         cfg = overrides.checkpoint_config(model_info, args.overrides)
-        fmt = predictions.format_of(Path(args.out), args.results_format) if args.out else None
-        if fmt:
-            predictions.check_writer(fmt)
         files = find_images(args.images)
+        fmt = None
         if args.out:  # before the work: refused or unwritable costs nothing
             outputs.check_output(args.out, "--out", "predictions file", predictions.is_predictions,
                                  inputs=[model_info.path, *files])
+            fmt = predictions.format_of(Path(args.out), args.results_format)
+            predictions.check_writer(fmt)
         model = trained.build(model_info, ema=args.ema)
         names = model_info.classes or [f"class_{k}" for k in range(model_info.num_classes)]
         results, skipped = predict(model, val_transform(cfg.data), files, args.topk, args.batch, names)
