@@ -129,7 +129,8 @@ def write(out: Path, classes: int, counts: dict[str, int], size: int, seed: int,
                 done += 1
             if sys.stderr.isatty():  # a count that rewrites itself; a log gets the one line below
                 print(f"\r{out}: {done}/{total} images", end="", file=sys.stderr, flush=True)
-    print(f"\r{out}: {total} images, {classes} classes: {counts['train']} train and {counts['val']} val each",
+    back = "\r" if sys.stderr.isatty() else ""
+    print(f"{back}{out}: {total} images, {classes} classes: {counts['train']} train and {counts['val']} val each",
           file=sys.stderr)
     (out / ".complete").write_text(f"classes={classes} train={counts['train']} val={counts['val']} "
                                    f"size={size} seed={seed} first_shape={first}\n")
