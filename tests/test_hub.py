@@ -169,12 +169,14 @@ def test_networks_timm_cannot_build_are_refused_naming_what_works(tmp_path, caps
     assert not list(tmp_path.glob("*hub*")) and not list(tmp_path.glob(".*"))
 
 
-def test_the_folder_follows_the_output_rule(run, tmp_path, capsys, monkeypatch):
+def test_the_folder_follows_the_output_rule(tmp_path, capsys, monkeypatch):
     from bot.deploy import hub as hub_module
     from bot.deploy.export import ExportMismatch
 
     path, _ = checkpoint(tmp_path, "resnet18", "D", ["model.width=0.25"])
-    out = tmp_path / "hub"
+    out, run = tmp_path / "hub", tmp_path / "run"
+    run.mkdir()
+    (run / "summary.json").write_text("{}")
     for target, why in ((run, "is a training run's folder"), (run / "summary.json", "is a file"),
                         (tmp_path, "holds this command's input")):
         assert export_cli.main([str(path), "--format", "hub", "--out", str(target)]) == 2
@@ -196,4 +198,4 @@ def test_the_folder_follows_the_output_rule(run, tmp_path, capsys, monkeypatch):
     (out / "README.md").write_text("the earlier card")
     assert export_cli.main([str(path), "--format", "hub", "--out", str(out)]) == 1
     assert (out / "README.md").read_text() == "the earlier card"  # a failed export leaves it as it was
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "hub"]  # and nothing aside
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "hub", "run"]  # and nothing aside

@@ -70,7 +70,11 @@ def _timm_check(model: torch.nn.Module, folder: Path, cfg) -> float:
     """Load `folder` as a timm user does; our logits and our val transform must come back."""
     import timm
 
-    theirs = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
+    try:
+        theirs = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
+    except Exception as e:  # a wrong name, kwarg or weight shape in what was just written
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise ExportMismatch(f"timm cannot load the folder: {type(e).__name__}: {first}") from None
     want = timm_data_config(cfg.data)
     got = timm.data.resolve_data_config(model=theirs)
     for key, value in want.items():
