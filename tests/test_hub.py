@@ -143,7 +143,8 @@ def test_every_network_timm_can_build_round_trips(tmp_path, capsys, arch, varian
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(theirs(x), ours(x), rtol=1e-5, atol=1e-5)
-    assert "No summary.json in" in (tmp_path / "best-hub" / "README.md").read_text()  # no run folder here
+    card = (tmp_path / "best-hub" / "README.md").read_text()  # no run folder here: the card says what it lacks
+    assert "No summary.json in" in card and "No config.yaml beside the checkpoint" in card
 
 
 def test_networks_timm_cannot_build_are_refused_naming_what_works(tmp_path, capsys):

@@ -167,6 +167,9 @@ def recipe(cfg, run: RunRecord) -> str:
     lines += [("What it changed from the paper's baseline (section 2; each key's comment in bot's "
                "`bot/config.py` names its trick and section):"), "", "| key | this run | baseline |", "|---|---|---|"]
     lines += [f"| `{k}` | `{json.dumps(v)}` | `{json.dumps(b)}` |" for k, v, b in recipe_changes(cfg)]
+    if not (run.folder / "config.yaml").is_file():
+        return "\n".join(lines + ["", f"No config.yaml beside the checkpoint in {run.folder}: the table above is "
+                                       f"the checkpoint's own config against bot's defaults."])
     lines += ["", ("Train it again with bot (the run folder's config.yaml is the fully resolved recipe; "
                    "add `data.root=...` where the data lives elsewhere):"), "", "```bash",
               f"python train.py {run.folder}/config.yaml run.out={run.folder}-again", "```"]
