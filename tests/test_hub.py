@@ -6,6 +6,7 @@ import io
 import json
 import math
 import os
+import shutil
 
 import pytest
 import torch
@@ -178,14 +179,16 @@ def test_the_folder_follows_the_output_rule(tmp_path, capsys, monkeypatch):
     out, run = tmp_path / "hub", tmp_path / "run"
     run.mkdir()
     (run / "summary.json").write_text("{}")
-    for target, why in ((run, "is a training run's folder"), (run / "summary.json", "is a file"),
-                        (tmp_path, "holds this command's input")):
-        assert export_cli.main([str(path), "--format", "hub", "--out", str(target)]) == 2
+    (tmp_path / "kept").mkdir()
+    shutil.copy(path, tmp_path / "kept" / "model.pt")
+    for spec, target, why in ((path, run, "is a training run's folder"), (path, run / "summary.json", "is a file"),
+                              (tmp_path / "kept" / "model.pt", tmp_path / "kept", "holds this command's input")):
+        assert export_cli.main([str(spec), "--format", "hub", "--out", str(target)]) == 2
         assert why in capsys.readouterr().err
     out.mkdir()
     (out / "notes.txt").write_text("mine")
     assert export_cli.main([str(path), "--format", "hub", "--out", str(out)]) == 2
-    assert "holds files this command did not write (not a hub folder)" in capsys.readouterr().err
+    assert "holds files this command did not write (not a hub export)" in capsys.readouterr().err
     (out / "notes.txt").unlink()
     assert export_cli.main([str(path), "--format", "hub", "--out", str(out)]) == 0  # an empty folder is taken
     (out / "README.md").write_text("an earlier card")
@@ -199,4 +202,4 @@ def test_the_folder_follows_the_output_rule(tmp_path, capsys, monkeypatch):
     (out / "README.md").write_text("the earlier card")
     assert export_cli.main([str(path), "--format", "hub", "--out", str(out)]) == 1
     assert (out / "README.md").read_text() == "the earlier card"  # a failed export leaves it as it was
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "hub", "run"]  # and nothing aside
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "hub", "kept", "run"]  # and nothing aside

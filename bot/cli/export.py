@@ -51,7 +51,7 @@ def output_paths(args, model_info: trained.Trained) -> list[Path]:
     if args.format == "hub":
         from bot.deploy.hub import is_hub_folder
 
-        return [check_output_folder(out, "--out", "hub folder", is_hub_folder, inputs=[model_info.path])]
+        return [check_output_folder(out, "--out", "hub export", is_hub_folder, inputs=[model_info.path])]
     if args.format != "timm":
         return [outputs.check_output(out, "--out", f"{args.format} export", OWN[args.format],
                                      inputs=[model_info.path])]
@@ -145,7 +145,7 @@ def write_hub(model, model_info: trained.Trained, classes: list[str], out: Path,
     record, counts = model_card.read_run(model_info.path), dataset_counts(model_info.cfg.data.root)
     architecture = timm_recipe(m.arch, m.variant, len(classes), m.width, m.act)[0]
     about = {"weights": model_info.path.name + (" (moving average)" if ema else ""),
-             **{k: model_info.info[k] for k in ("step", "epoch") if k in model_info.info}}
+             **{k: model_info.info[k] for k in ("step",) if k in model_info.info}}
     return hub.write_hub(model, model_info.cfg, classes, out, about,
                          lambda folder: model_card.write_card(folder, model_info, record, ema, architecture, counts))
 

@@ -40,10 +40,10 @@ def check_output_folder(path: str | Path, what: str, kind: str, own: Callable[[P
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise UserError(f"{what} {path} is a file: give a folder for the {kind}")
-    if any(_inside(i, path) for i in inputs):
-        raise UserError(f"{what} {path} holds this command's input: choose a new folder for the {kind}")
     if path.is_dir() and is_run_folder(path):
         raise UserError(f"{what} {path} is a training run's folder: choose a new folder for the {kind}")
+    if any(_inside(i, path) for i in inputs):
+        raise UserError(f"{what} {path} holds this command's input: choose a new folder for the {kind}")
     if path.is_dir() and any(path.iterdir()) and not own(path):
         raise UserError(f"{what} {path} holds files this command did not write (not a {kind}): "
                         f"move them away or choose a new folder")
