@@ -101,7 +101,8 @@ def plot_curves(metrics: list[dict], path: Path, title: str) -> bool:
         points = [(e, v[key]) for e, v in epochs.items() if key in v]
         if points:
             ax.plot(*zip(*points), marker="o", markersize=3, label=label)
-    for ax, ylabel in ((top1, "top-1 (%)"), (loss, "loss")):
+    loss.set_yscale("log")  # the first epochs' losses would flatten the rest
+    for ax, ylabel in ((top1, "top-1 (%)"), (loss, "loss (log scale)")):
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(ylabel)
