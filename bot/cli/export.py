@@ -1,14 +1,24 @@
 """Export a trained model for deployment  (installed as `bot-export`)
 
-    python scripts/export.py CHECKPOINT_OR_RUN --format onnx|torchscript|timm [--out PATH] [--ema]
+    python scripts/export.py CHECKPOINT_OR_RUN --format onnx|torchscript|timm|hub [--out PATH] [--ema]
 
-The output (default: beside the checkpoint) may be a new file or this command's own earlier
+    python scripts/export.py runs/demo --format hub              # runs/demo/best-hub/
+    python scripts/export.py runs/demo --format onnx --out demo.onnx
+
+The output (default: beside the checkpoint) may be new or this command's own earlier
 export of the same format; it never replaces a checkpoint or a file of a run folder.
 onnx: a dynamic batch axis, input `images` (N, 3, S, S) normalized as in training,
-output `logits`; checked with onnxruntime. torchscript: torch.jit.script, loaded back and
-checked. timm: the weights as NAME.safetensors (class names in its metadata) and NAME.pth
-(--out names either),
-checked by `timm.create_model(..., checkpoint_path=...)`, whose exact call is printed.
+output `logits`; checked with onnxruntime. Its metadata carries the run's config and class
+names (scripts/evaluate.py and scripts/predict.py read the file alone) and plain keys for
+any runtime: class_names, input_size, resize_size, interpolation, mean, std, preprocessing.
+torchscript: torch.jit.script, loaded back and checked. timm: the weights as
+NAME.safetensors (class names in its metadata) and NAME.pth (--out names either), checked
+by `timm.create_model(..., checkpoint_path=...)`, whose exact call is printed.
+hub: a folder (default NAME-hub beside the checkpoint) that
+`timm.create_model("local-dir:DIR", pretrained=True)` and the Hugging Face Hub take as it
+is: model.safetensors, config.json (timm's name and kwargs, the class names, the run's
+eval preprocessing), README.md (the model card) and curves.png; upload it with
+`hf upload USER/NAME DIR .` (docs/hub.md). It replaces only an earlier hub folder.
 Each check runs random input through both models and prints the largest absolute
 difference of the logits; a difference above the tolerance exits 1 and writes nothing.
 """
@@ -22,15 +32,26 @@ from pathlib import Path
 from bot.cli import run
 from bot.errors import UserError
 from bot.files import outputs, trained
+from bot.files.output_folder import check_output_folder
 
-SUFFIX = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "timm": ".timm.safetensors"}
+SUFFIX = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "timm": ".timm.safetensors", "hub": "-hub"}
 # an earlier export of each format, which a new one may replace
 OWN = {"onnx": outputs.onnx_file, "torchscript": outputs.torchscript_file, "timm": outputs.safetensors_file}
 
 
+def default_out(model_info: trained.Trained, fmt: str) -> Path:
+    path = model_info.path
+    return path.with_name(path.stem + SUFFIX[fmt]) if fmt == "hub" else path.with_suffix(SUFFIX[fmt])
+
+
 def output_paths(args, model_info: trained.Trained) -> list[Path]:
-    """The files this export writes, checked before any work (bot/files/outputs.py's rule)."""
-    out = Path(args.out) if args.out else model_info.path.with_suffix(SUFFIX[args.format])
+    """The files (or the hub folder) this export writes, checked before any work
+    (bot/files/outputs.py's rule)."""
+    out = Path(args.out) if args.out else default_out(model_info, args.format)
+    if args.format == "hub":
+        from bot.deploy.hub import is_hub_folder
+
+        return [check_output_folder(out, "--out", "hub export", is_hub_folder, inputs=[model_info.path])]
     if args.format != "timm":
         return [outputs.check_output(out, "--out", f"{args.format} export", OWN[args.format],
                                      inputs=[model_info.path])]
@@ -42,11 +63,33 @@ def output_paths(args, model_info: trained.Trained) -> list[Path]:
             for f, own in zip(files, (outputs.safetensors_file, outputs.bare_state_dict))]
 
 
+def check_timm_can_build(model_info: trained.Trained, fmt: str, model=None) -> None:
+    """UserError, naming the formats that work, for a network timm has no name or kwargs for:
+    from the config alone (QAT, ResNet-A), and with `model` built, a slimmed one."""
+    from bot.deploy import export
+
+    m, works = model_info.cfg.model, "--format onnx or --format torchscript"
+    if fmt not in ("timm", "hub"):
+        return
+    if m.qat:
+        why = "was trained with model.qat: its fake-quant modules are in no timm network"
+    elif fmt == "hub" and export.timm_recipe(m.arch, m.variant, model_info.num_classes)[2]:
+        why = (f"is {m.arch}-A, which timm has no name or kwargs for (timm puts the stride on the 3x3 conv), "
+               f"so `local-dir:` cannot rebuild it")
+        works += ", or --format timm (its printed call moves the stride by hand)"
+    elif model is not None and export.slimmed(model, model_info.cfg, model_info.num_classes):
+        why = "is slimmed (scripts/slim.py): its layers are narrower than any network timm builds"
+    else:
+        return
+    raise UserError(f"{model_info.path} {why}; export it with {works}")
+
+
 def parse(argv) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("checkpoint", help="a checkpoint (best.pt, last.pt) or a run folder (its best.pt)")
     p.add_argument("--format", required=True, choices=sorted(SUFFIX))
-    p.add_argument("--out", default=None, help="output file (default: beside the checkpoint, e.g. best.onnx)")
+    p.add_argument("--out", default=None, help="output file, or folder for hub (default: beside the checkpoint, "
+                                               "e.g. best.onnx, best-hub/)")
     p.add_argument("--ema", action="store_true", help="the moving average of the weights")
     return p.parse_args(argv)
 
@@ -59,19 +102,20 @@ def main(argv=None) -> int:
 
         model_info = trained.read(args.checkpoint)
         out = output_paths(args, model_info)[0]
+        check_timm_can_build(model_info, args.format)
         model = trained.build(model_info, ema=args.ema)
-        if args.format == "timm" and export.slimmed(model, model_info.cfg, model_info.num_classes):
-            raise UserError(f"{model_info.path} is slimmed (scripts/slim.py): its layers are narrower than any "
-                            f"network timm builds; export it with --format onnx or --format torchscript")
+        check_timm_can_build(model_info, args.format, model)
         size, m = model_info.cfg.data.image_size, model_info.cfg.model
         classes = model_info.classes or [f"class_{k}" for k in range(model_info.num_classes)]
         try:
             if args.format == "onnx":
-                diff = export.to_onnx(model, size, out)
+                diff = export.to_onnx(model, size, out, onnx_metadata(model_info, classes))
             elif args.format == "torchscript":
                 diff = export.to_torchscript(model, size, out)
+            elif args.format == "timm":
+                diff, call = export.to_timm(model, m.arch, m.variant, classes, size, out, m.width, m.act)
             else:
-                diff, call = export.to_timm(model, m.arch, m.variant, classes, size, out, m.width)
+                diff = write_hub(model, model_info, classes, out, args.ema)
         except export.ExportMismatch as e:
             print(f"error: export check failed, nothing written: {e}", file=sys.stderr)
             return 1
@@ -79,9 +123,53 @@ def main(argv=None) -> int:
               f"on random {size}x{size} input")
         if args.format == "timm":
             print(f"also {out.with_suffix('.pth')}; in timm:\nimport timm\n{call}")
+        if args.format == "hub":
+            print(hub_summary(out, model_info.cfg))
         return 0
 
     return run(body)
+
+
+def onnx_metadata(model_info: trained.Trained, classes: list[str]) -> dict[str, str]:
+    from bot.files import onnx_model
+
+    precision = "int8" if model_info.cfg.model.qat else "fp32"  # a QAT model exports its int8 (QDQ) graph
+    return onnx_model.metadata(model_info.cfg, classes, str(model_info.path), precision)
+
+
+def write_hub(model, model_info: trained.Trained, classes: list[str], out: Path, ema: bool) -> float:
+    from bot.deploy import hub, model_card
+    from bot.deploy.export import timm_recipe
+
+    m = model_info.cfg.model
+    record, counts = model_card.read_run(model_info.path), dataset_counts(model_info.cfg.data.root)
+    architecture = timm_recipe(m.arch, m.variant, len(classes), m.width, m.act)[0]
+    about = {"weights": model_info.path.name + (" (moving average)" if ema else ""),
+             **{k: model_info.info[k] for k in ("step",) if k in model_info.info}}
+    return hub.write_hub(model, model_info.cfg, classes, out, about,
+                         lambda folder: model_card.write_card(folder, model_info, record, ema, architecture, counts))
+
+
+def dataset_counts(root) -> tuple[int, int] | None:
+    """(training images, validation images) of data.root, or None where it is not readable here."""
+    from bot.data import is_url, open_dataset
+
+    if not root or is_url(root):
+        return None
+    try:
+        train, val = open_dataset(root)
+    except (UserError, OSError):
+        return None
+    return len(train), len(val)
+
+
+def hub_summary(out: Path, cfg) -> str:
+    from bot.deploy.hub import FILES
+
+    files = ", ".join(name for name in FILES if (out / name).exists())
+    return (f"{out}: {files}; timm.create_model('local-dir:{out}', pretrained=True) resolves {cfg.data.val_resize} px "
+            f"bilinear resize, {cfg.data.image_size} px centre crop\nupload: hf upload USER/{cfg.run.name} {out} . "
+            f"(docs/hub.md)")
 
 
 if __name__ == "__main__":

@@ -36,16 +36,21 @@ def check(ours: torch.Tensor, theirs, what: str) -> float:
     return diff
 
 
-def to_onnx(model, image_size: int, path: Path) -> float:
+def to_onnx(model, image_size: int, path: Path, meta: dict[str, str] | None = None) -> float:
     """ONNX with a dynamic batch axis (torch's export-based exporter), checked with onnxruntime
-    at a batch size other than the one exported."""
+    at a batch size other than the one exported; `meta` goes into its metadata_props
+    (bot/files/onnx_model.py `metadata`: what evaluate, predict and other runtimes read)."""
     import onnxruntime
+
+    from bot.files.onnx_model import add_metadata
 
     example = torch.randn(2, 3, image_size, image_size)
     program = torch.onnx.export(model, (example,), input_names=["images"], output_names=["logits"], dynamo=True,
                                 dynamic_shapes={"x": {0: torch.export.Dim("batch")}}, verbose=False)
     with written_aside(path) as (tmp,):
         program.save(str(tmp))
+        if meta:
+            add_metadata(tmp, meta)
         session = onnxruntime.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
         x = torch.randn(3, 3, image_size, image_size)
         with torch.no_grad():
@@ -64,21 +69,31 @@ def to_torchscript(model, image_size: int, path: Path) -> float:
             return check(model(x), loaded(x), "TorchScript")
 
 
-def timm_recipe(arch: str, variant: str, num_classes: int, width: float = 1.0) -> tuple[str, dict, bool]:
+def timm_recipe(arch: str, variant: str | None, num_classes: int, width: float = 1.0,
+                act: str = "relu") -> tuple[str, dict, bool]:
     """(timm model name, extra create_model kwargs, whether ResNet-A's stride move is needed).
 
     timm registers resnetXX (B), resnet50c/101c/152c (C) and resnetXXd (D); bot builds them
     with the same constructor kwargs (bot/models/resnet.py VARIANTS), so the state_dict keys match.
     Where timm registers no name (ResNet-18/34-C) the kwargs say it. timm has no ResNet-A:
     it is B's weights with the stride of the first bottleneck of stages 2-4 on conv1.
-    A `model.width` other than 1 reaches timm as its `channels` and `stem_width` kwargs."""
+    A `model.width` other than 1 reaches timm as its `channels` and `stem_width` kwargs, a
+    `model.act` other than ReLU as `act_layer`. Inception-V3 and MobileNet v1 are timm's own
+    networks with the kwargs bot/models/other.py builds them with (MobileNet's act_layer always:
+    timm's default is ReLU6)."""
     import timm
 
-    kwargs = dict(VARIANTS[variant])
+    from bot.models.other import OTHER_ARCHS
+
+    if arch in OTHER_ARCHS:
+        name, kwargs = OTHER_ARCHS[arch]
+        return name, {"num_classes": num_classes, **kwargs, "act_layer": act}, False
+    extra = {**widths(variant, width), **({"act_layer": act} if act != "relu" else {})}
     suffix = {"C": "c", "D": "d"}.get(variant, "")
     if suffix and timm.is_model(arch + suffix):
-        return arch + suffix, {"num_classes": num_classes, **widths(variant, width)}, False
-    return arch, {"num_classes": num_classes, **kwargs, **widths(variant, width)}, variant == "A" and arch not in ("resnet18", "resnet34")
+        return arch + suffix, {"num_classes": num_classes, **extra}, False
+    needs_stride = variant == "A" and arch not in ("resnet18", "resnet34")
+    return arch, {"num_classes": num_classes, **VARIANTS[variant], **extra}, needs_stride
 
 
 def stride_on_first_conv(timm_model) -> None:
@@ -88,8 +103,8 @@ def stride_on_first_conv(timm_model) -> None:
     stride_on_first_conv(timm_model)
 
 
-def to_timm(model, arch: str, variant: str, classes: list[str], image_size: int, path: Path,
-            width: float = 1.0) -> tuple[float, str]:
+def to_timm(model, arch: str, variant: str | None, classes: list[str], image_size: int, path: Path,
+            width: float = 1.0, act: str = "relu") -> tuple[float, str]:
     """`path` (.safetensors) and the same state_dict as `path.with_suffix(".pth")`, loadable by
     `timm.create_model(..., checkpoint_path=...)`; checked by doing exactly that.
     Returns (max abs diff, the create_model call)."""
@@ -97,11 +112,12 @@ def to_timm(model, arch: str, variant: str, classes: list[str], image_size: int,
     from safetensors.torch import save_file
 
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    name, kwargs, needs_stride = timm_recipe(arch, variant, len(classes), width)
+    name, kwargs, needs_stride = timm_recipe(arch, variant, len(classes), width, act)
     x = torch.randn(3, 3, image_size, image_size)
     diffs = []
     with written_aside(path, path.with_suffix(".pth")) as files:
-        save_file(state, str(files[0]), metadata={"classes": json.dumps(classes), "arch": arch, "variant": variant})
+        save_file(state, str(files[0]), metadata={"classes": json.dumps(classes), "arch": arch,
+                                                   "variant": str(variant)})
         torch.save(state, files[1])
         for file in files:
             theirs = timm.create_model(name, checkpoint_path=str(file), **kwargs).eval()

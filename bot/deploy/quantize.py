@@ -63,7 +63,6 @@ def folded_batchnorms(path: Path) -> int:
 def quantize_onnx(fp32: Path, out: Path, batches: list[torch.Tensor], meta: dict[str, str]) -> None:
     """The int8 model of ONNX model `fp32` at `out`, calibrated on `batches`, with `meta` in
     its metadata_props."""
-    import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -77,10 +76,7 @@ def quantize_onnx(fp32: Path, out: Path, batches: list[torch.Tensor], meta: dict
         quantize_static(str(folded), str(out), _Calibration(batches, name), quant_format=QuantFormat.QDQ,
                         per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         calibrate_method=CalibrationMethod.MinMax)
-    model = onnx.load(str(out))
-    for key, value in meta.items():
-        model.metadata_props.add(key=key, value=value)
-    onnx.save(model, str(out))
+    onnx_model.add_metadata(out, meta)
 
 
 def qat_onnx(model: torch.nn.Module, image_size: int, out: Path, meta: dict[str, str]) -> float:
@@ -88,7 +84,6 @@ def qat_onnx(model: torch.nn.Module, image_size: int, out: Path, meta: dict[str,
     ONNX QuantizeLinear/DequantizeLinear with the ranges it learned, int8 weights per channel
     with the BNs folded, the QDQ format of quantize_onnx, with `meta` in its metadata_props.
     Returns the largest logit difference between onnxruntime and the fake-quant model."""
-    import onnx
     import onnxruntime
 
     from bot.files.outputs import written_aside
@@ -101,10 +96,7 @@ def qat_onnx(model: torch.nn.Module, image_size: int, out: Path, meta: dict[str,
                                     dynamo=True, dynamic_shapes={"x": {0: torch.export.Dim("batch")}}, verbose=False)
     with written_aside(out) as (tmp,):
         program.save(str(tmp))
-        proto = onnx.load(str(tmp))
-        for key, value in meta.items():
-            proto.metadata_props.add(key=key, value=value)
-        onnx.save(proto, str(tmp))
+        onnx_model.add_metadata(tmp, meta)
         session = onnxruntime.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
         x = torch.randn(3, 3, image_size, image_size)
         with torch.no_grad():

@@ -1,10 +1,14 @@
-"""An ONNX model written by scripts/quantize.py, read back where a checkpoint is read.
+"""An ONNX model written by scripts/quantize.py (int8) or scripts/export.py (fp32), read
+back where a checkpoint is read.
 
-The int8 model is an ONNX graph run by onnxruntime, so it has no torch state_dict. It
-carries what evaluate and predict need from the checkpoint it came from in the ONNX
-file's own metadata (`metadata_props`): the resolved config, the class names and their
-count. `OnnxModule` runs the graph behind the forward of a torch module, so the same
-evaluation and prediction code measures both.
+An ONNX graph run by onnxruntime has no torch state_dict. Both commands write what
+evaluate and predict need from the checkpoint it came from into the ONNX file's own
+metadata (`metadata_props`): the resolved config, the class names and their count
+(`bot.*` keys). Beside them go plain keys that a runtime without bot reads: the class
+names, the input size, the resize, the interpolation, the mean and std, and the whole
+preprocessing in one sentence (bot/files/preprocessing.py). `OnnxModule` runs the graph
+behind the forward of a torch module, so the same evaluation and prediction code measures
+both.
 """
 
 from __future__ import annotations
@@ -17,13 +21,34 @@ import torch
 
 from bot import config
 from bot.errors import UserError
+from bot.files import preprocessing
 
-# metadata_props keys written into the ONNX file
-CONFIG, CLASSES, SOURCE = "bot.config", "bot.classes", "bot.source"
+# metadata_props keys written into the ONNX file for bot (evaluate, predict)
+CONFIG, CLASSES, SOURCE, PRECISION = "bot.config", "bot.classes", "bot.source", "bot.precision"
+# the plain keys, for any runtime: what the input is and what the outputs mean
+PLAIN = ("class_names", "input_size", "resize_size", "interpolation", "antialias", "mean", "std", "preprocessing")
 
 
-def metadata(cfg: config.Config, classes: list[str], source: str) -> dict[str, str]:
-    return {CONFIG: json.dumps(cfg.to_dict()), CLASSES: json.dumps(classes), SOURCE: source}
+def metadata(cfg: config.Config, classes: list[str], source: str, precision: str = "int8") -> dict[str, str]:
+    """The metadata_props of an ONNX model of checkpoint `source` (a path), trained with `cfg`
+    on `classes`; `precision` (int8 | fp32) says which graph the file holds."""
+    d, data = cfg.data, preprocessing.timm_data_config(cfg.data)
+    plain = {"class_names": json.dumps(classes), "input_size": json.dumps(data["input_size"]),
+             "resize_size": str(d.val_resize), "interpolation": data["interpolation"],
+             "antialias": json.dumps(d.antialias), "mean": json.dumps(data["mean"]), "std": json.dumps(data["std"]),
+             "preprocessing": preprocessing.in_words(d)}
+    return {CONFIG: json.dumps(cfg.to_dict()), CLASSES: json.dumps(classes), SOURCE: source, PRECISION: precision,
+            **plain}
+
+
+def add_metadata(path: Path, meta: dict[str, str]) -> None:
+    """`meta` into the metadata_props of the ONNX file at `path` (rewritten in place)."""
+    import onnx
+
+    model = onnx.load(str(path))
+    for key, value in meta.items():
+        model.metadata_props.add(key=key, value=value)
+    onnx.save(model, str(path))
 
 
 def session(path: Path, threads: int | None = None):
@@ -37,15 +62,17 @@ def session(path: Path, threads: int | None = None):
 
 
 def read_metadata(path: Path, what: str) -> tuple[config.Config, list[str], str]:
-    """(config, classes, source checkpoint) of an ONNX file written by scripts/quantize.py."""
+    """(config, classes, what the file is in words: "int8 ONNX of runs/x/best.pt") of an ONNX
+    file written by scripts/quantize.py or scripts/export.py."""
     try:
         props = session(path).get_modelmeta().custom_metadata_map
     except Exception as e:
         raise UserError(f"{what} {path} is not a readable ONNX model ({type(e).__name__})") from None
     if CONFIG not in props or CLASSES not in props:
-        raise UserError(f"{what} {path} is an ONNX model without bot's metadata "
-                        f"(scripts/quantize.py writes it; an export from scripts/export.py has none)")
-    return config.from_dict(json.loads(props[CONFIG])), json.loads(props[CLASSES]), props.get(SOURCE, "")
+        raise UserError(f"{what} {path} is an ONNX model without bot's metadata (scripts/export.py --format onnx "
+                        f"and scripts/quantize.py write it; an export made before they did has none: export it again)")
+    kind = f"{props.get(PRECISION, 'int8')} ONNX of {props.get(SOURCE, '?')}"
+    return config.from_dict(json.loads(props[CONFIG])), json.loads(props[CLASSES]), kind
 
 
 class OnnxModule(torch.nn.Module):

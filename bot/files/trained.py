@@ -10,7 +10,8 @@ A checkpoint is what the trainer writes (`best.pt`, `last.pt`): the weights unde
 names in label order). Where the run kept a moving average of its weights, it is under
 `ema`: a state_dict with the same keys as `model`.
 
-evaluate and predict also read the int8 ONNX model of scripts/quantize.py (bot/files/onnx_model.py);
+evaluate and predict also read the ONNX models of scripts/quantize.py and scripts/export.py
+(bot/files/onnx_model.py);
 everything that needs torch weights (export, fine-tuning, distillation) refuses it.
 A slimmed checkpoint (scripts/slim.py) has narrower layers than its config builds: `build`
 gives the model the shapes of its weights (bot/models/slimmable.py).
@@ -40,13 +41,13 @@ class Trained:
     weights: dict
     ema: dict | None = None
     info: dict = field(default_factory=dict)  # epoch, step, top1 where the checkpoint has them
-    onnx: bool = False  # an ONNX model from scripts/quantize.py: `weights` is empty
+    onnx: bool = False  # an ONNX model (scripts/quantize.py, scripts/export.py): `weights` is empty
 
     def describe(self) -> str:
         m = self.cfg.model
         where = ", ".join(f"{k} {self.info[k]:.2f}" if isinstance(self.info[k], float) else f"{k} {self.info[k]}"
                           for k in ("step", "top1") if k in self.info)
-        kind = f"int8 ONNX of {self.info['from']}, " if self.onnx else ""
+        kind = f"{self.info['from']}, " if self.onnx else ""  # e.g. "int8 ONNX of runs/x/best.pt"
         return f"{self.path} ({kind}{m.arch}-{m.variant}, {self.num_classes} classes{', ' + where if where else ''})"
 
 
@@ -81,8 +82,8 @@ def not_a_checkpoint(obj) -> str | None:
 def read(spec: str | Path, what: str = "checkpoint", onnx: bool = False) -> Trained:
     """The checkpoint at `spec` (a file or a run folder), or one UserError line naming it.
 
-    `what` names the argument in messages (e.g. "model.init_from"); `onnx`: an int8 ONNX model
-    of scripts/quantize.py is accepted too."""
+    `what` names the argument in messages (e.g. "model.init_from"); `onnx`: an ONNX model of
+    scripts/quantize.py or scripts/export.py is accepted too."""
     path = checkpoint_path(spec, what)
     if path.suffix == ".onnx":
         if not onnx:
