@@ -39,7 +39,7 @@ CSV_HEAD = "class,images,top1_"  # the first columns of the per-class CSV
 def parse(argv) -> argparse.Namespace:
     p = command_parser(__doc__)
     p.add_argument("checkpoint", help="a checkpoint (best.pt, last.pt), a run folder (its best.pt) "
-                                       "or an int8 model of scripts/quantize.py (.onnx)")
+                                       "or an ONNX model of scripts/export.py or scripts/quantize.py (.onnx)")
     p.add_argument("overrides", nargs="*", help="e.g. data.root=/data/imagenet data.backend=dali")
     p.add_argument("--sizes", default=None, help="test resolutions, e.g. 224,256,288 (default: data.image_size)")
     p.add_argument("--ema", action="store_true", help=f"the moving average of the weights (checkpoint key "

@@ -29,7 +29,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from bot.cli import run
+from bot.cli import command_parser, run
 from bot.errors import UserError
 from bot.files import outputs, trained
 from bot.files.output_folder import check_output_folder
@@ -85,7 +85,7 @@ def check_timm_can_build(model_info: trained.Trained, fmt: str, model=None) -> N
 
 
 def parse(argv) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = command_parser(__doc__)
     p.add_argument("checkpoint", help="a checkpoint (best.pt, last.pt) or a run folder (its best.pt)")
     p.add_argument("--format", required=True, choices=sorted(SUFFIX))
     p.add_argument("--out", default=None, help="output file, or folder for hub (default: beside the checkpoint, "

@@ -41,7 +41,7 @@ from bot.files import outputs, predictions, trained
 def parse(argv):
     p = command_parser(__doc__)
     p.add_argument("checkpoint", help="a checkpoint (best.pt, last.pt), a run folder (its best.pt) "
-                                       "or an int8 model of scripts/quantize.py (.onnx)")
+                                       "or an ONNX model of scripts/export.py or scripts/quantize.py (.onnx)")
     p.add_argument("images", nargs="+", metavar="IMAGES_OR_FOLDERS",
                    help="image files and/or folders, and any data.KEY=VALUE overrides")
     p.add_argument("--topk", "--top", type=int, default=1, help="classes per image, best first (default 1)")
