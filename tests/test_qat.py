@@ -1,5 +1,6 @@
 """model.qat (Jacob et al., CVPR 2018): fake-quant training, its int8 ONNX, resume, bad input."""
 
+import ast
 import collections
 import json
 
@@ -160,8 +161,9 @@ def test_qat_fine_tune_resumes_bit_exactly_and_leaves_as_int8_onnx(toy, tmp_path
 def fake_quant_equals_the_int8_onnx(model, out, bits: int, size: int = 16):
     """The ONNX file computes the fake-quant network with onnxruntime's integer kernels: every conv
     runs as QLinearConv (so each reads a uint8 tensor and writes one, no tensor quantized twice), the
-    weights are on each channel's grid, and the logits differ by at most what one quantization step
-    at the classifier's input can move them (float sums in another order may tip a rounding)."""
+    weights are on each channel's grid, every tensor the network holds in uint8 is the fake-quant
+    network's within one step (float sums in another order may tip a rounding; nearly all are
+    equal), and the logits differ by at most what one step at the classifier's input can move them."""
     graph = onnx.load(str(out)).graph
     ops = collections.Counter(n.op_type for n in graph.node)
     assert ops["QuantizeLinear"] and ops["DequantizeLinear"] and not ops["BatchNormalization"]
@@ -180,10 +182,38 @@ def fake_quant_equals_the_int8_onnx(model, out, bits: int, size: int = 16):
     fused = collections.Counter(n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node)
     assert fused["Conv"] == 0 and fused["QLinearConv"] == sum(isinstance(m, QatConvBn) for m in layers), fused
     x = torch.randn(16, 3, size, size)
-    with torch.no_grad():
-        ours = model(x)
-    theirs = torch.as_tensor(onnx_model.session(out).run(None, {"images": x.numpy()})[0])
+    ours, theirs = uint8_tensors(model, out, x)
+    for name, tensor in theirs.items():
+        if name == "logits":
+            continue
+        scale, zero_point = model.get_submodule(name).frozen
+        diff = (torch.round(ours[name] / scale) + zero_point - tensor).abs()
+        assert diff.max() <= 1 and (diff > 0).float().mean() <= 0.01, (name, diff.max(), (diff > 0).float().mean())
     fc = next(m for m in model.modules() if isinstance(m, QatLinear))
     bound = fc.input_scale() * fc.weight_quant(fc.linear.weight).abs().sum(1).max()
-    assert (ours - theirs).abs().max() <= bound
-    assert (ours.argmax(1) == theirs.argmax(1)).float().mean() >= 0.9
+    assert (ours["logits"] - theirs["logits"]).abs().max() <= bound
+    assert (ours["logits"].argmax(1) == theirs["logits"].argmax(1)).float().mean() >= 0.9
+
+
+def uint8_tensors(model, out, x) -> tuple[dict, dict]:
+    """The output of every quantizer (by module name) and the logits, from the fake-quant network and
+    from onnxruntime's integer kernels running `out` with every QuantizeLinear's result made an output
+    (the exporter names the module each node came from)."""
+    proto = onnx.load(str(out))
+    names = {}
+    for node in proto.graph.node:
+        if node.op_type == "QuantizeLinear":
+            scopes = next(p.value for p in node.metadata_props if p.key == "pkg.torch.onnx.name_scopes")
+            names[node.output[0]] = ast.literal_eval(scopes)[-2]
+            proto.graph.output.append(onnx.helper.make_tensor_value_info(node.output[0], onnx.TensorProto.UINT8, None))
+    ours = {}
+    hooks = [m.register_forward_hook(lambda m, i, o, name=name: ours.__setitem__(name, o.detach().clone()))
+             for name, m in model.named_modules() if isinstance(m, ActivationQuant)]
+    with torch.no_grad():
+        ours["logits"] = model(x)
+    for hook in hooks:
+        hook.remove()
+    session = onnxruntime.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    logits, *uint8 = session.run(None, {"images": x.numpy()})
+    theirs = {name: torch.as_tensor(t).float() for name, t in zip(names.values(), uint8)}
+    return ours, {**theirs, "logits": torch.as_tensor(logits)}
