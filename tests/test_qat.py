@@ -12,12 +12,21 @@ import torch
 
 from bot import config
 from bot.cli import quantize as quantize_cli
-from bot.errors import UserError
-from bot.files import onnx_model, trained
-from bot.models import build_model
 from bot.deploy.quantize import qat_onnx
-from bot.models.qat import (BIAS_LIMIT, ActivationQuant, Int8Layer, QatConvBn, QatLinear, QuantizedWeights, calibrate,
-                            freeze, prepare_qat)
+from bot.errors import UserError
+from bot.files import trained
+from bot.models import build_model
+from bot.models.qat import (
+    BIAS_LIMIT,
+    ActivationQuant,
+    Int8Layer,
+    QatConvBn,
+    QatLinear,
+    QuantizedWeights,
+    calibrate,
+    freeze,
+    prepare_qat,
+)
 from bot.train.trainer import train
 
 TINY = {"resnet18-D": ["model.arch=resnet18", "model.variant=D", "model.width=0.25"],
@@ -170,8 +179,9 @@ def fake_quant_equals_the_int8_onnx(model, out, bits: int, size: int = 16):
     made_by = {o: n.op_type for n in graph.node for o in n.output}
     assert not any(n.op_type == "QuantizeLinear" and made_by.get(n.input[0]) == "DequantizeLinear" for n in graph.node)
     layers = [m for m in model.modules() if isinstance(m, Int8Layer)]
+    integer = (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)
     weights = [onnx.numpy_helper.to_array(t).astype(int) for t in graph.initializer
-               if t.data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8) and len(t.dims) >= 2]  # not zero points
+               if t.data_type in integer and len(t.dims) >= 2]  # not the zero points
     assert len(weights) == len(layers)  # one per layer
     zero = 128 if bits == 8 else 0  # 8 bits: uint8 around 128, onnxruntime's kernel that never saturates
     assert all(np.abs(w - zero).max() == 2 ** (bits - 1) - 1 for w in weights)  # each channel's largest is +-q

@@ -85,8 +85,8 @@ class QuantizedWeights(nn.Module):
     On x86 CPUs without VNNI (AVX2; AVX-512 without VNNI), onnxruntime's kernel for uint8 inputs and
     int8 weights (u8s8) adds pairs of products in 16 bits, which saturates when both are large:
     2 x 255 x 127 > 32767 (onnxruntime's quantization guide, "saturation"). Measured on such a CPU, the
-    first conv (the image's uint8 values reach 255) then missed the simulated result by up to 16 steps,
-    and the network's last layers by 5. So 8-bit weights leave as uint8 around zero point 128, the
+    first conv of the demo ResNet (the image's uint8 values reach 255) then missed the simulated result
+    by up to 16 steps, and its last layers by 5. So 8-bit weights leave as uint8 around zero point 128, the
     same grid, which onnxruntime runs with its u8u8 kernel (16-bit operands, no saturation); 7 bits and
     fewer leave as int8 (2 x 255 x 63 < 32767): onnxruntime's `reduce_range`, its faster kernel."""
 
@@ -154,7 +154,8 @@ class Int8Layer(nn.Module):
         if torch.compiler.is_exporting():
             return self.weight_quant(None), self.frozen_bias
         weight, bias, scale = self._scaled()
-        return self.weight_quant(weight, scale), None if bias is None else bias_on_grid(bias, self.input_scale() * scale)
+        bias = None if bias is None else bias_on_grid(bias, self.input_scale() * scale)
+        return self.weight_quant(weight, scale), bias
 
     def _scaled(self):
         """The float weights and bias, and the weight scales: each channel's range, widened where a
