@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import onnx
 import pytest
 import torch
 from conftest import ROOT, run_cli
@@ -102,6 +104,12 @@ def test_batchnorm_folding_with_zero_gamma_and_average_pooled_shortcut(tmp_path)
     with torch.no_grad():
         ref, got = model(x), OnnxModule(tmp_path / "int8.onnx")(x)
     assert (got - ref).abs().max().item() <= 0.1 * (ref.max() - ref.min()).item()
+    # --reduce-range: the same model with 7-bit weights (onnxruntime's reduce_range), where 8-bit ones reach 127
+    quantize.quantize_onnx(tmp_path / "fp32.onnx", tmp_path / "int7.onnx", batches, {}, reduce_range=True)
+    for name, q in (("int8.onnx", 127), ("int7.onnx", 64)):
+        weights = [onnx.numpy_helper.to_array(t) for t in onnx.load(str(tmp_path / name)).graph.initializer
+                   if t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 4]
+        assert weights and max(int(np.abs(w.astype(int)).max()) for w in weights) == q
 
 
 def test_calibration_reads_training_images_spread_over_every_class(toy, monkeypatch):

@@ -70,11 +70,18 @@ def row(name: str, spec: str, overrides: list[str], tmp: Path, repeats: int) -> 
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| model | top-1 | params | MACs | ONNX file | ms/img batch 1 | ms/img batch 32 |",
-             "|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['model']} | {r['top1']:.2f} | {r['params'] / 1e6:.2f} M | {r['macs'] / 1e6:.1f} M "
-              f"| {r['mb']:.1f} MB | {r['ms_b1']:.2f} | {r['ms_b32']:.2f} |" for r in rows]
-    lines.append(f"\n{rows[0]['val_images']} val images at {rows[0]['size']} px; onnxruntime on "
+    sizes = sorted({r["size"] for r in rows})
+    px = len(sizes) > 1  # models at different sizes: a column says each one's
+
+    def cells(*first):
+        return "| " + " | ".join(first[:1] + (first[1:2] if px else ()) + first[2:]) + " |"
+
+    lines = [cells("model", "px", "top-1", "params", "MACs", "ONNX file", "ms/img batch 1", "ms/img batch 32"),
+             cells(*["---"] * 8).replace(" ", "")]
+    lines += [cells(r["model"], str(r["size"]), f"{r['top1']:.2f}", f"{r['params'] / 1e6:.2f} M",
+                    f"{r['macs'] / 1e6:.1f} M", f"{r['mb']:.1f} MB", f"{r['ms_b1']:.2f}", f"{r['ms_b32']:.2f}")
+              for r in rows]
+    lines.append(f"\n{rows[0]['val_images']} val images at {' or '.join(map(str, sizes))} px; onnxruntime on "
                  f"{torch.get_num_threads()} CPU thread(s); ms: median per image, measured in this run")
     return "\n".join(lines)
 

@@ -3,6 +3,7 @@
     python scripts/quantize.py runs/demo data.root=data/toy                 # runs/demo/best.int8.onnx
     python scripts/quantize.py runs/demo data.root=data/toy --calib 256 --out demo.int8.onnx
     python scripts/quantize.py runs/demo data.root=data/toy --bits 4       # post-training 4-bit weights
+    python scripts/quantize.py runs/demo data.root=data/toy --reduce-range # 7-bit weights (x86 without VNNI)
     python scripts/evaluate.py runs/demo/best.int8.onnx                    # then read like a checkpoint
 
 The checkpoint is exported to ONNX, its BatchNorms folded into the convs, and quantized
@@ -10,11 +11,12 @@ statically by onnxruntime: int8 weights per channel, uint8 activations whose ran
 calibrated on `--calib` training images (spread over all classes) through the val
 transform. The int8 model (default: beside the checkpoint, best.int8.onnx) carries the
 checkpoint's config and class names, so scripts/evaluate.py and scripts/predict.py read
-it like a checkpoint. A run trained with model.qat (quantization-aware) is written with the
-ranges and int8 weights it learned instead (no calibration); `--bits N` below 8 quantizes a
-plain run's weights to N bits after training, with QAT's modules and range tracking, as the
-baseline QAT at model.qat_bits=N is compared with. Then fp32 and int8 are measured side by side, in this run, with the
-same threads: top-1/top-5 on the val folder, file size, and CPU milliseconds per image at
+it like a checkpoint. `--reduce-range` stores 7-bit weights, onnxruntime's remedy for its int8
+kernel's saturation on x86 CPUs without VNNI. A run trained with model.qat (quantization-aware)
+is written with the ranges and weights it learned instead (no calibration); `--bits N` below 8
+quantizes a plain run's weights to N bits after training, with QAT's modules and range tracking,
+as the baseline QAT at model.qat_bits=N is compared with. Then fp32 and int8 are measured side
+by side, in this run, with the same threads: top-1/top-5 on the val folder, file size, and CPU milliseconds per image at
 batch 1 and 32 (median of --repeats), and the table is also written beside the model as
 NAME.md and NAME.json. Overrides are evaluate's (data.root, data.workers ...). These three
 files may replace this command's own earlier ones, never a checkpoint or a run's files.
@@ -47,6 +49,8 @@ def parse(argv) -> argparse.Namespace:
                                                 "its table goes beside it as NAME.int8.md and NAME.int8.json")
     p.add_argument("--bits", type=int, default=8, help="weight bits (default 8; 2-7: post-training, "
                    "calibrated as QAT tracks ranges, to compare with model.qat_bits)")
+    p.add_argument("--reduce-range", action="store_true", help="7-bit weights (onnxruntime's reduce_range): its "
+                   "int8 kernel saturates on x86 CPUs without VNNI, which costs accuracy there")
     p.add_argument("--repeats", type=int, default=20, help="timed passes per latency (their median is shown)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for every model (default: torch's)")
     args = p.parse_intermixed_args(argv)
@@ -54,6 +58,8 @@ def parse(argv) -> argparse.Namespace:
         p.error("--calib, --repeats and --threads must be at least 1")
     if not 2 <= args.bits <= 8:
         p.error("--bits must be in [2, 8]")
+    if args.reduce_range and args.bits < 8:
+        p.error("--reduce-range narrows onnxruntime's 8-bit weights; --bits below 8 never saturate: leave one out")
     return args
 
 
@@ -110,8 +116,9 @@ def main(argv=None) -> int:
         meta = onnx_model.metadata(source.cfg, source.classes or [f"class_{k}" for k in range(source.num_classes)],
                                    str(source.path))
         qat = source.cfg.model.qat
-        if qat and args.bits != 8:
-            raise UserError(f"{source.path} was trained with model.qat_bits={source.cfg.model.qat_bits}: leave out --bits")
+        if qat and (args.bits != 8 or args.reduce_range):
+            raise UserError(f"{source.path} was trained with model.qat_bits={source.cfg.model.qat_bits}: "
+                            f"leave out --bits and --reduce-range")
         batches = [] if qat else quantize.calibration_images(cfg, args.calib)
         with tempfile.TemporaryDirectory() as tmp:
             rows = []
@@ -124,10 +131,11 @@ def main(argv=None) -> int:
                 _simulated(model, source, batches, args.bits, cfg, out, meta)
             else:
                 with outputs.written_aside(out) as (tmp_out,):
-                    quantize.quantize_onnx(fp32, tmp_out, batches, meta)
+                    quantize.quantize_onnx(fp32, tmp_out, batches, meta, args.reduce_range)
                 n = sum(len(b) for b in batches)
                 print(f"wrote {out}: int8 of {source.describe()}, calibrated on {n} training images")
             bits = source.cfg.model.qat_bits if qat else args.bits
+            bits = 7 if args.reduce_range else bits
             name = ("QAT " if qat else "") + f"int8 (onnxruntime){'' if bits == 8 else f', {bits}-bit weights'}"
             rows.append(measure(name, onnx_model.OnnxModule(out, threads), out, cfg, threads, args.repeats))
         text = print_table(rows, threads, cfg.data.image_size)

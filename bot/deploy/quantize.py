@@ -60,9 +60,12 @@ def folded_batchnorms(path: Path) -> int:
     return sum(node.op_type == "BatchNormalization" for node in onnx.load(str(path)).graph.node)
 
 
-def quantize_onnx(fp32: Path, out: Path, batches: list[torch.Tensor], meta: dict[str, str]) -> None:
+def quantize_onnx(fp32: Path, out: Path, batches: list[torch.Tensor], meta: dict[str, str],
+                  reduce_range: bool = False) -> None:
     """The int8 model of ONNX model `fp32` at `out`, calibrated on `batches`, with `meta` in
-    its metadata_props."""
+    its metadata_props. `reduce_range`: weights on [-64, 64] (7 bits), onnxruntime's remedy for its
+    u8s8 kernel on x86 CPUs without VNNI, which adds pairs of products in 16 bits and saturates
+    (2 x 255 x 127 > 32767; bot/models/qat.py)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -74,15 +77,16 @@ def quantize_onnx(fp32: Path, out: Path, batches: list[torch.Tensor], meta: dict
             raise RuntimeError(f"{left} BatchNorm node(s) were not folded into a conv")
         name = onnx_model.session(folded).get_inputs()[0].name
         quantize_static(str(folded), str(out), _Calibration(batches, name), quant_format=QuantFormat.QDQ,
-                        per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.MinMax)
+                        per_channel=True, reduce_range=reduce_range, activation_type=QuantType.QUInt8,
+                        weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax)
     onnx_model.add_metadata(out, meta)
 
 
 def qat_onnx(model: torch.nn.Module, image_size: int, out: Path, meta: dict[str, str]) -> float:
     """The int8 model of a QAT network (bot/models/qat.py) at `out`: its fake-quant written as
-    ONNX QuantizeLinear/DequantizeLinear with the ranges it learned, int8 weights per channel
-    with the BNs folded, the QDQ format of quantize_onnx, with `meta` in its metadata_props.
+    ONNX QuantizeLinear/DequantizeLinear with the ranges it learned, integer weights per channel
+    with the BNs folded, the QDQ format of quantize_onnx, in which onnxruntime runs every conv as
+    an integer QLinearConv; with `meta` in its metadata_props.
     Returns the largest logit difference between onnxruntime and the fake-quant model."""
     import onnxruntime
 

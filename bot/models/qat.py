@@ -1,7 +1,8 @@
 """Quantization-aware training (Jacob et al., CVPR 2018, section 3): simulated int8 in fp32.
 
-`prepare_qat(model, bits)` replaces every conv that a BatchNorm follows with `QatConvBn`,
-and every Linear with `QatLinear`, each fake-quantizing what the int8 model will compute:
+`prepare_qat(model, bits)` replaces every conv that a BatchNorm follows (and the activation
+after them) with `QatConvBn`, and every Linear with `QatLinear`, each fake-quantizing what the
+int8 model will compute:
 
 - weights per output channel, symmetric (zero point 0, [-q, q] with q = 2^(bits-1) - 1),
   BatchNorm folded in first (section 3.2, equations 7-8): w_fold = gamma w / sigma,
@@ -9,9 +10,12 @@ and every Linear with `QatLinear`, each fake-quantizing what the int8 model will
   QAT run fine-tunes a converged network, which is the frozen phase of Jacob et al.'s
   folding (appendix, figure C.8, "switch from batch statistics to long-term moving
   averages"); training and evaluation then compute the same function, that of the int8 model.
-- activations, uint8 (affine), at the input of every conv and linear, with ranges tracked
-  as exponential moving averages of the batch min/max during training (section 3.1), and
-  always containing 0 so that 0 (padding, ReLU's floor) is exact.
+- activations, uint8 (affine), where the int8 network holds them (bot/models/qat_plan.py): each
+  conv's output after its activation, each residual sum after its ReLU, each pooling layer's
+  output, the image and the classifier's input; ranges tracked as exponential moving averages
+  of the batch min/max during training (section 3.1), always containing 0 so that 0 (padding,
+  ReLU's floor) is exact. The file onnxruntime gets then runs every conv as an integer
+  QLinearConv, as `quantize_static`'s does.
 
 Gradients pass the rounding straight through (torch's fake_quantize ops). While the model is
 exported (`torch.compiler.is_exporting()`), the same arithmetic is written as
@@ -27,8 +31,9 @@ import torch.ao.quantization.fx._decomposed  # noqa: F401  registers torch.ops.q
 import torch.nn.functional as F
 from torch import nn
 
+from bot.models import qat_plan
+
 RANGE_DECAY = 0.99  # EMA of the activation min/max per step (Jacob et al. section 3.1: "close to 1")
-ARCHS = ("resnet", "mobilenet_v1")  # arch prefixes the pairing below was checked on
 
 
 QD = torch.ops.quantized_decomposed  # the ops torch.onnx writes as QuantizeLinear / DequantizeLinear
@@ -68,47 +73,115 @@ class ActivationQuant(nn.Module):
         scale, zero_point = self.qparams()
         return torch.fake_quantize_per_tensor_affine(x, scale, zero_point, 0, 255)
 
-
     def freeze(self) -> None:
         scale, zero_point = self.qparams()
         self.frozen = float(scale), int(zero_point)
 
 
-def weight_scale(w: torch.Tensor, bits: int) -> tuple[torch.Tensor, int]:
-    """Symmetric per output channel: each channel's largest |w| maps to +-q (zero point 0)."""
-    q = 2 ** (bits - 1) - 1
-    return (w.detach().abs().amax(dim=tuple(range(1, w.ndim))) / q).clamp(min=1e-12), q
-
-
 class QuantizedWeights(nn.Module):
-    """The fake-quant of a layer's (folded) weights, and their int8 form for export."""
+    """The fake-quant of a layer's (folded) weights, symmetric per output channel, and their integer
+    form for export.
+
+    On x86 CPUs without VNNI (AVX2; AVX-512 without VNNI), onnxruntime's kernel for uint8 inputs and
+    int8 weights (u8s8) adds pairs of products in 16 bits, which saturates when both are large:
+    2 x 255 x 127 > 32767 (onnxruntime's quantization guide, "saturation"). Measured on such a CPU, the
+    first conv of the demo ResNet (the image's uint8 values reach 255) then missed the simulated result
+    by up to 16 steps, and its last layers by 5. So 8-bit weights leave as uint8 around zero point 128, the
+    same grid, which onnxruntime runs with its u8u8 kernel (16-bit operands, no saturation); 7 bits and
+    fewer leave as int8 (2 x 255 x 63 < 32767): onnxruntime's `reduce_range`, its faster kernel."""
 
     def __init__(self, bits: int):
         super().__init__()
-        self.bits, self.frozen = bits, None  # frozen: (int8 weights, scales) while exporting
+        self.bits, self.q = bits, 2 ** (bits - 1) - 1
+        self.frozen = None  # (integer weights, scales, zero points) while exporting
 
-    def forward(self, w: torch.Tensor) -> torch.Tensor:
+    def scale(self, w: torch.Tensor, floor: torch.Tensor | None = None) -> torch.Tensor:
+        """Each channel's largest |w| maps to +-q (zero point 0); at least `floor` where given."""
+        scale = w.detach().abs().amax(dim=tuple(range(1, w.ndim))) / self.q
+        return (scale if floor is None else torch.maximum(scale, floor)).clamp(min=1e-12)
+
+    def forward(self, w: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
         if torch.compiler.is_exporting():
-            w8, scale = self.frozen
-            zero = torch.zeros_like(scale, dtype=torch.int64)
-            return QD.dequantize_per_channel(w8, scale, zero, 0, -127, 127, torch.int8)
-        scale, q = weight_scale(w, self.bits)
-        return torch.fake_quantize_per_channel_affine(w, scale, torch.zeros_like(scale, dtype=torch.int32), 0, -q, q)
+            ints, scale, zero = self.frozen
+            low, high = (0, 255) if ints.dtype == torch.uint8 else (-127, 127)
+            return QD.dequantize_per_channel(ints, scale, zero, 0, low, high, ints.dtype)
+        scale = self.scale(w) if scale is None else scale
+        return torch.fake_quantize_per_channel_affine(w, scale, torch.zeros_like(scale, dtype=torch.int32), 0,
+                                                      -self.q, self.q)
 
     @torch.no_grad()
-    def freeze(self, w: torch.Tensor) -> None:
-        scale, q = weight_scale(w, self.bits)
-        w8 = torch.round(w / scale.view(-1, *[1] * (w.ndim - 1))).clamp(-q, q).to(torch.int8)
-        self.frozen = w8, scale.clone()
+    def freeze(self, w: torch.Tensor, scale: torch.Tensor) -> None:
+        ints = torch.round(w / scale.view(-1, *[1] * (w.ndim - 1))).clamp(-self.q, self.q)
+        zero = torch.full_like(scale, 128 if self.bits == 8 else 0, dtype=torch.int64)
+        ints = (ints + 128).to(torch.uint8) if self.bits == 8 else ints.to(torch.int8)
+        self.frozen = ints, scale.clone(), zero
 
 
-class QatConvBn(nn.Module):
-    """conv -> BN, folded (running statistics) and fake-quantized; input fake-quantized."""
+BIAS_LIMIT = 2 ** 30  # |int32 bias| stays below this many steps (int32 holds 2^31)
 
-    def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d, bits: int):
+
+def bias_on_grid(bias: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+    """The bias as the integer kernel holds it: int32 on the grid of input scale x weight scale, zero
+    point 0 (Jacob et al. section 2.4; onnxruntime rounds a float bias so); gradients straight through.
+    The rounding moves an output by a small part of its step, but in every layer of a deep network
+    such moves tip some roundings and compound: simulated, the int8 file computes what training saw."""
+    return bias + (torch.round(bias / step) * step - bias).detach()
+
+
+class Int8Layer(nn.Module):
+    """A layer the integer kernel runs: int8 weights per output channel, int32 bias, its input on a
+    uint8 grid: its own quantizer's (`input_quant`), or that of the layer that made the input (`link`)."""
+
+    def __init__(self, bits: int, quantize_input: bool):
         super().__init__()
-        self.conv, self.bn, self.act_quant, self.weight_quant = conv, bn, ActivationQuant(), QuantizedWeights(bits)
+        self.weight_quant = QuantizedWeights(bits)
+        self.input_quant = ActivationQuant() if quantize_input else None
         self.frozen_bias = None
+
+    def link(self, quantizer: ActivationQuant) -> None:
+        # held outside the module tree (a tuple): it is saved, moved and frozen with the layer that owns it
+        self._input_from = (quantizer,)
+
+    def input_scale(self) -> torch.Tensor:
+        quantizer = self.input_quant if self.input_quant is not None else self._input_from[0]
+        return quantizer.qparams()[0]
+
+    def float_weights(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        raise NotImplementedError
+
+    def quantized(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(weights, bias) fake-quantized; their frozen form while exporting."""
+        if torch.compiler.is_exporting():
+            return self.weight_quant(None), self.frozen_bias
+        weight, bias, scale = self._scaled()
+        bias = None if bias is None else bias_on_grid(bias, self.input_scale() * scale)
+        return self.weight_quant(weight, scale), bias
+
+    def _scaled(self):
+        """The float weights and bias, and the weight scales: each channel's range, widened where a
+        channel's weights are so small (a gamma near 0) that its bias would not fit in int32."""
+        weight, bias = self.float_weights()
+        floor = None if bias is None else bias.detach().abs() / (self.input_scale() * BIAS_LIMIT)
+        return weight, bias, self.weight_quant.scale(weight, floor)
+
+    @torch.no_grad()
+    def freeze(self) -> None:
+        weight, bias, scale = self._scaled()
+        self.weight_quant.freeze(weight, scale)
+        self.frozen_bias = None if bias is None else bias_on_grid(bias, self.input_scale() * scale)
+
+
+class QatConvBn(Int8Layer):
+    """conv -> BN (folded, running statistics) -> activation, fake-quantized as the int8 conv runs it:
+    the input quantized where no layer before did it (the image), the output after the activation
+    (bot/models/qat_plan.py says which)."""
+
+    def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d, bits: int, act: nn.Module | None = None,
+                 quantize_input: bool = False, quantize_output: bool = True):
+        super().__init__(bits, quantize_input)
+        self.conv, self.bn = conv, bn
+        self.after = after_bn(bn, act)
+        self.output_quant = ActivationQuant() if quantize_output else None
 
     def folded(self) -> tuple[torch.Tensor, torch.Tensor]:
         conv, bn = self.conv, self.bn
@@ -118,40 +191,38 @@ class QatConvBn(nn.Module):
             bias = bias + conv.bias * gain
         return conv.weight * gain.view(-1, 1, 1, 1), bias
 
+    float_weights = folded
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight, bias = self.folded()
-        if torch.compiler.is_exporting():
-            bias = self.frozen_bias
+        if self.input_quant is not None:
+            x = self.input_quant(x)
+        weight, bias = self.quantized()
         c = self.conv
-        return F.conv2d(self.act_quant(x), self.weight_quant(weight), bias, c.stride, c.padding, c.dilation, c.groups)
-
-    @torch.no_grad()
-    def freeze(self) -> None:
-        weight, bias = self.folded()
-        self.weight_quant.freeze(weight)
-        self.act_quant.freeze()
-        self.frozen_bias = bias.clone()
+        x = self.after(F.conv2d(x, weight, bias, c.stride, c.padding, c.dilation, c.groups))
+        return x if self.output_quant is None else self.output_quant(x)
 
 
-class QatLinear(nn.Module):
-    """Linear with its weights and input fake-quantized (the classifier)."""
+class QatLinear(Int8Layer):
+    """Linear (the classifier), fake-quantized as the int8 kernel runs it, its input quantized where
+    no layer before did it."""
 
-    def __init__(self, linear: nn.Linear, bits: int):
-        super().__init__()
-        self.linear, self.act_quant, self.weight_quant = linear, ActivationQuant(), QuantizedWeights(bits)
+    def __init__(self, linear: nn.Linear, bits: int, quantize_input: bool = True):
+        super().__init__(bits, quantize_input)
+        self.linear = linear
+
+    def float_weights(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self.linear.weight, self.linear.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(self.act_quant(x), self.weight_quant(self.linear.weight), self.linear.bias)
-
-    def freeze(self) -> None:
-        self.weight_quant.freeze(self.linear.weight)
-        self.act_quant.freeze()
+        if self.input_quant is not None:
+            x = self.input_quant(x)
+        return F.linear(x, *self.quantized())
 
 
-def after_bn(bn: nn.Module) -> nn.Module:
-    """What stays where a folded BN was: timm's BatchNormAct2d (MobileNet v1) carries its
-    dropout and activation inside; a plain BN leaves nothing."""
-    rest = [m for m in (getattr(bn, "drop", None), getattr(bn, "act", None)) if m is not None]
+def after_bn(bn: nn.Module, act: nn.Module | None) -> nn.Module:
+    """What a unit computes after its folded BN: timm's BatchNormAct2d (MobileNet v1) carries its
+    dropout and activation inside; a ResNet's activation is the module after the BN (`act`)."""
+    rest = [m for m in (getattr(bn, "drop", None), getattr(bn, "act", None), act) if m is not None]
     return nn.Sequential(*rest) if rest else nn.Identity()
 
 
@@ -161,33 +232,31 @@ def _set(model: nn.Module, name: str, module: nn.Module) -> None:
 
 
 def prepare_qat(model: nn.Module, bits: int = 8) -> nn.Module:
-    """`model` with its conv+BN pairs and linears replaced in place (and returned).
-
-    A conv is paired with the module registered right after it when that is a BatchNorm2d of
-    its width: the order in which timm's ResNets (conv1/bn1, downsample conv/bn) and
-    ConvNormAct blocks (MobileNet v1) define them. A conv without a BN there is an error:
-    it would stay unquantized."""
-    named = list(model.named_modules())
-    pairs = []
-    for i, (name, module) in enumerate(named):
-        if isinstance(module, nn.Conv2d):
-            nxt = named[i + 1] if i + 1 < len(named) else (None, None)
-            if not (isinstance(nxt[1], nn.BatchNorm2d) and nxt[1].num_features == module.out_channels):
-                raise ValueError(f"conv {name} is not followed by its BatchNorm")
-            pairs.append((name, module, *nxt))
-    linears = [(n, m) for n, m in named if isinstance(m, nn.Linear)]
-    for conv_name, conv, bn_name, bn in pairs:
-        _set(model, conv_name, QatConvBn(conv, bn, bits))
-        _set(model, bn_name, after_bn(bn))
-    for name, linear in linears:
-        _set(model, name, QatLinear(linear, bits))
+    """`model` with its conv+BN(+activation) units and linears fake-quantized, and a quantizer after
+    every other layer whose output the int8 network holds in uint8 (bot/models/qat_plan.py), in place.
+    A conv without its BN right after it is an error: it would stay unquantized."""
+    plan = qat_plan.plan(model)
+    for unit in plan.units:
+        act = model.get_submodule(unit.act) if unit.act else None
+        _set(model, unit.conv, QatConvBn(model.get_submodule(unit.conv), model.get_submodule(unit.bn), bits, act,
+                                         unit.input_from is None, unit.quantize_output))
+        _set(model, unit.bn, nn.Identity())
+        if unit.act:
+            _set(model, unit.act, nn.Identity())
+    for name, input_from in plan.linears.items():
+        _set(model, name, QatLinear(model.get_submodule(name), bits, input_from is None))
+    for name in plan.quantize_after:
+        _set(model, name, nn.Sequential(model.get_submodule(name), ActivationQuant()))
+    for name, input_from in [(u.conv, u.input_from) for u in plan.units] + list(plan.linears.items()):
+        if input_from is not None:
+            model.get_submodule(name).link(model.get_submodule(input_from))
     return model
 
 
 def freeze(model: nn.Module) -> nn.Module:
     """Fix every quantizer's parameters as constants, for export (the model in eval mode)."""
     for module in model.modules():
-        if isinstance(module, (QatConvBn, QatLinear)):
+        if isinstance(module, (Int8Layer, ActivationQuant)):
             module.freeze()
     return model.eval()
 
