@@ -9,19 +9,16 @@ import sys
 import pytest
 import torch
 
-from conftest import ROOT, run_cli
-
+from conftest import ROOT
+from conftest import run_here as run_cli  # in this process, but torchrun
 TRAIN = ["data.backend=torch", "data.image_size=32", "data.batch_size=16", "data.workers=0",
          "schedule.epochs=2", "schedule.warmup_epochs=0", "run.log_every=1"]
 
 
 @pytest.fixture(scope="module")
-def run(toy, tmp_path_factory):
+def run(toy, trained):
     """A two-epoch ResNet-18-D run on the toy data: best.pt, last.pt, summary.json."""
-    out = tmp_path_factory.mktemp("run")
-    done = run_cli("train.py", "recipes/demo.yaml", f"data.root={toy}", f"run.out={out}", *TRAIN)
-    assert done.returncode == 0, done.stderr[-2000:]
-    return out
+    return trained("recipes/demo.yaml", f"data.root={toy}", *TRAIN)
 
 
 def table(stdout: str) -> list[list[str]]:

@@ -10,7 +10,7 @@ import time
 
 import pytest
 import torch
-from conftest import ROOT, run_cli
+from conftest import ROOT, run_here, same_threads
 
 from bot import config
 from bot.data import build_loaders, sampling
@@ -106,9 +106,9 @@ def test_kill_9_then_resume_with_all_extras_on_is_bit_exact_across_a_size_change
     def args(out):
         return ["train.py", "recipes/demo.yaml", f"data.root={toy}", f"run.out={out}", *FAULT_ARGS, *ALL_ON]
 
-    whole = run_cli(*args(tmp_path / "whole"))
+    whole = run_here(*args(tmp_path / "whole"))
     assert whole.returncode == 0, whole.stderr
-    victim = subprocess.Popen([sys.executable, *map(str, args(tmp_path / "killed"))], cwd=ROOT,
+    victim = subprocess.Popen([sys.executable, *map(str, args(tmp_path / "killed"))], cwd=ROOT, env=same_threads(),
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
     while max((r["step"] for r in records(tmp_path / "killed") if "loss" in r), default=0) < 5 \
@@ -119,7 +119,7 @@ def test_kill_9_then_resume_with_all_extras_on_is_bit_exact_across_a_size_change
     victim.wait()
     saved = torch.load(tmp_path / "killed/last.pt", weights_only=False)["step"]
     assert saved in (4, 6)
-    again = run_cli(*args(tmp_path / "killed"))
+    again = run_here(*args(tmp_path / "killed"))
     assert again.returncode == 0, again.stderr
     assert f"resuming at step {saved}" in again.stdout
     a, b = (torch.load(tmp_path / f"{n}/last.pt", weights_only=False) for n in ("whole", "killed"))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, run_cli
+from conftest import ROOT, run_here
 
 # the demo recipe's ResNet-18-D at a quarter of its width, so that it learns the 4 classes in
 # a few hundred steps: int8 is judged on a trained model, whose logits are apart
@@ -31,9 +31,9 @@ def toy400(tmp_path_factory):
 def quantized(toy400, tmp_path_factory):
     """A trained narrow ResNet-18-D (zero gamma, ResNet-D's average-pooled shortcut) and its int8 model."""
     run = tmp_path_factory.mktemp("run")
-    done = run_cli("train.py", "recipes/demo.yaml", f"data.root={toy400}", f"run.out={run}", *TRAIN)
+    done = run_here("train.py", "recipes/demo.yaml", f"data.root={toy400}", f"run.out={run}", *TRAIN)
     assert done.returncode == 0, done.stderr[-2000:]
-    done = run_cli("scripts/quantize.py", run, "--calib", "64", "--repeats", "2")
+    done = run_here("scripts/quantize.py", run, "--calib", "64", "--repeats", "2")
     assert done.returncode == 0, done.stderr[-2000:]
     return run, done.stdout
 
@@ -48,13 +48,13 @@ def test_int8_keeps_top1_within_one_point_and_reloads(quantized):
     assert abs(int8["top1"] - fp32["top1"]) <= 1.0
     assert int8["mb"] < fp32["mb"] / 3.5  # int8 weights: a quarter of fp32's bytes, plus scales
     assert "| int8 (onnxruntime) |" in stdout
-    again = run_cli("scripts/evaluate.py", run / "best.int8.onnx")  # read back like a checkpoint
+    again = run_here("scripts/evaluate.py", run / "best.int8.onnx")  # read back like a checkpoint
     assert again.returncode == 0, again.stderr[-2000:]
     (row,) = [line for line in again.stdout.splitlines() if re.match(r"\| \d", line)]
     assert row.split("|")[3].strip() == f"{int8['top1']:.2f}"
-    refused = run_cli("scripts/export.py", run / "best.int8.onnx", "--format", "onnx")
+    refused = run_here("scripts/export.py", run / "best.int8.onnx", "--format", "onnx")
     assert refused.returncode == 2 and "ONNX model" in refused.stderr
-    other_size = run_cli("scripts/evaluate.py", run / "best.int8.onnx", "--sizes", "32,40")  # fixed 32 px input
+    other_size = run_here("scripts/evaluate.py", run / "best.int8.onnx", "--sizes", "32,40")  # fixed 32 px input
     assert other_size.returncode == 2 and "fixed input size 32: it cannot be tested at 40" in other_size.stderr
 
 

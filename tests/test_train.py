@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 import yaml
-from conftest import run_cli
+from conftest import run_here
 
 from bot import config
 from bot.errors import UserError
@@ -115,7 +115,7 @@ def test_bad_input_exits_2_and_keeps_the_checkpoint(toy, tmp_path):
     for bad, message in [("data.root=/nonexistent", "data.root /nonexistent does not exist"),
                          (f"data.root={tmp_path}", "has no train/ folder"),
                          ("data.batch_size=0", "data.batch_size: must be at least 1")]:
-        done = run_cli(*args, bad)
+        done = run_here(*args, bad)
         assert done.returncode == 2, done.stderr
         assert done.stderr.strip().startswith("error: ") and message in done.stderr
         assert len(done.stderr.strip().splitlines()) == 1
