@@ -65,7 +65,8 @@ def test_cutout_and_random_shapes_in_both_loaders(toy):
 def test_ema_run_reports_both_and_keeps_the_average(toy, tmp_path):
     out = tmp_path / "run"
     summary = train(config.load(None, [f"data.root={toy}", f"run.out={out}", "data.backend=torch", *SMALL,
-                                       "model.ema_decay=0.9", "model.ema_warmup=true", "run.best_of=ema"]))
+                                       "model.width=0.25", "model.ema_decay=0.9", "model.ema_warmup=true",
+                                       "run.best_of=ema"]))
     evals = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines() if "top1" in l]
     assert len(evals) == 2 and all({"top1", "top5", "ema_top1", "ema_top5"} <= e.keys() for e in evals)
     assert summary["ema_top1"] == evals[-1]["ema_top1"] and summary["best_top1"] == max(e["ema_top1"] for e in evals)
@@ -93,7 +94,8 @@ ALL_ON = ["loss.mixup_alpha=0.2", "loss.cutmix_alpha=1.0", "loss.cutmix_prob=0.5
           "model.act=silu", "data.train_sizes=[32, 64]", "data.size_schedule=progressive", "model.ema_decay=0.9",
           "model.ema_warmup=true", "run.best_of=ema"]
 FAULT_ARGS = ["data.image_size=32", "data.batch_size=16", "data.workers=0", "schedule.epochs=2",
-              "schedule.warmup_epochs=0", "run.log_every=1", "run.checkpoint_every=4"]
+              "schedule.warmup_epochs=0", "run.log_every=1", "run.checkpoint_every=4",
+              "model.width=0.5"]  # narrower, yet slow enough a step for the kill to land mid-epoch
 
 
 def records(folder):

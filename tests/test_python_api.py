@@ -9,11 +9,12 @@ import pytest
 
 from conftest import ROOT
 
-# The README's example, with no `if __name__ == "__main__":` guard.
+# The README's example, with no `if __name__ == "__main__":` guard (one worker a loader: each
+# worker process imports torch, seconds apiece, and one shows what several would).
 SCRIPT = """\
 from bot.config import load
 from bot.data import build_loaders
-cfg = load("recipes/demo.yaml", ["data.root={root}", "data.backend=torch", "data.workers=2"])
+cfg = load("recipes/demo.yaml", ["data.root={root}", "data.backend=torch", "data.workers=1"])
 train, val = build_loaders(cfg)
 images, labels = next(iter(train))
 images_val, _ = next(iter(val))

@@ -11,9 +11,9 @@ import torch
 from conftest import ROOT, run_here
 
 # the demo recipe's ResNet-18-D at a quarter of its width, so that it learns the 4 classes in
-# a few hundred steps: int8 is judged on a trained model, whose logits are apart
+# 80 steps: int8 is judged on a trained model, whose logits are apart
 TRAIN = ["data.backend=torch", "data.image_size=32", "data.batch_size=32", "data.workers=0", "model.width=0.25",
-         "schedule.epochs=15", "schedule.warmup_epochs=1", "run.log_every=10"]
+         "schedule.epochs=10", "schedule.warmup_epochs=1", "run.log_every=10"]
 VAL_IMAGES = 400
 
 
@@ -44,7 +44,7 @@ def test_int8_keeps_top1_within_one_point_and_reloads(quantized):
     summary = json.loads((run / "summary.json").read_text())
     assert fp32["top1"] == pytest.approx(summary["best_top1"], abs=0.01)  # the fp32 ONNX is the checkpoint
     assert fp32["val_images"] == int8["val_images"] == VAL_IMAGES
-    assert fp32["top1"] >= 70, "the model int8 is judged on did not learn the toy task"  # 85.25 here
+    assert fp32["top1"] >= 70, "the model int8 is judged on did not learn the toy task"  # 77.0 (84.5 after 15 epochs)
     assert abs(int8["top1"] - fp32["top1"]) <= 1.0
     assert int8["mb"] < fp32["mb"] / 3.5  # int8 weights: a quarter of fp32's bytes, plus scales
     assert "| int8 (onnxruntime) |" in stdout

@@ -19,6 +19,11 @@ def small(toy, out, *extra):
     return config.load(None, [f"data.root={toy}", f"run.out={out}", *SMALL, *extra])
 
 
+def narrow(toy, out, *extra):
+    """small() at a quarter of the width, where a test checks the run's bookkeeping, not its network."""
+    return small(toy, out, "model.width=0.25", *extra)
+
+
 def lines(folder):
     return [json.loads(l) for l in (folder / "metrics.jsonl").read_text().splitlines()]
 
@@ -55,11 +60,11 @@ def test_run_folder_contents(toy, tmp_path):
 
 
 def test_resume_continues_at_the_step_and_matches_an_uninterrupted_run(toy, tmp_path):
-    whole = train(small(toy, tmp_path / "whole", "run.max_steps=9"))
+    whole = train(narrow(toy, tmp_path / "whole", "run.max_steps=9"))
     assert whole["steps"] == 9
-    part = train(small(toy, tmp_path / "part", "run.max_steps=4"))  # stops mid-epoch 0 (6 steps/epoch)
+    part = train(narrow(toy, tmp_path / "part", "run.max_steps=4"))  # stops mid-epoch 0 (6 steps/epoch)
     assert part["steps"] == 4
-    again = train(small(toy, tmp_path / "part", "run.max_steps=9"))  # the same command, a later cap: resumes
+    again = train(narrow(toy, tmp_path / "part", "run.max_steps=9"))  # the same command, a later cap: resumes
     assert again["steps"] == 9
     steps = [r["step"] for r in lines(tmp_path / "part") if "loss" in r]
     assert steps == list(range(1, 10))  # continued at step 5, nothing repeated
@@ -69,15 +74,15 @@ def test_resume_continues_at_the_step_and_matches_an_uninterrupted_run(toy, tmp_
 
 
 def test_finished_run_is_not_rerun(toy, tmp_path):
-    first = train(small(toy, tmp_path / "run", "run.max_steps=2"))
+    first = train(narrow(toy, tmp_path / "run", "run.max_steps=2"))
     before = (tmp_path / "run/last.pt").stat().st_mtime_ns
-    assert train(small(toy, tmp_path / "run", "run.max_steps=2")) == first
+    assert train(narrow(toy, tmp_path / "run", "run.max_steps=2")) == first
     assert (tmp_path / "run/last.pt").stat().st_mtime_ns == before
 
 
 @pytest.mark.parametrize("precision", ["fp16", "bf16"])
 def test_mixed_precision_and_channels_last_train_without_nans(toy, tmp_path, precision):
-    summary = train(small(toy, tmp_path / "run", f"precision={precision}", "channels_last=true", "run.max_steps=3"))
+    summary = train(narrow(toy, tmp_path / "run", f"precision={precision}", "channels_last=true", "run.max_steps=3"))
     losses = [r["loss"] for r in lines(tmp_path / "run") if "loss" in r]
     assert len(losses) == 3 and all(l == l and abs(l) < 100 for l in losses)
     assert summary["top1"] >= 0
@@ -88,10 +93,10 @@ def test_mixed_precision_and_channels_last_train_without_nans(toy, tmp_path, pre
 
 
 def test_changed_config_is_not_resumed_silently(toy, tmp_path):
-    train(small(toy, tmp_path / "run", "run.max_steps=2"))
+    train(narrow(toy, tmp_path / "run", "run.max_steps=2"))
     with pytest.raises(UserError, match=r"holds a run with another config \(optim.lr 0.1 -> 0.2\)"):
-        train(small(toy, tmp_path / "run", "run.max_steps=4", "optim.lr=0.2"))
-    assert train(small(toy, tmp_path / "run", "run.max_steps=4", "optim.lr=0.2", "run.resume=force"))["steps"] == 4
+        train(narrow(toy, tmp_path / "run", "run.max_steps=4", "optim.lr=0.2"))
+    assert train(narrow(toy, tmp_path / "run", "run.max_steps=4", "optim.lr=0.2", "run.resume=force"))["steps"] == 4
 
 
 def test_a_key_that_changes_no_step_never_refuses_a_resume(tmp_path):
@@ -109,7 +114,7 @@ def test_a_key_that_changes_no_step_never_refuses_a_resume(tmp_path):
 
 def test_bad_input_exits_2_and_keeps_the_checkpoint(toy, tmp_path):
     out = tmp_path / "run"
-    train(small(toy, out, "run.max_steps=2"))
+    train(narrow(toy, out, "run.max_steps=2"))
     kept = (out / "last.pt").read_bytes()
     args = ["train.py", "recipes/demo.yaml", f"run.out={out}", *SMALL, "schedule.warmup_epochs=0"]
     for bad, message in [("data.root=/nonexistent", "data.root /nonexistent does not exist"),
