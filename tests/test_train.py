@@ -29,10 +29,11 @@ def lines(folder):
 
 
 def test_short_run_learns_well_above_chance(toy, tmp_path):
-    cfg = small(toy, tmp_path / "run", "schedule.epochs=8", "schedule.kind=cosine", "model.zero_gamma=true",
-                "data.random_area=[0.35, 1]", "optim.lr=0.8", "model.init=kaiming")
+    cfg = narrow(toy, tmp_path / "run", "schedule.epochs=8", "schedule.kind=cosine", "model.zero_gamma=true",
+                 "data.random_area=[0.35, 1]", "optim.lr=0.8", "model.init=kaiming")
     summary = train(cfg)
-    assert summary["best_top1"] >= 45, summary  # 4 classes: chance is 25%
+    # 4 classes: chance is 25%. Measured 68.75 (62.5 at full width, 6x slower)
+    assert summary["best_top1"] >= 45, summary
 
 
 def test_run_folder_contents(toy, tmp_path):
