@@ -1,6 +1,8 @@
 import contextlib
+import io
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,18 @@ def toy(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def toy_shards(toy, tmp_path_factory) -> Path:
+    """`toy` as WebDataset shards in its own (label) order: the same samples at the same indices, so
+    both loaders give the folder's batches from it (tests/test_shards.py) and a run on it is the
+    folder's run, bit for bit."""
+    from bot.cli.make_shards import make_shards
+
+    out = tmp_path_factory.mktemp("toy-shards") / "toy"
+    make_shards(toy, out, shuffle=False, shard_samples=10, progress=False)
+    return out
+
+
 @contextlib.contextmanager
 def tmpfs(folder: Path, options: str, why: str):
     """A 1 MiB tmpfs mounted on `folder` with `options` for the block (root only: skips with `why`
@@ -32,10 +46,80 @@ def tmpfs(folder: Path, options: str, why: str):
         subprocess.run(["umount", str(folder)], check=True)
 
 
+def same_threads() -> dict:
+    """The environment for a process that must compute bit for bit what this one computes (torch's
+    float sums depend on its thread count, which a test may have changed here)."""
+    import os
+
+    import torch
+
+    return os.environ | {"OMP_NUM_THREADS": str(torch.get_num_threads())}
+
+
 def run_cli(*args, cwd=ROOT, timeout=600):
     """Run a project script as a user would; returns the CompletedProcess."""
     return subprocess.run([sys.executable, *map(str, args)], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout)
+
+
+def call_main(main, *args, cwd=ROOT) -> subprocess.CompletedProcess:
+    """A command's `main(argv)` run in this process, as run_cli runs its script in a new one but
+    without a new interpreter's imports (seconds each): its exit status, stdout and stderr, with
+    the warnings a fresh process would print. For tests where the process itself is not the point
+    (signals, kill -9, torchrun and the installed package keep run_cli)."""
+    out, err = io.StringIO(), io.StringIO()
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        err.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+    with contextlib.chdir(cwd), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), \
+            warnings.catch_warnings():
+        warnings.resetwarnings()  # Python's own filters, not pytest's
+        warnings.simplefilter("default")
+        for category in (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning):
+            warnings.filterwarnings("ignore", category=category)
+        warnings.showwarning = show
+        try:
+            status = main([str(a) for a in args])
+        except SystemExit as e:  # argparse, or a command that exits itself
+            status = e.code if isinstance(e.code, int) or e.code is None else print(e.code, file=err) or 1
+    return subprocess.CompletedProcess([main.__module__, *map(str, args)], status or 0, out.getvalue(),
+                                       err.getvalue())
+
+
+def run_here(script, *args, cwd=ROOT) -> subprocess.CompletedProcess:
+    """run_cli's call in this process where it can: train.py and scripts/NAME.py are bot/cli/NAME.py's
+    main (call_main); anything else (`-m torch.distributed.run ...`, a script of its own) runs in a
+    new process through run_cli."""
+    path = Path(script)
+    name = "train" if path.name == "train.py" else path.stem
+    if path.suffix == ".py" and (ROOT / "bot/cli" / f"{name}.py").is_file() and path.parent.name in ("", ROOT.name,
+                                                                                                        "scripts"):
+        import importlib
+
+        return call_main(importlib.import_module(f"bot.cli.{name}").main, *args, cwd=cwd)
+    return run_cli(script, *args, cwd=cwd)
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """`trained(recipe, *overrides)`: the run folder of that config, trained once per session in
+    this process and shared by every test that asks for the same config (read it, never change it)."""
+    runs = {}
+
+    def get(recipe, *overrides) -> Path:
+        key = (str(recipe), *map(str, overrides))
+        if key not in runs:
+            from bot import config
+            from bot.train.trainer import train
+
+            out = tmp_path_factory.mktemp("trained") / "run"
+            with contextlib.chdir(ROOT):
+                train(config.load(recipe, [*key[1:], f"run.out={out}"]))
+            runs[key] = out
+        return runs[key]
+
+    return get
 
 
 def pytest_configure(config):

@@ -10,33 +10,28 @@ import pytest
 import torch
 import yaml
 
-from conftest import ROOT, run_cli
+from conftest import ROOT
+from conftest import run_here as run_cli  # in this process, but torchrun
 
 TRAIN = ["data.backend=torch", "data.image_size=32", "data.batch_size=16", "data.workers=0",
          "schedule.epochs=2", "schedule.warmup_epochs=0", "run.log_every=1"]
 
 
 @pytest.fixture(scope="module")
-def training(toy, tmp_path_factory):
-    """A two-epoch ResNet-18-D run on the toy data (best.pt, last.pt, summary.json), and what
-    it printed off a terminal."""
-    out = tmp_path_factory.mktemp("run")
-    done = run_cli("train.py", "recipes/demo.yaml", f"data.root={toy}", f"run.out={out}", *TRAIN)
+def run(toy, trained):
+    """A two-epoch ResNet-18-D run on the toy data: best.pt, last.pt, summary.json."""
+    return trained("recipes/demo.yaml", f"data.root={toy}", *TRAIN)
+
+
+def test_training_off_a_terminal_prints_readable_lines_and_keeps_json_in_metrics(toy, tmp_path):
+    folder = tmp_path / "run"
+    done = run_cli("train.py", "recipes/demo.yaml", f"data.root={toy}", f"run.out={folder}", *TRAIN,
+                   "model.width=0.25", "data.image_size=16", "run.max_steps=4")
     assert done.returncode == 0, done.stderr[-2000:]
-    return out, done.stdout
-
-
-@pytest.fixture(scope="module")
-def run(training):
-    return training[0]
-
-
-def test_training_off_a_terminal_prints_readable_lines_and_keeps_json_in_metrics(training):
-    folder, stdout = training
     steps = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in steps if "loss" in r]
-    assert steps and not [line for line in stdout.splitlines() if line.startswith("{")]
-    printed = re.findall(r"^epoch (\d+)/2 step (\d+): loss (\S+) lr (\S+) (\d+) img/s$", stdout, re.M)
+    assert steps and not [line for line in done.stdout.splitlines() if line.startswith("{")]
+    printed = re.findall(r"^epoch (\d+)/2 step (\d+): loss (\S+) lr (\S+) (\d+) img/s$", done.stdout, re.M)
     assert printed == [(str(r["epoch"] + 1), str(r["step"]), f"{r['loss']:.4f}", f"{r['lr']:.4g}",
                         f"{r['img_per_s']:.0f}") for r in steps]
 

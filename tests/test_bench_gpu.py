@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import torch
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, call_main
 
 sys.path.insert(0, str(ROOT / "scripts"))
 import bench_gpu  # noqa: E402
@@ -19,10 +19,10 @@ from timeboxed import Figures  # noqa: E402
 
 def test_bench_gpu_runs_every_part_on_the_cpu(tmp_path):
     if not torch.cuda.is_available():
-        done = run_cli("scripts/bench_gpu.py", "--json", tmp_path / "none.json")
+        done = call_main(bench_gpu.main, "--json", tmp_path / "none.json")
         assert done.returncode == 2 and done.stderr.count("\n") == 1 and "--cpu-smoke" in done.stderr
-    # what make gpu-check runs, in its smoke mode
-    done = run_cli("scripts/bench_gpu.py", "--cpu-smoke", "--out", tmp_path / "check", "--parts", "tests", "step",
+    # what make gpu-check runs, in its smoke mode (its CUDA tests and train.py in processes of their own)
+    done = call_main(bench_gpu.main, "--cpu-smoke", "--out", tmp_path / "check", "--parts", "tests", "step",
                    "loader", "end-to-end")
     assert done.returncode == 0, done.stderr[-2000:]
     figures = json.loads((tmp_path / "check/gpu-check.json").read_text())

@@ -5,7 +5,7 @@ import yaml
 
 from bot import config
 from bot.errors import UserError
-from conftest import ROOT, run_cli
+from conftest import ROOT, run_here
 
 
 def test_defaults_are_the_paper_baseline():
@@ -80,10 +80,10 @@ def test_resolved_config_round_trips():
 
 
 def test_cli_prints_config_and_exits_2_with_one_line():
-    ok = run_cli("train.py", "recipes/demo.yaml", "optim.lr=0.3", "--print-config")
+    ok = run_here("train.py", "recipes/demo.yaml", "optim.lr=0.3", "--print-config")
     assert ok.returncode == 0 and yaml.safe_load(ok.stdout)["optim"]["lr"] == 0.3
-    bad = run_cli("train.py", "recipes/demo.yaml", "optim.lrr=0.3")
+    bad = run_here("train.py", "recipes/demo.yaml", "optim.lrr=0.3")
     assert bad.returncode == 2
     assert bad.stderr.strip() == "error: unknown config key: optim.lrr (did you mean optim.lr?)"
-    missing = run_cli("train.py", "recipes/nope.yaml")
+    missing = run_here("train.py", "recipes/nope.yaml")
     assert missing.returncode == 2 and "recipe not found: recipes/nope.yaml" in missing.stderr

@@ -10,7 +10,7 @@ import time
 
 import pytest
 import torch
-from conftest import ROOT, run_cli
+from conftest import ROOT, run_here, same_threads
 
 from bot import config
 from bot.data import build_loaders, sampling
@@ -65,7 +65,8 @@ def test_cutout_and_random_shapes_in_both_loaders(toy):
 def test_ema_run_reports_both_and_keeps_the_average(toy, tmp_path):
     out = tmp_path / "run"
     summary = train(config.load(None, [f"data.root={toy}", f"run.out={out}", "data.backend=torch", *SMALL,
-                                       "model.ema_decay=0.9", "model.ema_warmup=true", "run.best_of=ema"]))
+                                       "model.width=0.25", "model.ema_decay=0.9", "model.ema_warmup=true",
+                                       "run.best_of=ema"]))
     evals = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines() if "top1" in l]
     assert len(evals) == 2 and all({"top1", "top5", "ema_top1", "ema_top5"} <= e.keys() for e in evals)
     assert summary["ema_top1"] == evals[-1]["ema_top1"] and summary["best_top1"] == max(e["ema_top1"] for e in evals)
@@ -93,7 +94,8 @@ ALL_ON = ["loss.mixup_alpha=0.2", "loss.cutmix_alpha=1.0", "loss.cutmix_prob=0.5
           "model.act=silu", "data.train_sizes=[32, 64]", "data.size_schedule=progressive", "model.ema_decay=0.9",
           "model.ema_warmup=true", "run.best_of=ema"]
 FAULT_ARGS = ["data.image_size=32", "data.batch_size=16", "data.workers=0", "schedule.epochs=2",
-              "schedule.warmup_epochs=0", "run.log_every=1", "run.checkpoint_every=4"]
+              "schedule.warmup_epochs=0", "run.log_every=1", "run.checkpoint_every=4",
+              "model.width=0.5"]  # narrower, yet slow enough a step for the kill to land mid-epoch
 
 
 def records(folder):
@@ -106,9 +108,9 @@ def test_kill_9_then_resume_with_all_extras_on_is_bit_exact_across_a_size_change
     def args(out):
         return ["train.py", "recipes/demo.yaml", f"data.root={toy}", f"run.out={out}", *FAULT_ARGS, *ALL_ON]
 
-    whole = run_cli(*args(tmp_path / "whole"))
+    whole = run_here(*args(tmp_path / "whole"))
     assert whole.returncode == 0, whole.stderr
-    victim = subprocess.Popen([sys.executable, *map(str, args(tmp_path / "killed"))], cwd=ROOT,
+    victim = subprocess.Popen([sys.executable, *map(str, args(tmp_path / "killed"))], cwd=ROOT, env=same_threads(),
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
     while max((r["step"] for r in records(tmp_path / "killed") if "loss" in r), default=0) < 5 \
@@ -119,7 +121,7 @@ def test_kill_9_then_resume_with_all_extras_on_is_bit_exact_across_a_size_change
     victim.wait()
     saved = torch.load(tmp_path / "killed/last.pt", weights_only=False)["step"]
     assert saved in (4, 6)
-    again = run_cli(*args(tmp_path / "killed"))
+    again = run_here(*args(tmp_path / "killed"))
     assert again.returncode == 0, again.stderr
     assert f"resuming at step {saved}" in again.stdout
     a, b = (torch.load(tmp_path / f"{n}/last.pt", weights_only=False) for n in ("whole", "killed"))

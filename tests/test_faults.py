@@ -1,21 +1,17 @@
 """Runs that survive faults and bad input without losing work (through the CLI, as a user runs them).
 
-kill -9 mid-epoch then the same command = an uninterrupted run, bit for bit; a loss that is
-not finite stops the run and keeps the last good checkpoint; a truncated last.pt falls back
-to last.prev.pt; bad input exits 2 with one line and leaves last.pt as it was.
+A loss that is not finite stops the run and keeps the last good checkpoint; a truncated last.pt
+falls back to last.prev.pt; bad input exits 2 with one line and leaves last.pt as it was. (kill -9
+mid-epoch then the same command = an uninterrupted run, bit for bit: tests/test_preempt.py, with
+the scheduler's signals.)
 """
 
 import json
-import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
-from conftest import ROOT, run_cli
+from conftest import run_here
 
 from bot import config
 from bot.data import sampling
@@ -28,6 +24,9 @@ from bot.train.trainer import train
 RECIPE = "recipes/demo.yaml"
 ARGS = ["data.image_size=32", "data.batch_size=16", "data.workers=0", "schedule.epochs=2",
         "schedule.warmup_epochs=0", "run.log_every=1"]  # 96 toy images: 6 steps per epoch
+
+
+NARROW = ["model.width=0.25"]  # where only the run's control flow is tested: fp16 on the CPU is slow
 
 
 def cli_args(toy, out, *extra):
@@ -55,29 +54,6 @@ def steps_logged(folder):
     return [r["step"] for r in records(folder) if "loss" in r]
 
 
-def test_kill_9_mid_epoch_then_the_same_command_matches_an_uninterrupted_run(toy, tmp_path):
-    extra = ["run.checkpoint_every=4", "run.max_steps=8"]  # last.pt at steps 4, 6 (epoch end), 8
-    whole = run_cli(*cli_args(toy, tmp_path / "whole", *extra))
-    assert whole.returncode == 0, whole.stderr
-    command = [sys.executable, *map(str, cli_args(toy, tmp_path / "killed", *extra))]
-    victim = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    while max(steps_logged(tmp_path / "killed"), default=0) < 5 and victim.poll() is None:
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
-    os.kill(victim.pid, signal.SIGKILL)  # in step 6 or so: last.pt is at step 4, mid epoch 1
-    victim.wait()
-    assert victim.returncode == -signal.SIGKILL
-    saved = torch.load(tmp_path / "killed/last.pt", weights_only=False)["step"]
-    assert saved in (4, 6)  # 6 only if the machine was slow to deliver the kill
-    again = run_cli(*command[1:])
-    assert again.returncode == 0, again.stderr
-    assert f"resuming at step {saved}" in again.stdout
-    assert_same(weights(tmp_path / "whole"), weights(tmp_path / "killed"))
-    # the steps trained again after the kill replaced their lines: the log reads as one run's
-    assert records(tmp_path / "killed") == records(tmp_path / "whole")
-
-
 def test_resume_drops_the_metrics_of_steps_after_the_checkpoint(tmp_path):
     from bot.train.runlog import RunLog
 
@@ -92,7 +68,7 @@ def test_resume_drops_the_metrics_of_steps_after_the_checkpoint(tmp_path):
 
 def test_non_finite_loss_stops_with_exit_2_and_keeps_the_last_good_checkpoint(toy, tmp_path):
     out = tmp_path / "run"
-    done = run_cli(*cli_args(toy, out, "run.checkpoint_every=1", "optim.lr=1.0e+30"))
+    done = run_here(*cli_args(toy, out, "run.checkpoint_every=1", "optim.lr=1.0e+30", *NARROW))
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip() == (f"error: loss is not finite since step 2; stopped, keeping {out / 'last.pt'} "
                                    f"at step 1 (lower optim.lr, or use fp16 with its loss scaling)")
@@ -107,7 +83,7 @@ def test_fp16_overflow_in_the_forward_stops_at_once(toy, tmp_path):
     the loss scaler skips the step: no later step repairs them, so the run stops there and
     last.pt keeps the finite state of the step before."""
     out = tmp_path / "run"
-    done = run_cli(*cli_args(toy, out, "precision=fp16", "optim.lr=1.0e+30", "run.checkpoint_every=1"))
+    done = run_here(*cli_args(toy, out, "precision=fp16", "optim.lr=1.0e+30", "run.checkpoint_every=1", *NARROW))
     if "use bf16" in done.stderr:
         pytest.skip("fp16 is not supported on this machine's CPU")
     assert done.returncode == 2, done.stderr
@@ -134,7 +110,7 @@ def test_fp16_skips_non_finite_losses_then_stops_after_too_many_in_a_row(toy, tm
     monkeypatch.setattr(losses.Objective, "loss", poisoned)
     out = tmp_path / "run"
     cfg = config.load(RECIPE, [f"data.root={toy}", f"run.out={out}", *ARGS, "precision=fp16",
-                               "run.checkpoint_every=1"])
+                               "run.checkpoint_every=1", *NARROW])
     try:
         train(cfg)
     except UserError as e:
@@ -151,7 +127,7 @@ def test_fp16_skips_non_finite_losses_then_stops_after_too_many_in_a_row(toy, tm
 
 def test_truncated_last_pt_falls_back_to_the_previous_one(toy, tmp_path, capfd):
     cfg = config.load(RECIPE, [f"data.root={toy}", f"run.out={tmp_path / 'run'}", *ARGS, "run.checkpoint_every=2",
-                               "run.max_steps=4"])
+                               "run.max_steps=4", *NARROW])
     out = tmp_path / "run"
     train(cfg)  # last.pt at step 4, last.prev.pt at step 2
     whole = weights(out)
@@ -227,7 +203,7 @@ def test_bad_input_exits_2_with_one_line_and_keeps_last_pt(toy, tmp_path, run_fo
         teacher = teacher_with_classes(tmp_path, 4, names[1::-1] + names[2:])
         extra = [f"loss.distill_teacher={teacher}", "run.resume=force"]
         message = f"other classes than the data: class 0 is {names[1]!r} against {names[0]!r}"
-    done = run_cli(*cli_args(root, run_folder, *extra))
+    done = run_here(*cli_args(root, run_folder, *extra))
     assert done.returncode == 2, done.stderr[-2000:]
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr[-2000:]
     assert done.stderr.startswith("error: ") and message in done.stderr, done.stderr

@@ -6,7 +6,7 @@ import math
 import pytest
 import timm
 import torch
-from conftest import ROOT, run_cli
+from conftest import ROOT, run_here
 from torch import nn
 
 from bot import config
@@ -113,7 +113,7 @@ def test_inception_size_and_val_resize():
 
 
 def test_zero_gamma_on_mobilenet_exits_2_from_the_cli(toy, tmp_path):
-    r = run_cli(ROOT / "train.py", ROOT / "recipes" / "efficient.yaml", "model.arch=mobilenet_v1",
+    r = run_here(ROOT / "train.py", ROOT / "recipes" / "efficient.yaml", "model.arch=mobilenet_v1",
                 f"data.root={toy}", f"run.out={tmp_path / 'run'}")
     assert r.returncode == 2
     assert r.stderr.strip() == ("error: model.zero_gamma: zeroes the last BN of each residual block (section 3.1); "

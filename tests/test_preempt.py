@@ -1,8 +1,10 @@
-"""A scheduler's notice (SIGTERM, SIGUSR1) ends a run after a step with last.pt, and the same
-command then ends where an uninterrupted run ends, bit for bit: one process with loader
-workers (signalled as SLURM does, the whole process group), and 2 processes under torchrun.
+"""A scheduler's notice (SIGTERM, SIGUSR1) ends a run after a step with last.pt, and so does
+kill -9 at the last checkpoint; the same command then ends where an uninterrupted run ends, bit
+for bit: one process with loader workers (signalled as SLURM does, the whole process group), on
+the folder and on shards with both loaders, and 2 processes under torchrun on shards.
 """
 
+import contextlib
 import os
 import re
 import signal
@@ -10,13 +12,14 @@ import subprocess
 import sys
 import time
 
+import psutil
 import pytest
 import torch
-from conftest import ROOT, run_cli
-from test_faults import assert_same, cli_args, records, steps_logged, weights
+from conftest import ROOT, run_here, same_threads
+from signal_worker import ignore_then_wait
+from test_faults import ARGS, RECIPE, assert_same, cli_args, records, steps_logged, weights
 
 from bot import config
-from bot.data.workers import ignore_stop_signals
 from bot.files import checkpoint
 from bot.train.preempt import REQUEUE_STATUS, Stopped, StopSignals
 from bot.train.trainer import Run, train
@@ -36,49 +39,101 @@ def signal_when_logged(command, folder, step, send, **popen):
     return victim.returncode, out, err
 
 
-def test_sigterm_to_the_process_group_stops_after_the_step_then_the_same_command_matches(toy, tmp_path):
-    extra = ["data.workers=2", "run.max_steps=9"]  # workers: SLURM signals them too; they must not die of it
-    whole = run_cli(*cli_args(toy, tmp_path / "whole", *extra))
-    assert whole.returncode == 0, whole.stderr
-    command = [sys.executable, *map(str, cli_args(toy, tmp_path / "stopped", *extra))]
-    status, out, err = signal_when_logged(command, tmp_path / "stopped", 2,
-                                          lambda p: os.killpg(p.pid, signal.SIGTERM), start_new_session=True)
+# last.pt every 4 steps and at each epoch's end (6 steps); the run ends at step 8
+CAPS = ["run.checkpoint_every=4", "run.max_steps=8"]
+
+
+@pytest.mark.parametrize("root, backend", [("folder", "torch"), ("shards", "dali")])  # shards + torch: 2 processes below
+def test_sigterm_then_kill_9_mid_epoch_then_the_same_command_matches_an_uninterrupted_run(
+        toy, toy_shards, trained, tmp_path, root, backend):
+    """One run stopped twice, each time resumed by the same command: SIGTERM to the process group
+    (as SLURM sends it), then kill -9 mid-epoch; it ends as an uninterrupted run ends, weights and
+    log. Shards in the folder's order give the folder's batches (tests/test_shards.py), so the
+    folder's uninterrupted run is the reference. (Loader workers under the group's signal, which
+    must not die of it: tests/test_run_folder.py and the last test here; each worker process
+    imports torch, seconds apiece.)"""
+    if backend == "dali":
+        pytest.importorskip("nvidia.dali")
+    whole = trained(RECIPE, f"data.root={toy}", *ARGS, *CAPS, f"data.backend={backend}")  # in this process
+    out = tmp_path / "run"
+    command = [sys.executable, *map(str, cli_args(toy if root == "folder" else toy_shards, out, *CAPS,
+                                                   f"data.backend={backend}"))]
+    group = {"start_new_session": True, "env": same_threads()}
+
+    status, stdout, err = signal_when_logged(command, out, 2, lambda p: os.killpg(p.pid, signal.SIGTERM), **group)
     assert status == REQUEUE_STATUS, err[-2000:]
-    [(name, step)] = STOPPED.findall(out)
-    assert name == "SIGTERM" and 2 <= int(step) < 9
-    assert torch.load(tmp_path / "stopped/last.pt", weights_only=False)["step"] == int(step)  # mid epoch 1 or 2
+    [(name, step)] = STOPPED.findall(stdout)
+    stopped = int(step)
+    assert name == "SIGTERM" and 2 <= stopped <= 4
+    assert torch.load(out / "last.pt", weights_only=False)["step"] == stopped  # mid epoch 0
     assert "Traceback" not in err and "exited unexpectedly" not in err
 
-    again = run_cli(*command[1:])
+    status, stdout, err = signal_when_logged(command, out, 5, lambda p: os.killpg(p.pid, signal.SIGKILL), **group)
+    assert status == -signal.SIGKILL, err[-2000:]
+    assert f"resuming at step {stopped}" in stdout
+    saved = torch.load(out / "last.pt", weights_only=False)["step"]
+    assert saved in (4, 6)  # killed in step 6 or so: last.pt at step 4 (6 only if the kill came late)
+
+    again = run_here(*command[1:])
     assert again.returncode == 0, again.stderr
-    assert f"resuming at step {step}" in again.stdout
-    assert_same(weights(tmp_path / "whole"), weights(tmp_path / "stopped"))
-    assert records(tmp_path / "stopped") == records(tmp_path / "whole")
+    assert f"resuming at step {saved}" in again.stdout
+    assert_same(weights(whole), weights(out))
+    # the steps trained again after each stop replaced their lines: the log reads as one run's
+    assert records(out) == records(whole)
 
 
-def test_two_processes_stop_at_the_same_step_and_resume_bit_exactly(toy, tmp_path):
+def kill_9_all(launcher):
+    """kill -9 a launcher and every process under it at once, as when a machine is lost (torchrun's
+    workers run in sessions of their own: a process group's kill misses them)."""
+    with contextlib.suppress(psutil.NoSuchProcess):  # it has exited
+        top = psutil.Process(launcher.pid)
+        for process in [top, *top.children(recursive=True)]:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.kill()
+
+
+def test_two_processes_stop_together_and_resume_bit_exactly_after_sigterm_and_kill_9(toy, toy_shards, tmp_path):
+    """torchrun, 2 processes: SIGTERM to torchrun (as srun or a spot instance gives it; torchrun
+    passes it on to both workers), then kill -9 of every process; the run on shards ends as the
+    uninterrupted run on the folder."""
     env = os.environ | {"OMP_NUM_THREADS": "1"}
     args = ["data.image_size=32", "data.batch_size=16", "data.workers=0", "model.arch=resnet18", "model.variant=D",
-            "schedule.epochs=2", "schedule.warmup_epochs=0", "run.log_every=1", "run.max_steps=6",
-            f"data.root={toy}"]  # 96 images over 2 processes: 6 steps per epoch
+            "schedule.epochs=2", "schedule.warmup_epochs=0", "run.log_every=1", "run.checkpoint_every=5",
+            "run.max_steps=8"]  # 96 images over 2 processes: 6 steps per epoch
 
-    def launch(out):
+    def launch(root, out):
         return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                "train.py", "recipes/demo.yaml", f"run.out={out}", *args]
+                "train.py", "recipes/demo.yaml", f"data.root={root}", f"run.out={out}", *args]
 
-    whole = subprocess.run(launch(tmp_path / "whole"), cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert whole.returncode == 0, whole.stderr[-3000:]
-    # SIGTERM to torchrun, as srun or a spot instance gives it; torchrun passes it on to both workers
-    status, out, err = signal_when_logged(launch(tmp_path / "stopped"), tmp_path / "stopped", 2,
-                                          lambda p: p.send_signal(signal.SIGTERM), env=env)
-    [(name, step)] = STOPPED.findall(out)  # one line: rank 0's
-    assert status != 0 and name == "SIGTERM" and int(step) < 6, err[-3000:]
-    assert torch.load(tmp_path / "stopped/last.pt", weights_only=False)["step"] == int(step)
-    again = subprocess.run(launch(tmp_path / "stopped"), cwd=ROOT, env=env, capture_output=True, text=True,
-                           timeout=300)
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert f"resuming at step {step}" in again.stdout
-    assert_same(weights(tmp_path / "whole"), weights(tmp_path / "stopped"))
+    # the uninterrupted run goes on beside the stopped ones: launches mostly import, one core each
+    with open(tmp_path / "whole.err", "w") as log:
+        whole = subprocess.Popen(launch(toy, tmp_path / "whole"), cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                                 stderr=log)
+    try:
+        out = tmp_path / "stopped"
+        status, stdout, err = signal_when_logged(launch(toy_shards, out), out, 2,
+                                                 lambda p: p.send_signal(signal.SIGTERM), env=env)
+        [(name, step)] = STOPPED.findall(stdout)  # one line: rank 0's
+        stopped = int(step)
+        assert status != 0 and name == "SIGTERM" and stopped <= 5, err[-3000:]
+        assert torch.load(out / "last.pt", weights_only=False)["step"] == stopped
+
+        status, stdout, err = signal_when_logged(launch(toy_shards, out), out, 6, kill_9_all, env=env)
+        assert status == -signal.SIGKILL, err[-3000:]
+        assert f"resuming at step {stopped}" in stdout
+        saved = torch.load(out / "last.pt", weights_only=False)["step"]
+        assert saved in (5, 6) and saved >= stopped  # mid epoch 0, or its end if the kill came late
+
+        again = subprocess.run(launch(toy_shards, out), cwd=ROOT, env=env, capture_output=True, text=True,
+                               timeout=300)
+        assert again.returncode == 0, again.stderr[-3000:]
+        assert f"resuming at step {saved}" in again.stdout
+        assert whole.wait(timeout=300) == 0, (tmp_path / "whole.err").read_text()[-3000:]
+    finally:
+        if whole.poll() is None:  # the test failed before its end (a reaped pid could be another's by now)
+            kill_9_all(whole)
+    assert_same(weights(tmp_path / "whole"), weights(out))
+    assert records(out) == records(tmp_path / "whole")
 
 
 def test_a_second_signal_during_the_save_changes_nothing(toy, tmp_path, monkeypatch):
@@ -124,12 +179,6 @@ def test_one_process_stops_on_the_first_signal_only():
 
 
 
-def _worker(exiting, ready):
-    ignore_stop_signals(exiting)
-    ready.set()
-    time.sleep(60)
-
-
 @pytest.mark.parametrize("main_is_exiting", [False, True])
 def test_a_loader_worker_dies_of_a_stop_signal_only_once_its_main_process_exits(main_is_exiting):
     # Before (SLURM signalling the whole job step) it must live on, or the run dies before it
@@ -138,7 +187,7 @@ def test_a_loader_worker_dies_of_a_stop_signal_only_once_its_main_process_exits(
 
     context = multiprocessing.get_context("spawn")
     exiting, ready = context.Event(), context.Event()
-    worker = context.Process(target=_worker, args=(exiting, ready), daemon=True)
+    worker = context.Process(target=ignore_then_wait, args=(exiting, ready), daemon=True)
     worker.start()
     try:
         assert ready.wait(60)

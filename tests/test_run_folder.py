@@ -197,7 +197,7 @@ def test_sigusr1_to_the_process_group_stops_the_run_without_helper_tracebacks(to
     multiprocessing's resource tracker too. The tracker must not die of SIGUSR1 (relaunched,
     it printed a KeyError traceback per semaphore it had not seen)."""
     out = tmp_path / "run"
-    victim = subprocess.Popen([sys.executable, "train.py", *argv(toy, out, "data.workers=2")], cwd=ROOT,
+    victim = subprocess.Popen([sys.executable, "train.py", *argv(toy, out, "data.workers=1")], cwd=ROOT,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     log = out / "metrics.jsonl"
     deadline = time.monotonic() + 300

@@ -27,11 +27,9 @@ TINY = ["data.image_size=32", "data.batch_size=8", "data.workers=0", "model.arch
 
 
 @pytest.fixture(scope="module")
-def shards(toy, tmp_path_factory):
+def shards(toy_shards):
     """The toy data as shards in its own (label) order, so index i is the same image in both."""
-    out = tmp_path_factory.mktemp("shards") / "toy"
-    make_shards(toy, out, shuffle=False, shard_samples=10, progress=False)
-    return out
+    return toy_shards  # tests/conftest.py: 10 samples a shard
 
 
 @pytest.fixture(scope="module")
@@ -127,20 +125,26 @@ def test_hugging_face_dataset_as_source(toy, tmp_path, form):
 # ---------------------------------------------------------------- reading: the same batches as the folder
 
 
-def loaders(root, backend):
+def loaders(root, backend, rank=0, world=1):
     cfg = config.load(None, [f"data.root={root}", f"data.backend={backend}", *TINY])
     train_split, val_split = open_dataset(str(root))
     if backend == "torch":
-        return TrainLoader(train_split, cfg.data, 5, 0, 1, 8, pin=False), ValLoader(val_split, cfg.data, 0, 1, 8, pin=False)
+        return (TrainLoader(train_split, cfg.data, 5, rank, world, 8, pin=False),
+                ValLoader(val_split, cfg.data, rank, world, 8, pin=False))
     from bot.data.dali import DaliTrainLoader, DaliValLoader
-    return DaliTrainLoader(train_split, cfg.data, 5, 0, 1, 8, "cpu"), DaliValLoader(val_split, cfg.data, 0, 1, 8, "cpu")
+    return (DaliTrainLoader(train_split, cfg.data, 5, rank, world, 8, "cpu"),
+            DaliValLoader(val_split, cfg.data, rank, world, 8, "cpu"))
 
 
 @pytest.mark.parametrize("backend", ["torch", "dali"])
-def test_both_loaders_give_the_folders_batches(toy, shards, backend):
+@pytest.mark.parametrize("rank, world", [(0, 1), (1, 2)])  # (1, 2): the second of 2 processes
+def test_both_loaders_give_the_folders_batches(toy, shards, backend, rank, world):
+    """Also mid-epoch, as a resumed run asks: with the folder's batches, a run on shards resumes
+    as on the folder (tests/test_preempt.py stops and resumes real runs on shards)."""
     if backend == "dali":
         pytest.importorskip("nvidia.dali")
-    (folder_train, folder_val), (shard_train, shard_val) = loaders(toy, backend), loaders(shards, backend)
+    (folder_train, folder_val), (shard_train, shard_val) = loaders(toy, backend, rank, world), \
+        loaders(shards, backend, rank, world)
     assert shard_train.classes == folder_train.classes
     for loader in (folder_train, shard_train):
         loader.set_epoch(1, start_step=3)  # mid-epoch, as a resumed run asks

@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from conftest import ROOT, run_cli
+from conftest import ROOT, run_here
 
 from bot import config
 from bot.deploy.prune import choose_channels, prune
@@ -122,9 +122,10 @@ TRAIN = ["data.backend=torch", "data.image_size=32", "data.batch_size=16", "data
 
 def test_slim_cli_writes_a_checkpoint_that_fine_tunes_evaluates_and_exports(toy, tmp_path):
     run = tmp_path / "run"
-    done = run_cli("train.py", "recipes/demo.yaml", f"data.root={toy}", f"run.out={run}", "model.slim_l1=1e-4", *TRAIN)
+    done = run_here("train.py", "recipes/demo.yaml", f"data.root={toy}", f"run.out={run}", "model.slim_l1=1e-4", *TRAIN,
+                    "run.max_steps=3")
     assert done.returncode == 0, done.stderr[-2000:]
-    slim = run_cli("scripts/slim.py", run, "--ratio", "0.3", "--out", tmp_path / "slim")
+    slim = run_here("scripts/slim.py", run, "--ratio", "0.3", "--out", tmp_path / "slim")
     assert slim.returncode == 0, slim.stderr[-2000:]
     info = json.loads((tmp_path / "slim" / "slim.json").read_text())
     kept = sum(after for _, after in info["channels"].values())
@@ -132,14 +133,14 @@ def test_slim_cli_writes_a_checkpoint_that_fine_tunes_evaluates_and_exports(toy,
     assert kept == total - round(0.3 * total)
     assert info["params"][1] < info["params"][0] and info["macs"][1] < info["macs"][0]
     tuned = tmp_path / "tuned"
-    done = run_cli("train.py", "recipes/demo.yaml", f"data.root={toy}", f"run.out={tuned}",
-                   f"model.init_from={tmp_path / 'slim' / 'best.pt'}", *TRAIN[:-3], "schedule.epochs=1",
-                   "schedule.warmup_epochs=0", "run.log_every=1")
+    done = run_here("train.py", "recipes/demo.yaml", f"data.root={toy}", f"run.out={tuned}",
+                    f"model.init_from={tmp_path / 'slim' / 'best.pt'}", *TRAIN[:-3], "schedule.epochs=1",
+                    "schedule.warmup_epochs=0", "run.log_every=1", "run.max_steps=2")
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads((tuned / "summary.json").read_text())["params"] == info["params"][1]
-    evaluated = run_cli("scripts/evaluate.py", tuned)
+    evaluated = run_here("scripts/evaluate.py", tuned)
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
-    exported = run_cli("scripts/export.py", tuned, "--format", "torchscript")
+    exported = run_here("scripts/export.py", tuned, "--format", "torchscript")
     assert exported.returncode == 0, exported.stderr[-2000:]
 
 

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 import yaml
-from conftest import run_cli
+from conftest import run_here
 
 from bot import config
 from bot.errors import UserError
@@ -19,15 +19,21 @@ def small(toy, out, *extra):
     return config.load(None, [f"data.root={toy}", f"run.out={out}", *SMALL, *extra])
 
 
+def narrow(toy, out, *extra):
+    """small() at a quarter of the width, where a test checks the run's bookkeeping, not its network."""
+    return small(toy, out, "model.width=0.25", *extra)
+
+
 def lines(folder):
     return [json.loads(l) for l in (folder / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_short_run_learns_well_above_chance(toy, tmp_path):
-    cfg = small(toy, tmp_path / "run", "schedule.epochs=8", "schedule.kind=cosine", "model.zero_gamma=true",
-                "data.random_area=[0.35, 1]", "optim.lr=0.8", "model.init=kaiming")
+    cfg = narrow(toy, tmp_path / "run", "schedule.epochs=8", "schedule.kind=cosine", "model.zero_gamma=true",
+                 "data.random_area=[0.35, 1]", "optim.lr=0.8", "model.init=kaiming")
     summary = train(cfg)
-    assert summary["best_top1"] >= 45, summary  # 4 classes: chance is 25%
+    # 4 classes: chance is 25%. Measured 68.75 (62.5 at full width, 6x slower)
+    assert summary["best_top1"] >= 45, summary
 
 
 def test_run_folder_contents(toy, tmp_path):
@@ -55,11 +61,11 @@ def test_run_folder_contents(toy, tmp_path):
 
 
 def test_resume_continues_at_the_step_and_matches_an_uninterrupted_run(toy, tmp_path):
-    whole = train(small(toy, tmp_path / "whole", "run.max_steps=9"))
+    whole = train(narrow(toy, tmp_path / "whole", "run.max_steps=9"))
     assert whole["steps"] == 9
-    part = train(small(toy, tmp_path / "part", "run.max_steps=4"))  # stops mid-epoch 0 (6 steps/epoch)
+    part = train(narrow(toy, tmp_path / "part", "run.max_steps=4"))  # stops mid-epoch 0 (6 steps/epoch)
     assert part["steps"] == 4
-    again = train(small(toy, tmp_path / "part", "run.max_steps=9"))  # the same command, a later cap: resumes
+    again = train(narrow(toy, tmp_path / "part", "run.max_steps=9"))  # the same command, a later cap: resumes
     assert again["steps"] == 9
     steps = [r["step"] for r in lines(tmp_path / "part") if "loss" in r]
     assert steps == list(range(1, 10))  # continued at step 5, nothing repeated
@@ -69,15 +75,15 @@ def test_resume_continues_at_the_step_and_matches_an_uninterrupted_run(toy, tmp_
 
 
 def test_finished_run_is_not_rerun(toy, tmp_path):
-    first = train(small(toy, tmp_path / "run", "run.max_steps=2"))
+    first = train(narrow(toy, tmp_path / "run", "run.max_steps=2"))
     before = (tmp_path / "run/last.pt").stat().st_mtime_ns
-    assert train(small(toy, tmp_path / "run", "run.max_steps=2")) == first
+    assert train(narrow(toy, tmp_path / "run", "run.max_steps=2")) == first
     assert (tmp_path / "run/last.pt").stat().st_mtime_ns == before
 
 
 @pytest.mark.parametrize("precision", ["fp16", "bf16"])
 def test_mixed_precision_and_channels_last_train_without_nans(toy, tmp_path, precision):
-    summary = train(small(toy, tmp_path / "run", f"precision={precision}", "channels_last=true", "run.max_steps=3"))
+    summary = train(narrow(toy, tmp_path / "run", f"precision={precision}", "channels_last=true", "run.max_steps=3"))
     losses = [r["loss"] for r in lines(tmp_path / "run") if "loss" in r]
     assert len(losses) == 3 and all(l == l and abs(l) < 100 for l in losses)
     assert summary["top1"] >= 0
@@ -88,10 +94,10 @@ def test_mixed_precision_and_channels_last_train_without_nans(toy, tmp_path, pre
 
 
 def test_changed_config_is_not_resumed_silently(toy, tmp_path):
-    train(small(toy, tmp_path / "run", "run.max_steps=2"))
+    train(narrow(toy, tmp_path / "run", "run.max_steps=2"))
     with pytest.raises(UserError, match=r"holds a run with another config \(optim.lr 0.1 -> 0.2\)"):
-        train(small(toy, tmp_path / "run", "run.max_steps=4", "optim.lr=0.2"))
-    assert train(small(toy, tmp_path / "run", "run.max_steps=4", "optim.lr=0.2", "run.resume=force"))["steps"] == 4
+        train(narrow(toy, tmp_path / "run", "run.max_steps=4", "optim.lr=0.2"))
+    assert train(narrow(toy, tmp_path / "run", "run.max_steps=4", "optim.lr=0.2", "run.resume=force"))["steps"] == 4
 
 
 def test_a_key_that_changes_no_step_never_refuses_a_resume(tmp_path):
@@ -109,13 +115,13 @@ def test_a_key_that_changes_no_step_never_refuses_a_resume(tmp_path):
 
 def test_bad_input_exits_2_and_keeps_the_checkpoint(toy, tmp_path):
     out = tmp_path / "run"
-    train(small(toy, out, "run.max_steps=2"))
+    train(narrow(toy, out, "run.max_steps=2"))
     kept = (out / "last.pt").read_bytes()
     args = ["train.py", "recipes/demo.yaml", f"run.out={out}", *SMALL, "schedule.warmup_epochs=0"]
     for bad, message in [("data.root=/nonexistent", "data.root /nonexistent does not exist"),
                          (f"data.root={tmp_path}", "has no train/ folder"),
                          ("data.batch_size=0", "data.batch_size: must be at least 1")]:
-        done = run_cli(*args, bad)
+        done = run_here(*args, bad)
         assert done.returncode == 2, done.stderr
         assert done.stderr.strip().startswith("error: ") and message in done.stderr
         assert len(done.stderr.strip().splitlines()) == 1

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, run_cli
+from conftest import ROOT, run_here
 
 from bot.cli import evaluate, export, predict, quantize, slim
 from bot.cli import train as train_cli
@@ -83,7 +83,7 @@ def test_a_code_running_checkpoint_is_refused_by_training(planted, toy, tmp_path
 
 def test_a_code_running_checkpoint_is_refused_through_the_script(planted):
     path, marker = planted
-    done = run_cli("scripts/evaluate.py", path)
+    done = run_here("scripts/evaluate.py", path)
     _one_line_refusal(done.returncode, done.stderr, path)
     assert not marker.exists()
 
