@@ -107,7 +107,7 @@ def slugify(name: str) -> str:
 
 def shell_path(path: Path) -> str:
     """`path` relative to the working directory when it is below it, else absolute."""
-    absolute = path.resolve() if not path.is_absolute() else path
+    absolute = path.resolve() if not path.is_absolute() else Path(os.path.normpath(path))  # no `dir/../`
     rel = os.path.relpath(absolute)
     return absolute.as_posix() if rel.startswith("..") else Path(rel).as_posix()
 
