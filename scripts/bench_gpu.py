@@ -306,7 +306,9 @@ def smoke(args) -> None:
     args.arch, args.size, args.batch, args.precisions, args.compile = "resnet18", 32, 8, ["fp32"], [False]
     args.steps, args.rounds, args.warmup, args.images, args.loader_epochs = 1, 1, 1, 32, 1
     args.train_steps, args.log_every, args.cores = 4, 1, 0  # 0: no worker processes to start
-    args.train_overrides = ["data.backend=torch", "model.arch=resnet18"]
+    # fp32: the recipe's fp16 is emulated on a CPU (this train.py, start to end: 11.5 s in fp16,
+    # 8.2 s in fp32 on 2 cores)
+    args.train_overrides = ["data.backend=torch", "model.arch=resnet18", "precision=fp32"]
 
 
 def plan(args, device, batch: int, images, folder: Path) -> list:
