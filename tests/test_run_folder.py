@@ -15,6 +15,7 @@ import sys
 import textwrap
 import time
 
+import psutil
 import pytest
 from conftest import ROOT, tmpfs
 
@@ -204,10 +205,30 @@ def test_sigusr1_to_the_process_group_stops_the_run_without_helper_tracebacks(to
     while victim.poll() is None and not (log.exists() and '"step": 2,' in log.read_text()):
         assert time.monotonic() < deadline
         time.sleep(0.05)
+    helpers = {" ".join(p.cmdline()): p for p in psutil.Process(victim.pid).children()}
+    [server] = [p for command, p in helpers.items() if "multiprocessing.forkserver" in command]
+    [tracker] = [p for command, p in helpers.items() if "multiprocessing.resource_tracker" in command]
+    # the signal stays pending in the helpers (the fork server's death ended its workers, whose
+    # parent it is: the next batch failed, or not, by the race of the signal against the step)
+    assert stop_signals(server.pid, "SigBlk") == STOP
+    assert stop_signals(tracker.pid, "SigBlk") | stop_signals(tracker.pid, "SigIgn") == STOP  # it ignores SIGTERM
+    [worker] = server.children()  # the train loader's; its handler ignores the signal
+    assert stop_signals(worker.pid, "SigBlk") == set() and stop_signals(worker.pid, "SigCgt") == STOP
     os.killpg(victim.pid, signal.SIGUSR1)
     stdout, stderr = victim.communicate(timeout=300)
     assert victim.returncode == 75, stderr[-2000:]
     assert "stopped by SIGUSR1" in stdout and "Traceback" not in stderr, stderr[-2000:]
+
+
+STOP = {signal.SIGTERM, signal.SIGUSR1}
+
+
+def stop_signals(pid: int, mask: str) -> set:
+    """The stop signals in a bit mask of /proc/PID/status: SigBlk (blocked), SigIgn (ignored) or
+    SigCgt (caught by a handler)."""
+    [line] = [line for line in open(f"/proc/{pid}/status") if line.startswith(mask + ":")]
+    bits = int(line.split()[1], 16)
+    return {sig for sig in STOP if bits >> (sig - 1) & 1}
 
 
 def test_sigterm_to_a_single_process_accelerate_launcher_stops_its_trainer(toy, tmp_path):
@@ -225,3 +246,22 @@ def test_sigterm_to_a_single_process_accelerate_launcher_stops_its_trainer(toy, 
     stdout, _ = launcher.communicate(timeout=300)  # the trainer holds the pipe until it exits
     stopped = re.search(r"stopped by SIGTERM at step (\d+)", stdout)
     assert stopped and step_of(out / "last.pt") == int(stopped.group(1))
+
+
+def test_anyone_elses_process_from_the_protected_fork_server_can_still_be_terminated():
+    """The fork server blocks the stop signals (bot.data.workers.start_helpers), but a process it
+    forks starts with them unblocked: a user's own forkserver Pool or Process beside our loaders
+    (Python 3.14's default start method) still ends on terminate() instead of hanging its join."""
+    script = textwrap.dedent("""
+        import multiprocessing, signal, time
+        from bot.data import workers
+        workers.worker_init("forkserver")  # what a loader with workers does first
+        process = multiprocessing.get_context("forkserver").Process(target=time.sleep, args=(60,))
+        process.start()
+        process.terminate()
+        process.join(20)
+        print(process.exitcode)
+        process.kill()  # still alive (the signal blocked): not to hang this exit too
+    """)
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.split() == [str(-signal.SIGTERM)], done.stderr[-2000:]

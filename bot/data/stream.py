@@ -35,8 +35,8 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from bot.data import sampling
 from bot.data.shards import IMAGE_EXTS, INFO, TRAIN_SPLITS, VAL_SPLITS, parse_info, parse_label, split_entry
 from bot.data.shards import class_names, split_key
-from bot.data.torch_loader import CONTEXT, ImageFiles, decode, workers_without_main
-from bot.data.workers import worker_init
+from bot.data.torch_loader import CONTEXT, ImageFiles, decode
+from bot.data.workers import worker_init, workers_without_main
 from bot.errors import UserError
 
 TIMEOUT_S, TRIES = 30.0, 5  # per read (socket timeout) and per shard

@@ -9,9 +9,6 @@ training size (bot.data.sizes) with its index: the workers hold no per-epoch sta
 from __future__ import annotations
 
 import io
-import sys
-import types
-from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -23,37 +20,12 @@ from bot.data.cutout import cutout_box, erase
 from bot.data.folder import Split
 from bot.data.sizes import size_schedule
 from bot.data.transforms import train_transform, val_transform
-from bot.data.workers import worker_init  # the main process saves, then ends its workers
+from bot.data.workers import worker_init, workers_without_main  # the main process saves, then ends its workers
 from bot.errors import UserError
 
 # Workers start from a fork server, not a fork of this process: forking a process that
 # already runs threads (DALI's, or a torch thread pool) can deadlock the child.
 CONTEXT = "forkserver"
-
-
-@contextmanager
-def workers_without_main():
-    """Start workers that do not re-run the user's __main__, whatever it is.
-
-    A fork-server (or spawn) child is prepared from `multiprocessing.spawn.get_preparation_data`,
-    which tells it to re-import the parent's __main__ as `__mp_main__`: by path when __main__
-    has a `__file__` (`init_main_from_path`, runpy.run_path), by module name when it has a
-    `__spec__` (`init_main_from_name`, `python -m`). An unguarded script is then run again in
-    every worker, which starts loaders while still bootstrapping and dies ("DataLoader worker
-    exited unexpectedly"); a script read from stdin has `__file__ == "<stdin>"`, a file that
-    does not exist; a notebook's `%run script.py` puts the script's `__file__` into __main__.
-    The workers run only code from bot, torch and torchvision, found by import, and need
-    nothing from __main__; so while they start, __main__ is swapped for a bare module, the
-    state of `python -c`, which gives no preparation entry. The user's module is not changed,
-    only looked up elsewhere for those milliseconds, and the fork server is kept.
-    """
-    modules = sys.modules
-    user_main = modules["__main__"]
-    modules["__main__"] = types.ModuleType("__main__")
-    try:
-        yield
-    finally:
-        modules["__main__"] = user_main
 
 
 def eight_bit(img: Image.Image) -> Image.Image:

@@ -12,8 +12,36 @@ import functools
 import multiprocessing
 import os
 import signal
+import sys
+import types
+from contextlib import contextmanager
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+@contextmanager
+def workers_without_main():
+    """Start workers that do not re-run the user's __main__, whatever it is.
+
+    A fork-server (or spawn) child is prepared from `multiprocessing.spawn.get_preparation_data`,
+    which tells it to re-import the parent's __main__ as `__mp_main__`: by path when __main__
+    has a `__file__` (`init_main_from_path`, runpy.run_path), by module name when it has a
+    `__spec__` (`init_main_from_name`, `python -m`). An unguarded script is then run again in
+    every worker, which starts loaders while still bootstrapping and dies ("DataLoader worker
+    exited unexpectedly"); a script read from stdin has `__file__ == "<stdin>"`, a file that
+    does not exist; a notebook's `%run script.py` puts the script's `__file__` into __main__.
+    The workers run only code from bot, torch and torchvision, found by import, and need
+    nothing from __main__; so while they start, __main__ is swapped for a bare module, the
+    state of `python -c`, which gives no preparation entry. The user's module is not changed,
+    only looked up elsewhere for those milliseconds, and the fork server is kept.
+    """
+    modules = sys.modules
+    user_main = modules["__main__"]
+    modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        modules["__main__"] = user_main
 
 
 def worker_init(start_method: str) -> functools.partial:
@@ -26,7 +54,7 @@ def worker_init(start_method: str) -> functools.partial:
     that ignored that one too would hang the exit for ever. So the main process sets an event
     at exit, before multiprocessing's atexit runs, and from then on workers die of the signal."""
     if start_method not in _EXITING:
-        start_resource_tracker()  # before the Event, which registers with it
+        start_helpers(start_method)  # before the Event, which registers with the tracker
         _EXITING[start_method] = multiprocessing.get_context(start_method).Event()
         # atexit runs last-registered first: multiprocessing registered its own on import
         atexit.register(_EXITING[start_method].set)
@@ -36,18 +64,37 @@ def worker_init(start_method: str) -> functools.partial:
 _EXITING = {}
 
 
-def start_resource_tracker() -> None:
-    """Start multiprocessing's resource tracker (the fork server's workers register their
-    semaphores with it) with the stop signals blocked. It ignores SIGINT and SIGTERM itself
-    but not SIGUSR1: signalled with the job's process group, it died, was relaunched by the
-    next register, and then printed a KeyError traceback for every semaphore unregistered
-    that the new one never saw (33 on the toy run). A blocked signal stays pending in it,
-    harmlessly; the mask is inherited through fork and exec, and this process's is restored."""
-    from multiprocessing import resource_tracker
+def start_helpers(start_method: str) -> None:
+    """Start multiprocessing's helper processes with the stop signals blocked: the resource
+    tracker (the fork server's workers register their semaphores with it) and, for
+    "forkserver", the fork server. SLURM signals them with the job's process group.
+    - The tracker ignores SIGINT and SIGTERM itself but not SIGUSR1: it died, was relaunched by
+      the next register, and then printed a KeyError traceback for every semaphore unregistered
+      that the new one never saw (33 on the toy run).
+    - The fork server dies of both. It is its workers' parent, and torch's DataLoader workers
+      quit once their parent changes (their watchdog reads os.getppid()): the next batch failed
+      with "DataLoader worker exited unexpectedly" before the run could save.
+    A blocked signal stays pending in them, harmlessly. The mask is inherited through exec and
+    fork: the fork server preloads bot.data.forked_signals, which unblocks the signals in each
+    process it forks, so its workers (and anyone's processes from it) start as any process
+    does. This process's mask is restored."""
+    from multiprocessing import forkserver, resource_tracker
 
+    with stop_signals_blocked():  # one block each: the tracker's start unblocks SIGTERM on its way out
+        resource_tracker.ensure_running()
+    if start_method == "forkserver":
+        preload = getattr(forkserver._forkserver, "_preload_modules", None) or ["__main__"]
+        forkserver.set_forkserver_preload([*preload, "bot.data.forked_signals"])
+        with stop_signals_blocked(), workers_without_main():  # the server would import the user's __main__ too
+            forkserver.ensure_running()
+
+
+@contextmanager
+def stop_signals_blocked():
+    """The stop signals blocked in this thread for the block; the mask before is restored."""
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     try:
-        resource_tracker.ensure_running()
+        yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
@@ -62,3 +109,5 @@ def ignore_stop_signals(exiting, _worker_id: int = 0) -> None:
 
     for sig in STOP_SIGNALS:
         signal.signal(sig, on_stop)
+    # as bot.data.forked_signals does in a fork server that preloaded it (one started elsewhere did not)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
