@@ -16,10 +16,13 @@ install: .venv/.installed
 	.venv/bin/pip install --quiet -r requirements.txt -c constraints.txt
 	touch $@
 
-# One torch thread per process: the tests' networks are too small to gain from a second, and the
-# suite's own processes (runs stopped and resumed, torchrun's workers) share the 2 cores.
+# Two test processes (pytest-xdist; a process that runs out of tests takes half of the other's),
+# one torch thread each: the tests' networks are too small to gain from a second thread, and the
+# suite's own processes (runs stopped and resumed, torchrun's workers) share the cores.
+# TEST_WORKERS=auto: a process per core; TEST_WORKERS=0: one process (docs/testing.md).
+TEST_WORKERS ?= 2
 test: install
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q tests --durations=15
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q tests -n $(TEST_WORKERS) --dist worksteal --durations=15
 
 # Mutation testing of the paper's formulas (docs/testing.md): mutmut mutates bot/train/losses.py,
 # schedule.py, optim.py and ema.py and runs their fast unit tests against each mutant. mutmut is
