@@ -56,6 +56,38 @@ def same_threads() -> dict:
     return os.environ | {"OMP_NUM_THREADS": str(torch.get_num_threads())}
 
 
+class OneProcess:
+    """The part of accelerate's Accelerator a TrainStep (bot.train.trainer.build_step) uses, for
+    one process on the CPU: tests of the step without a launcher."""
+    num_processes = 1
+
+    @property
+    def device(self):
+        import torch
+
+        return torch.device("cpu")
+
+    def prepare_model(self, model):
+        return model
+
+    def no_sync(self, model):
+        return contextlib.nullcontext()
+
+    def reduce(self, tensor, reduction="sum"):
+        return tensor
+
+
+def random_bn_statistics(model) -> None:
+    """BatchNorm running statistics that are not the defaults (0 and 1), so that a buffer lost or
+    mixed up on the way (export, ONNX, timm) changes the logits."""
+    import torch
+
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+
+
 def run_cli(*args, cwd=ROOT, timeout=600):
     """Run a project script as a user would; returns the CompletedProcess."""
     return subprocess.run([sys.executable, *map(str, args)], cwd=cwd, capture_output=True, text=True,

@@ -2,11 +2,11 @@
 divide the lr. Closed forms of the plan and the lr, the grown step against one large batch,
 bad input, and an end-to-end run resumed across a milestone."""
 
-import contextlib
 import json
 
 import pytest
 import torch
+from conftest import OneProcess
 
 from bot import config
 from bot.errors import UserError
@@ -71,18 +71,6 @@ def test_bad_growth_settings_are_one_line(extra, message):
 
 
 # ---------------------------------------------------------------- the step
-
-
-class OneProcess:
-    """The part of accelerate's Accelerator a TrainStep uses, for one process on the CPU."""
-    device = torch.device("cpu")
-    num_processes = 1
-
-    def prepare_model(self, model):
-        return model
-
-    def no_sync(self, model):
-        return contextlib.nullcontext()
 
 
 def test_a_grown_step_is_one_step_on_the_batches_joined():

@@ -8,6 +8,7 @@ import copy
 import pytest
 import torch
 import torch._dynamo
+from conftest import OneProcess
 
 from bot import config
 from bot.data import build_loaders
@@ -20,19 +21,9 @@ ARGS = ["data.backend=torch", "data.image_size=32", "data.batch_size=16", "data.
         "loss.label_smoothing=0.1"]
 
 
-class OneProcess:
-    """The part of accelerate's Accelerator a TrainStep uses, for one process on the CPU."""
-    device = torch.device("cpu")
-    num_processes = 1
-
-    def prepare_model(self, model):
-        return model
-
+class OneMicroBatch(OneProcess):
     def no_sync(self, model):
         raise AssertionError("one micro-batch: never called")
-
-    def reduce(self, tensor, reduction="sum"):
-        return tensor
 
 
 def flat(state: dict) -> torch.Tensor:
@@ -45,7 +36,7 @@ def test_compiled_step_matches_eager_keeps_the_keys_and_never_recompiles(toy, mo
     batches = []
     for images, labels in train_loader:
         batches.append((images, labels))
-    accelerator, autocast, runs = OneProcess(), make_autocast("fp32", torch.device("cpu")), {}
+    accelerator, autocast, runs = OneMicroBatch(), make_autocast("fp32", torch.device("cpu")), {}
     for setting in (False, True):
         torch.manual_seed(0)
         model = build_model(cfg, 4)

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import run_cli
+from conftest import random_bn_statistics, run_cli
 
 from bot import config
 from bot.files.checkpoint import atomic_save
@@ -17,10 +17,7 @@ def checkpoint(tmp_path, variant: str, more=()):
     cfg = config.load(None, ["model.arch=resnet50", f"model.variant={variant}", "data.image_size=64", *more])
     torch.manual_seed(0)
     model = build_model(cfg, len(CLASSES))
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.1, 0.1)
-            m.running_var.uniform_(0.5, 1.5)
+    random_bn_statistics(model)
     path = tmp_path / f"{variant}.pt"
     atomic_save({"model": model.state_dict(), "config": cfg.to_dict(), "num_classes": 3, "classes": CLASSES}, path)
     return path, model.eval()

@@ -7,6 +7,7 @@ import re
 import numpy as np
 import pytest
 import torch
+from conftest import random_bn_statistics
 
 from bot import config
 from bot.cli import export as export_cli
@@ -28,10 +29,7 @@ def exported(toy, tmp_path_factory):
     classes = sorted(p.name for p in (toy / "val").iterdir())
     torch.manual_seed(0)
     model = build_model(cfg, len(classes))
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.1, 0.1)
-            m.running_var.uniform_(0.5, 1.5)
+    random_bn_statistics(model)
     atomic_save({"model": model.state_dict(), "config": cfg.to_dict(), "num_classes": len(classes),
                  "classes": classes, "step": 3}, folder / "best.pt")
     assert export_cli.main([str(folder / "best.pt"), "--format", "onnx"]) == 0
