@@ -26,7 +26,7 @@ test: install
 
 # Mutation testing of the paper's formulas (docs/testing.md): mutmut mutates bot/train/losses.py,
 # schedule.py, optim.py and ema.py and runs their fast unit tests against each mutant. mutmut is
-# not in requirements.txt: this target installs it, at constraints.txt's pin. About 6 minutes on 2 cores.
+# not in requirements.txt: this target installs it, at constraints.txt's pin. About 7 minutes on 2 cores.
 .PHONY: mutation
 mutation: install
 	$(PY) -m pip install --quiet mutmut -c constraints.txt

@@ -42,8 +42,9 @@ def test_steps_per_epoch_and_lr_at_every_step_in_closed_form():
         assert lr(step) == pytest.approx(peak * (0.1 if step >= ends[2] else 1.0)), step
     assert lr(ends[2] - 1) == pytest.approx(peak) and lr(ends[2]) == pytest.approx(peak / 10)
     # images: the batch x the growth of each step, the same 1000 x 512 in every epoch but the dropped tails
-    assert plan.images(plan.total_steps, 512) == 120 * 1000 * 512
+    assert plan.images(plan.total_steps, 512) == plan.images(plan.total_steps + 5, 512) == 120 * 1000 * 512
     assert plan.epoch_of(ends[0] + 50) == pytest.approx(30.5) and plan.epoch_of(plan.total_steps) == 120
+    assert plan.epoch_of(ends[0] - 500) == pytest.approx(29.5)  # the last epoch before a milestone
 
 
 def test_warmup_stays_per_step_and_a_tail_that_does_not_fill_a_grown_step_is_dropped():
