@@ -83,7 +83,7 @@ def start_helpers(start_method: str) -> None:
     with stop_signals_blocked():  # one block each: the tracker's start unblocks SIGTERM on its way out
         resource_tracker.ensure_running()
     if start_method == "forkserver":
-        preload = getattr(forkserver._forkserver, "_preload_modules", None) or ["__main__"]
+        preload = getattr(forkserver._forkserver, "_preload_modules", ["__main__"])  # a preload set before stays
         forkserver.set_forkserver_preload([*preload, "bot.data.forked_signals"])
         with stop_signals_blocked(), workers_without_main():  # the server would import the user's __main__ too
             forkserver.ensure_running()
