@@ -251,12 +251,20 @@ def test_sigterm_to_a_single_process_accelerate_launcher_stops_its_trainer(toy, 
 def test_anyone_elses_process_from_the_protected_fork_server_can_still_be_terminated():
     """The fork server blocks the stop signals (bot.data.workers.start_helpers), but a process it
     forks starts with them unblocked: a user's own forkserver Pool or Process beside our loaders
-    (Python 3.14's default start method) still ends on terminate() instead of hanging its join."""
+    (Python 3.14's default start method) still ends on terminate() instead of hanging its join.
+    And it forks them with the loader's modules already imported, so no worker imports torch."""
     script = textwrap.dedent("""
         import multiprocessing, signal, time
         from bot.data import workers
         workers.worker_init("forkserver")  # what a loader with workers does first
-        process = multiprocessing.get_context("forkserver").Process(target=time.sleep, args=(60,))
+        context = multiprocessing.get_context("forkserver")
+        # the server forks its processes with the loader's modules imported (start_helpers)
+        check = "import sys; sys.exit('bot.data.torch_loader' not in sys.modules)"
+        preloaded = context.Process(target=exec, args=(check,))
+        preloaded.start()
+        preloaded.join(60)
+        print(preloaded.exitcode)
+        process = context.Process(target=time.sleep, args=(60,))
         process.start()
         process.terminate()
         process.join(20)
@@ -264,4 +272,4 @@ def test_anyone_elses_process_from_the_protected_fork_server_can_still_be_termin
         process.kill()  # still alive (the signal blocked): not to hang this exit too
     """)
     done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0 and done.stdout.split() == [str(-signal.SIGTERM)], done.stderr[-2000:]
+    assert done.returncode == 0 and done.stdout.split() == ["0", str(-signal.SIGTERM)], done.stderr[-2000:]

@@ -77,14 +77,20 @@ def start_helpers(start_method: str) -> None:
     A blocked signal stays pending in them, harmlessly. The mask is inherited through exec and
     fork: the fork server preloads bot.data.forked_signals, which unblocks the signals in each
     process it forks, so its workers (and anyone's processes from it) start as any process
-    does. This process's mask is restored."""
+    does. This process's mask is restored.
+
+    The server also preloads bot.data.torch_loader (torch, torchvision, PIL), so each worker
+    starts with them imported instead of importing them itself, seconds of CPU apiece: on 2
+    cores a demo loader with 8 workers took 13.2 s to its first batch and 26 s of the workers'
+    CPU without it, 3.5 s and 3.7 s with it. The server imports while this process builds
+    the model; it holds no thread but numpy's idle BLAS pool, which is fork-safe."""
     from multiprocessing import forkserver, resource_tracker
 
     with stop_signals_blocked():  # one block each: the tracker's start unblocks SIGTERM on its way out
         resource_tracker.ensure_running()
     if start_method == "forkserver":
         preload = getattr(forkserver._forkserver, "_preload_modules", ["__main__"])  # a preload set before stays
-        forkserver.set_forkserver_preload([*preload, "bot.data.forked_signals"])
+        forkserver.set_forkserver_preload([*preload, "bot.data.forked_signals", "bot.data.torch_loader"])
         with stop_signals_blocked(), workers_without_main():  # the server would import the user's __main__ too
             forkserver.ensure_running()
 
