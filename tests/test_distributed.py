@@ -4,6 +4,9 @@ The same global batch over 2 processes with model.sync_bn is the same computatio
 process: each step's 16 images are the same (sampling.train_order strides one permutation),
 DDP averages the two halves' gradients, and SyncBatchNorm normalises over all 16. Only
 the float32 summation order differs (partial sums per process, then gloo's sum).
+
+The launch trains two runs one after the other (tests/dist_worker.py): that one with sync_bn,
+then one with a weight average and per-process BN. A launch is three interpreters' imports.
 """
 
 import json
@@ -11,6 +14,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 from conftest import ROOT
 
@@ -19,6 +23,23 @@ from bot.train.trainer import train
 
 ARGS = ["data.backend=torch", "data.image_size=32", "data.batch_size=16", "data.workers=0", "model.arch=resnet18",
         "model.variant=D", "schedule.epochs=1", "run.max_steps=2", "run.log_every=1", "model.sync_bn=true"]
+EMA = [*ARGS[:-1], "model.ema_decay=0.5"]  # BN per process (no sync_bn)
+
+
+@pytest.fixture(scope="module")
+def launch(toy, tmp_path_factory):
+    """The launch's folder and each job's rank-0 output, by name ("sync_bn", "ema")."""
+    out = tmp_path_factory.mktemp("two-processes")
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    jobs = {"sync_bn": [str(out / "sync_bn"), f"data.root={toy}", f"run.out={out / 'sync_bn-run'}", *ARGS],
+            "ema": ["--ema", str(out / "ema"), f"data.root={toy}", f"run.out={out / 'ema-run'}", *EMA]}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "tests/dist_worker.py", *jobs["sync_bn"], "--", *jobs["ema"]]
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    first, second, rest = done.stdout.split("== done ")
+    assert first.count("summary in") == second.count("summary in") == 1 and rest.strip() == str(out / "ema")
+    return out, {"sync_bn": first, "ema": second}
 
 
 def relative_distance(a: dict, b: dict) -> float:
@@ -28,20 +49,16 @@ def relative_distance(a: dict, b: dict) -> float:
     return ((flat(a) - flat(b)).norm() / flat(b).norm()).item()
 
 
-def test_two_processes_with_sync_bn_match_one_process_of_the_same_global_batch(toy, tmp_path):
-    env = os.environ | {"OMP_NUM_THREADS": "1"}
-    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-              "tests/dist_worker.py", str(tmp_path / "final"), f"data.root={toy}", f"run.out={tmp_path / 'two'}", *ARGS]
-    done = subprocess.run(launch, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
-    assert done.returncode == 0, done.stderr[-3000:]
-    rank0, rank1 = (torch.load(tmp_path / f"final.rank{r}.pt") for r in (0, 1))
+def test_two_processes_with_sync_bn_match_one_process_of_the_same_global_batch(launch, toy, tmp_path):
+    out, stdout = launch
+    rank0, rank1 = (torch.load(out / f"sync_bn.rank{r}.pt") for r in (0, 1))
     assert rank0.keys() == rank1.keys() and all(torch.equal(rank0[k], rank1[k]) for k in rank0)  # BN buffers too
 
     # rank 0 alone wrote the run folder: one line per step, one evaluation over all 32 val images
-    records = [json.loads(l) for l in (tmp_path / "two/metrics.jsonl").read_text().splitlines()]
+    records = [json.loads(l) for l in (out / "sync_bn-run/metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "loss" in r] == [1, 2]
     assert [r["val_images"] for r in records if "top1" in r] == [32]
-    assert "2 process(es) on cpu" in done.stdout and done.stdout.count("summary in") == 1
+    assert "2 process(es) on cpu" in stdout["sync_bn"]
 
     one = train(config.load(None, [f"data.root={toy}", f"run.out={tmp_path / 'one'}", *ARGS]))
     assert one["steps"] == 2
@@ -54,3 +71,17 @@ def test_two_processes_with_sync_bn_match_one_process_of_the_same_global_batch(t
     # by 1.7e-2 in float32 but by 6e-8 in float64, so the computation is the same. 1.5e-2 is 3x
     # the measured gap and 3x below what per-process BN gives.
     assert relative_distance(rank0, single) < 1.5e-2
+
+
+def test_two_processes_hold_the_same_average(launch):
+    out, _ = launch
+    rank0, rank1 = (torch.load(out / f"ema.rank{r}.pt") for r in (0, 1))
+    # BN statistics are per process (no sync_bn): only the hand-over from rank 0 makes them equal
+    assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
+    saved = torch.load(out / "ema-run/last.pt", weights_only=False)
+    assert all(torch.equal(saved["ema"][k], rank0[k]) for k in rank0)
+    # it follows the trained model (DDP gives the model's tensors new storage: an average of the
+    # ones it had before stayed the random init, BN statistics 0 and 1, and counts 0)
+    counts = [k for k in rank0 if "num_batches" in k]
+    assert counts and all(rank0[k] == saved["model"][k] == 2 for k in counts)
+    assert all(rank0[k].abs().sum() > 0 for k in rank0 if "running_mean" in k)

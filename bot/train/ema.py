@@ -35,19 +35,25 @@ def ema_decay_at(decay: float, update: int, warmup: bool) -> float:
 class WeightEma:
     def __init__(self, model: nn.Module, decay: float, warmup: bool):
         self.decay, self.warmup = decay, warmup
+        self.source = model
         self.module = copy.deepcopy(model).eval().requires_grad_(False)
-        source, average = model.state_dict(keep_vars=True), self.module.state_dict(keep_vars=True)
-        pairs = [(average[k].data, source[k].data) for k in average]
-        self.floats = ([a for a, s in pairs if a.is_floating_point()], [s for a, s in pairs if a.is_floating_point()])
-        self.others = [(a, s) for a, s in pairs if not a.is_floating_point()]
+        average = self.module.state_dict()
+        self.floats = {k: v for k, v in average.items() if v.is_floating_point()}
+        self.others = {k: v for k, v in average.items() if not v.is_floating_point()}
 
     @torch.no_grad()
     def update(self, updates: int) -> None:
-        """Fold the model's current state in; `updates` counts this one (1 after the first step)."""
-        averages, sources = self.floats
-        torch._foreach_lerp_(averages, sources, 1 - ema_decay_at(self.decay, updates, self.warmup))
-        for average, source in self.others:
-            average.copy_(source)
+        """Fold the model's current state in; `updates` counts this one (1 after the first step).
+
+        The model's tensors are looked up at every update (a millisecond for a ResNet-50), not
+        kept from the start: wrapping the model for several processes (DistributedDataParallel)
+        gives its parameters new storage and its buffers new tensors, and an average of the old
+        ones stayed the random init."""
+        source = self.source.state_dict()
+        torch._foreach_lerp_(list(self.floats.values()), [source[k] for k in self.floats],
+                             1 - ema_decay_at(self.decay, updates, self.warmup))
+        for k, average in self.others.items():
+            average.copy_(source[k])
 
     @torch.no_grad()
     def sync(self) -> None:
