@@ -37,7 +37,7 @@ class WeightEma:
         self.decay, self.warmup = decay, warmup
         self.source = model
         self.module = copy.deepcopy(model).eval().requires_grad_(False)
-        average = self.module.state_dict()
+        average = self.module.state_dict()  # its own tensors: nothing wraps or moves the copy
         self.floats = {k: v for k, v in average.items() if v.is_floating_point()}
         self.others = {k: v for k, v in average.items() if not v.is_floating_point()}
 
