@@ -38,6 +38,9 @@ def run(job: list[str]) -> None:
 
 jobs = [[]]
 for arg in sys.argv[1:]:
-    jobs.append([]) if arg == "--" else jobs[-1].append(arg)
+    if arg == "--":
+        jobs.append([])
+    else:
+        jobs[-1].append(arg)
 for job in jobs:
     run(job)
