@@ -4,10 +4,13 @@ Both yield `(images, labels)` torch tensors, images float32 NCHW normalized with
 paper's mean and std. The train loader has `set_epoch(epoch, start_step)` and a length in
 steps; each batch is this process's share of one optimizer step (data.batch_size is the
 global batch). The val loader covers this process's share of the val set once.
+Both carry `samples`: the split's count and fingerprint (bot.data.fingerprint), which a run
+records to refuse a resume on other data.
 """
 
 from __future__ import annotations
 
+from bot.data.fingerprint import sample_list
 from bot.data.folder import dataset_root, on_rank_zero, scan_dataset, scan_split
 from bot.data.shards import is_shard_folder, open_shards, open_val_shards
 
@@ -35,6 +38,13 @@ def per_process_batch(cfg, world: int) -> int:
 
 
 def build_loaders(cfg, rank: int | None = None, world: int | None = None, device=None):
+    train_split, val_split, (train, val) = _build_loaders(cfg, rank, world, device)
+    train.samples, val.samples = sample_list(train_split), sample_list(val_split)
+    return train, val
+
+
+def _build_loaders(cfg, rank, world, device):
+    """(train split, val split, (train loader, val loader))."""
     if rank is None or world is None or device is None:
         from accelerate import PartialState
         state = PartialState()
@@ -48,16 +58,16 @@ def build_loaders(cfg, rank: int | None = None, world: int | None = None, device
 
         from bot.data.stream import open_stream, stream_loaders
         train, val = open_stream(cfg.data.root)
-        return stream_loaders(train, val, cfg, rank, world, batch, torch.device(device).type == "cuda")
+        return train, val, stream_loaders(train, val, cfg, rank, world, batch, torch.device(device).type == "cuda")
     train, val = open_dataset(cfg.data.root)
     if len(train) < batch * world:
         raise UserError(f"data.batch_size {cfg.data.batch_size} is larger than the {len(train)} training images "
                         f"in {cfg.data.root}")
     if cfg.data.backend == "dali":
         from bot.data.dali import build_dali_loaders
-        return build_dali_loaders(train, val, cfg, rank, world, batch, device)
+        return train, val, build_dali_loaders(train, val, cfg, rank, world, batch, device)
     from bot.data.torch_loader import build_torch_loaders
-    return build_torch_loaders(train, val, cfg, rank, world, batch, device)
+    return train, val, build_torch_loaders(train, val, cfg, rank, world, batch, device)
 
 
 def build_val_loader(cfg, rank: int, world: int, device):

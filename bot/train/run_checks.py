@@ -14,6 +14,7 @@ from pathlib import Path
 
 from bot import config
 from bot.errors import UserError
+from bot.data import fingerprint
 from bot.files import trained
 
 # Keys that may change between a run and its resumption without changing what is trained.
@@ -51,6 +52,21 @@ def check_same_classes(cfg, saved: dict, classes: list[str], folder: Path) -> No
     if diff is not None:
         raise UserError(f"data.root {cfg.data.root} has other classes than the run in {folder} was trained on "
                         f"({diff}); point data.root at that run's data, or use a new run.out")
+
+
+def check_same_data(cfg, saved: dict, samples: dict, folder: Path) -> None:
+    """The same samples as the run was trained on (bot/data/fingerprint.py): another image count
+    changes the steps of an epoch, so last.pt's step would fall elsewhere in the schedule. A run
+    recorded before the records were kept is not compared."""
+    diff = fingerprint.difference(saved.get("data") or {}, samples)
+    if diff is None:
+        return
+    same_count = all(samples[s]["samples"] == was["samples"] for s, was in saved["data"].items() if s in samples)
+    if same_count and cfg.run.resume == "force":  # the schedule is the same: the user's call
+        return
+    force = ", or run.resume=force to go on with these samples" if same_count else ""
+    raise UserError(f"data.root {cfg.data.root} holds other data than the run in {folder} was trained on ({diff}); "
+                    f"point data.root at that run's data, or use a new run.out to start another run{force}")
 
 
 def provenance() -> dict:

@@ -21,6 +21,7 @@ import yaml
 from tqdm import tqdm
 
 from bot import config
+from bot.config_checks import checkpoint_interval
 from bot.data import build_loaders
 from bot.errors import UserError
 from bot.files import checkpoint
@@ -33,24 +34,15 @@ from bot.train.engine import TrainStep, evaluate, make_accelerator
 from bot.train.finetune import init_from
 from bot.train.losses import Objective
 from bot.train.optim import build_optimizer, load_optimizer_state
+from bot.train import health
 from bot.train.preempt import Stopped, StopSignals
-from bot.train.run_checks import check_same_classes, check_same_run, provenance
+from bot.train.run_checks import check_same_classes, check_same_data, check_same_run, provenance
 from bot.train.runlock import RunLock
 from bot.train.runlog import RunLog
 from bot.train.schedule import build_plan, build_schedule
 from bot.train.slim_penalty import with_slim_l1
 from bot.train.sync_bn import convert_sync_batchnorm
 from bot.train.teacher import load_teacher
-
-# fp16 with dynamic loss scaling only: gluon-cv used none and static scales produce NaNs.
-NONFINITE_LIMIT = {"fp16": 50, "bf16": 0, "fp32": 0}
-# A run has diverged once a measured training loss is above this many times its first logged
-# loss (or not finite, or the val loss not finite): from that step nothing is saved.
-# Cross-entropy starts at about ln(classes) and falls; 10x is far above any healthy run. The
-# val loss is not held to the ratio: after a first epoch at a high learning rate BatchNorm's
-# running statistics can put it at 30x and more in a run that then trains well.
-DIVERGED_RATIO = 10
-
 
 def make_autocast(precision: str, device: torch.device):
     if precision == "fp32":
@@ -112,10 +104,24 @@ class Run:
                                                            self.device)
         self.classes = self.train_loader.classes
         self.num_classes, self.steps_per_epoch = len(self.classes), len(self.train_loader)
-        saved = checkpoint.load_last(self.folder) if self.folder.is_dir() else None
-        if saved is not None:
-            check_same_run(cfg, saved["config"], self.folder)
-            check_same_classes(cfg, saved, self.classes, self.folder)
+        self.samples = {"train": self.train_loader.samples, "val": self.val_loader.samples}
+        self.lock = RunLock(self.folder)
+        if self.main and self.folder.is_dir():  # before reading last.pt: a trainer still on it may rewrite it
+            self.lock.acquire()
+        try:
+            saved = checkpoint.load_last(self.folder) if self.folder.is_dir() else None
+            if saved is not None:
+                check_same_run(cfg, saved["config"], self.folder)
+                check_same_classes(cfg, saved, self.classes, self.folder)
+                check_same_data(cfg, saved, self.samples, self.folder)
+            self.build(saved)
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def build(self, saved: dict | None) -> None:
+        """The model, the step and the plan, at `saved`'s state when resuming (the rest of __init__)."""
+        cfg = self.cfg
         self.model = self.make_model(saved)
         teacher = (load_teacher(cfg.loss.distill_teacher, self.classes, self.device, cfg.channels_last)
                    if cfg.loss.distill_teacher else None)
@@ -135,11 +141,12 @@ class Run:
         # resumed from last.prev.pt because last.pt is unreadable: the next save must not rotate
         # the unreadable file into last.prev.pt, which would leave a single readable checkpoint
         self.rotate = saved is None or saved[checkpoint.READ_FROM] == checkpoint.LAST
-        self.lock = RunLock(self.folder)
         self.stop_signals = StopSignals(self.world)
+        self.save_every = checkpoint_interval(cfg.run.checkpoint_every)  # ("steps", n) or ("seconds", s)
         if saved is not None:
             self.resume(saved)
         self.saved_step = self.step if saved is not None else None  # where last.pt stands
+        self.saved_at, self.save_asked = time.monotonic(), False  # for a checkpoint_every in time
 
     def make_model(self, saved: dict | None) -> torch.nn.Module:
         """The model on the run's device in its final form (before any distributed wrapper): the
@@ -169,6 +176,8 @@ class Run:
             self.ema.load_state_dict(state.get("ema", state["model"]))
         self.step, self.epoch, self.best, self.history = (state["step"], state["epoch"], state["best_top1"],
                                                           state["history"])
+        if "first_loss" in self.history:  # divergence is measured against the same loss as before
+            self.train_step.watch.set_first(self.history["first_loss"])
 
     @property
     def summary_path(self) -> Path:
@@ -191,14 +200,15 @@ class Run:
     def start(self) -> None:
         cfg = self.cfg
         if self.main:
-            resolved = cfg.to_dict() | {"provenance": provenance()}
+            resolved = cfg.to_dict() | {"provenance": provenance() | {"data": self.samples}}
             try:
                 self.folder.mkdir(parents=True, exist_ok=True)
             except OSError as e:
                 if e.errno in checkpoint.UNWRITABLE:
                     raise checkpoint.unwritable(e, self.folder) from e
                 raise
-            self.lock.acquire()  # before the first write: a second trainer stops here (bot/train/runlock.py)
+            if self.lock.file is None:  # a new folder: locked before its first write (bot/train/runlock.py)
+                self.lock.acquire()
             checkpoint.atomic_write_text(self.folder / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
         self.log = RunLog(cfg, self.folder, self.main, resume_step=self.step)
         network = "-".join(filter(None, (cfg.model.arch, cfg.model.variant)))  # variants are ResNet-only
@@ -213,6 +223,9 @@ class Run:
         """The steps of the current epoch from where the run stands, to the run's end at most."""
         plan, grow = self.plan, self.plan.growth[self.epoch]
         position = self.step - plan.first_step(self.epoch)
+        if not 0 <= position < plan.steps_in(self.epoch):  # an epoch without a step would be repeated for ever
+            raise UserError(f"step {self.step} is not in epoch {self.epoch + 1} (steps {plan.first_step(self.epoch)} "
+                            f"to {plan.first_step(self.epoch + 1) - 1}) of this data and config; use a new run.out")
         self.train_loader.set_epoch(self.epoch, position * grow)  # in loader batches
         self.bar = tqdm(total=plan.steps_in(self.epoch), initial=position,
                         desc=f"epoch {self.epoch + 1}/{self.cfg.schedule.epochs}",
@@ -225,10 +238,14 @@ class Run:
             self.step += 1
             self.bar.update()
             self.after_step(loss)
+            decision = self.stop_signals.decide(save_due=self.checkpoint_due())
             if self.step >= self.total_steps:  # the one place the loop decides whether to go on
                 break
-            if signal_name := self.stop_signals.agreed():
-                self.stop(signal_name)
+            if decision.stop:
+                self.stop(decision.stop)
+            if decision.save and self.step != plan.first_step(self.epoch + 1):  # validate saves the epoch's end
+                self.count_train_time()
+                self.save_last()
         self.bar.close()
         self.count_train_time()
 
@@ -242,18 +259,32 @@ class Run:
         self.accelerator.wait_for_everyone()  # no process exits while rank 0 still writes
         raise Stopped(signal_name, self.step)
 
+    def checkpoint_due(self) -> bool:
+        """run.checkpoint_every as a wall time: rank 0's clock asks once, the processes agree on the
+        step (StopSignals.decide); asked again only after last.pt is written."""
+        kind, every = self.save_every
+        due = (kind == "seconds" and self.main and not self.save_asked
+               and time.monotonic() - self.saved_at >= every)
+        self.save_asked = self.save_asked or due
+        return due
+
     def after_step(self, loss: torch.Tensor) -> None:
-        """The training line every run.log_every steps, last.pt every run.checkpoint_every."""
+        """The training line every run.log_every steps, last.pt every run.checkpoint_every steps (when
+        it counts steps; a wall time is train_epoch's, agreed by all processes)."""
         step, run = self.step, self.cfg.run
+        if self.train_step.watch.first is None:  # the yardstick of divergence: this run's first loss
+            self.history["first_loss"] = self.accelerator.reduce(loss, reduction="mean").item()
+            self.train_step.watch.set_first(self.history["first_loss"])
         log_now = step % run.log_every == 0 or step == self.total_steps
+        kind, every = self.save_every
         # the epoch's end is saved by validate, after its evaluation: saving here too would put
         # last.pt and last.prev.pt at one step, and a kill in between would log the evaluation twice
-        save_now = (step % run.checkpoint_every == 0 and step < self.total_steps
+        save_now = (kind == "steps" and step % every == 0 and step < self.total_steps
                     and step != self.plan.first_step(self.epoch + 1))
         if not (log_now or save_now):
             return
-        value = self.accelerator.reduce(loss, reduction="mean").item()  # the global batch's, not rank 0's share
         if log_now:
+            value = self.accelerator.reduce(loss, reduction="mean").item()  # the global batch's, not rank 0's share
             now = time.perf_counter()
             record = {"epoch": self.epoch, "step": step, "lr": self.train_step.lr_at(step - 1), "loss": value,
                       "img_per_s": (self.images(step) - self.images(self.tick_step)) / (now - self.tick)}
@@ -262,10 +293,8 @@ class Run:
                                  img_s=f"{record['img_per_s']:.0f}")
             if self.bar.disable:
                 self.log.print_step(record)  # a readable line where no bar shows
-            self.history.setdefault("first_loss", value)
             self.tick, self.tick_step = time.perf_counter(), step
-        self.check_diverged(value)
-        self.check_finite()
+        self.check_health()  # every step's loss so far, not only the logged ones: no save after a divergence
         if save_now:
             self.count_train_time()
             self.save_last()
@@ -279,50 +308,22 @@ class Run:
         self.history["train_time"] += now - self.clock
         self.clock = now
 
-    def check_finite(self) -> None:
-        """Stop (UserError) when the loss has not been finite too often or the state is not finite.
-
-        `bad`: steps in a row whose loss was not finite, the largest over processes, so that all
-        of them stop together instead of one raising while the others wait in the next collective.
-        `broken`: weights or BatchNorm statistics not finite. A step whose loss was finite can still
-        overflow its update, and a forward that overflows (fp16) writes into BN's running statistics
-        even when the scaler then skips the step: no later step repairs either, and the checkpoint
-        written in between must not hold them.
-        """
-        model, limit = self.model, NONFINITE_LIMIT[self.cfg.precision]
-        finite = torch.stack([torch.isfinite(t).all() for t in (*model.parameters(), *model.buffers())
-                              if t.is_floating_point()]).all()
-        state = torch.stack([self.train_step.nonfinite, (~finite).long()]).view(1, 2)  # one gather, one sync
-        bad, broken = (int(v) for v in self.accelerator.gather(state).max(0).values)
-        if broken or bad > limit:
-            fp16 = self.cfg.precision == "fp16"
-            if broken and bad <= limit:
-                what = f"the model's weights or BatchNorm statistics are not finite at step {self.step}"
-            else:
-                skipped = f" ({bad} steps in a row skipped by the fp16 loss scaler)" if fp16 else ""
-                what = f"loss is not finite since step {self.step - bad + 1}{skipped}"
-            hint = "lower optim.lr" + ("" if fp16 else ", or use fp16 with its loss scaling")
-            raise UserError(f"{what}; stopped, {self.kept()} ({hint})")
+    def check_health(self) -> None:
+        """UserError, naming the step and the checkpoint kept, once the loss has not been finite too
+        often, the weights or BatchNorm statistics are not finite, or the run diverged (bot/train/health.py)."""
+        health.check(self.model, self.train_step.watch, self.accelerator, self.cfg.precision, self.step, self.kept())
 
     def kept(self) -> str:
         if self.saved_step is None:
             return f"nothing saved in {self.folder} yet"
         return f"keeping {self.folder / checkpoint.LAST} at step {self.saved_step}"
 
-    def check_diverged(self, loss: float) -> None:
-        """DIVERGED_RATIO: a training loss far above the first logged one stops the run before any
-        save (a non-finite one is check_finite's: fp16's loss scaler may skip a few)."""
-        first = self.history.get("first_loss")
-        if first is not None and math.isfinite(loss) and loss > DIVERGED_RATIO * first:
-            raise UserError(f"the run diverged at step {self.step}: loss {loss:.4g} is above {DIVERGED_RATIO}x the "
-                            f"first logged loss {first:.4g}; stopped, {self.kept()} (lower optim.lr)")
-
     # ------------------------------------------------------------ evaluation and checkpoints
 
     def validate(self) -> None:
         """Evaluate at the end of an epoch (or of a capped run), keep best.pt, write last.pt."""
         epoch_done = self.step == self.plan.first_step(self.epoch + 1)
-        self.check_finite()  # before evaluating: best.pt must not take non-finite weights either
+        self.check_health()  # before evaluating: best.pt must not take diverged weights either
         metrics = evaluate(self.model, self.val_loader, self.accelerator, self.autocast, self.cfg.channels_last)
         text = f"top1 {metrics['top1']:.2f} top5 {metrics['top5']:.2f} val_loss {metrics['val_loss']:.3f}"
         if self.ema is not None:
@@ -348,7 +349,8 @@ class Run:
 
     def identity(self) -> dict:
         """What every checkpoint carries to be read on its own."""
-        return {"config": self.cfg.to_dict(), "num_classes": self.num_classes, "classes": self.classes}
+        return {"config": self.cfg.to_dict(), "num_classes": self.num_classes, "classes": self.classes,
+                "data": self.samples}
 
     def averaged(self) -> dict:
         """The weight average under the key `ema` (a state_dict with the model's keys), if kept."""
@@ -358,7 +360,7 @@ class Run:
         return {"ema": self.ema.state_dict()}
 
     def save_last(self) -> None:
-        self.check_finite()  # raises: a non-finite state is never written
+        self.check_health()  # raises: a diverged or non-finite state is never written
         ema = self.averaged()
         if self.main:
             ts = self.train_step
@@ -368,6 +370,7 @@ class Run:
                 "history": self.history, "rng": checkpoint.rng_states(), **ema, **self.identity()}, self.folder,
                 rotate=self.rotate)
         self.rotate, self.saved_step = True, self.step
+        self.saved_at, self.save_asked = time.monotonic(), False
 
     def save_best(self, top1: float) -> None:
         """best.pt: under `model` the weights run.best_of names (raw or the average), and the
@@ -402,16 +405,19 @@ class Run:
 def train(cfg: config.Config) -> dict:
     """Train `cfg`'s run to its end, resuming from its folder's last.pt if there is one."""
     run = Run(cfg)
-    if run.finished():
-        if run.main:
-            print(f"{run.folder}: already finished at step {run.step}; nothing to do")
-        return json.loads(run.summary_path.read_text())
     try:
+        if run.finished():
+            if run.main:
+                print(f"{run.folder}: already finished at step {run.step}; nothing to do")
+            return json.loads(run.summary_path.read_text())
         run.start()
         with run.stop_signals:
             while run.step < run.total_steps:
+                before = run.step
                 run.train_epoch()
                 run.validate()
+                if run.step <= before:  # never evaluate and save the same step again and again
+                    raise RuntimeError(f"an epoch of run {run.folder} ended at step {run.step}, where it began")
         return run.finish()
     finally:
         run.lock.release()
