@@ -106,14 +106,14 @@ def test_fp16_scaler_skips_an_overflow_on_cuda_without_a_host_sync(toy):
     finally:
         torch.cuda.set_sync_debug_mode(0)
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # skipped
-    assert step.scaler.get_scale() == scale / 2 and int(step.nonfinite) == 1
+    assert step.scaler.get_scale() == scale / 2 and int(step.watch.nonfinite) == 1
     step.objective.loss = finite_loss
     torch.cuda.set_sync_debug_mode("error")
     try:
         step(images, labels, 3, 0)
     finally:
         torch.cuda.set_sync_debug_mode(0)
-    assert not all(torch.equal(a, b) for a, b in zip(before, model.parameters())) and int(step.nonfinite) == 0
+    assert not all(torch.equal(a, b) for a, b in zip(before, model.parameters())) and int(step.watch.nonfinite) == 0
 
 
 def test_compiled_step_on_cuda_matches_eager(toy):

@@ -97,9 +97,9 @@ def test_fp16_overflow_in_the_forward_stops_at_once(toy, tmp_path):
 def test_fp16_skips_non_finite_losses_then_stops_after_too_many_in_a_row(toy, tmp_path, monkeypatch):
     """A non-finite fp16 loss is skipped by the scaler (weights and statistics untouched) and the
     run goes on; more than NONFINITE_LIMIT (50; 3 here) in a row stop it with the count."""
-    from bot.train import losses, trainer
+    from bot.train import health, losses
 
-    monkeypatch.setattr(trainer, "NONFINITE_LIMIT", dict(trainer.NONFINITE_LIMIT, fp16=3))
+    monkeypatch.setattr(health, "NONFINITE_LIMIT", dict(health.NONFINITE_LIMIT, fp16=3))
     calls, loss = [], losses.Objective.loss
 
     def poisoned(self, logits, targets, inputs):  # steps 2 to 5 give inf, after the model ran

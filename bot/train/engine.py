@@ -7,6 +7,8 @@ from contextlib import nullcontext
 
 import torch
 
+from bot.train.health import LossWatch
+
 
 def make_accelerator():
     """accelerate's Accelerator for this process, as training and evaluation both need it.
@@ -26,7 +28,8 @@ class TrainStep:
     The batch is this process's share of the global batch; it is split into
     `accumulate` micro-batches whose gradients add up before the step (DDP syncs only
     on the last one). The lr comes from the pure schedule function of the global step.
-    `ema` (bot.train.ema.WeightEma or None) folds the weights in after each optimizer step.
+    `ema` (bot.train.ema.WeightEma or None) folds the weights in after each optimizer step;
+    `watch` (bot.train.health.LossWatch) sees every step's loss without a host sync.
     """
 
     def __init__(self, model, optimizer, scaler, objective, lr_at, autocast, accumulate: int,
@@ -36,8 +39,7 @@ class TrainStep:
         self.lr_at, self.autocast, self.accumulate = lr_at, autocast, accumulate
         self.accelerator, self.device = accelerator, accelerator.device
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        # Steps in a row whose loss was not finite; a device tensor, so counting needs no sync.
-        self.nonfinite = torch.zeros((), dtype=torch.int64, device=self.device)
+        self.watch = LossWatch(self.device)
 
     def __call__(self, images, labels, step: int, epoch: int, more=()) -> torch.Tensor:
         """`more`: further (images, labels) batches of the same optimizer step, when the
@@ -66,8 +68,7 @@ class TrainStep:
         self.optimizer.zero_grad(set_to_none=True)
         if self.ema is not None:
             self.ema.update(step + 1)
-        finite = torch.isfinite(total)
-        self.nonfinite = torch.where(finite, torch.zeros_like(self.nonfinite), self.nonfinite + 1)
+        self.watch.update(total, step + 1)
         return total
 
 
