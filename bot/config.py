@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -162,7 +163,9 @@ class RunConfig:
     wandb: Literal["off", "offline", "online"] = "off"  # offline writes into the run folder
     max_steps: Optional[int] = None  # cap on optimizer steps, for smoke runs and benchmarks
     log_every: int = 50  # steps between training lines in metrics.jsonl
-    checkpoint_every: int = 1000  # steps between last.pt writes; each epoch end writes one too
+    # last.pt every so often: a wall time ("10min", "30s", "1h") or a number of steps; each epoch end
+    # writes one too. By time by default: a kill -9 then costs at most that much training at any speed.
+    checkpoint_every: Union[int, str] = "10min"
     resume: Literal["auto", "force"] = "auto"  # force: resume even though the config changed
     best_of: Literal["raw", "ema"] = "raw"  # which weights best.pt keeps, chosen by their top-1 (ema: model.ema_decay)
 
@@ -274,6 +277,9 @@ def apply_override(tree: dict, item: str) -> None:
             value = float(value) if any(c in value for c in "eE.") else value
         except ValueError:
             pass
+    if isinstance(value, dict):  # no field takes a mapping: `optim={}` would silently reset a whole section
+        raise UserError(f"override {item!r}: set a section's keys one by one ({key.strip()}.KEY=VALUE), "
+                        f"not the section as a whole")
     node = tree
     parts = key.strip().split(".")
     for part in parts[:-1]:
@@ -358,10 +364,10 @@ def _coerce(key: str, hint: Any, value: Any) -> Any:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
         raise bad
-    if hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
+    if hint is float:  # no inf or nan: no field means "unbounded" by them, and they pass every range check
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
             return float(value)
-        raise bad
+        raise UserError(f"{key}: expected a finite number, got {value!r}") if isinstance(value, float) else bad
     if hint is str:
         if isinstance(value, str):
             return value

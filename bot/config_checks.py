@@ -5,6 +5,7 @@ one line naming the key (exit 2), and the values derived from others are filled 
 from __future__ import annotations
 
 import math
+import re
 
 from bot.errors import UserError
 
@@ -60,8 +61,23 @@ def validate(cfg):
     _validate_extras(cfg)
     _check(r.max_steps is None or r.max_steps >= 1, "run.max_steps", "must be at least 1 or null")
     _check(r.log_every >= 1, "run.log_every", "must be at least 1")
-    _check(r.checkpoint_every >= 1, "run.checkpoint_every", "must be at least 1")
+    checkpoint_interval(r.checkpoint_every)
     return cfg
+
+
+DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|min|h)\s*$")
+SECONDS = {"s": 1, "sec": 1, "min": 60, "h": 3600}
+
+
+def checkpoint_interval(value) -> tuple[str, float]:
+    """run.checkpoint_every as ("steps", n) or ("seconds", s); UserError for anything else."""
+    if isinstance(value, int):
+        _check(value >= 1, "run.checkpoint_every", f"must be at least 1 step, got {value}")
+        return "steps", value
+    found = DURATION.match(str(value))
+    _check(found is not None and float(found.group(1)) > 0, "run.checkpoint_every",
+           f"must be a number of steps or a positive wall time such as 10min, 30s or 1h, got {value!r}")
+    return "seconds", float(found.group(1)) * SECONDS[found.group(2)]
 
 
 def _validate_qat(cfg) -> None:

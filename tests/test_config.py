@@ -48,6 +48,13 @@ def test_overrides_parse_as_yaml():
     ("loss.label_smoothing=1.0", "loss.label_smoothing: must be in [0, 1)"),
     ("schedule.milestones=[60, 30]", "schedule.milestones: must be increasing"),
     ("optim", "must look like key.sub=value"),
+    ("optim.lr=.inf", "optim.lr: expected a finite number, got inf"),  # above every lower bound
+    ("loss.label_smoothing=.nan", "loss.label_smoothing: expected a finite number, got nan"),  # in no range at all
+    ("optim={}", "override 'optim={}': set a section's keys one by one (optim.KEY=VALUE)"),  # reset the section
+    ("optim={lr: 0.2}", "set a section's keys one by one"),
+    ("run.checkpoint_every=0", "run.checkpoint_every: must be at least 1 step, got 0"),
+    ("run.checkpoint_every=10m", "must be a number of steps or a positive wall time such as 10min, 30s or 1h"),
+    ("run.checkpoint_every=0s", "must be a number of steps or a positive wall time"),
 ])
 def test_bad_keys_types_and_values_name_the_key(override, message):
     with pytest.raises(UserError) as e:

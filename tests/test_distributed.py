@@ -23,7 +23,9 @@ from bot.train.trainer import train
 
 ARGS = ["data.backend=torch", "data.image_size=32", "data.batch_size=16", "data.workers=0", "model.arch=resnet18",
         "model.variant=D", "schedule.epochs=1", "run.max_steps=2", "run.log_every=1", "model.sync_bn=true"]
-EMA = [*ARGS[:-1], "model.ema_decay=0.5"]  # BN per process (no sync_bn)
+# BN per process (no sync_bn); last.pt by a wall time that is always due: rank 0 asks after every
+# step, and all processes save one step later together (a save waits in collectives)
+EMA = [*ARGS[:-1], "model.ema_decay=0.5", "run.max_steps=3", "run.checkpoint_every=0.001s"]
 
 
 @pytest.fixture(scope="module")
@@ -83,5 +85,6 @@ def test_two_processes_hold_the_same_average(launch):
     # it follows the trained model (DDP gives the model's tensors new storage: an average of the
     # ones it had before stayed the random init, BN statistics 0 and 1, and counts 0)
     counts = [k for k in rank0 if "num_batches" in k]
-    assert counts and all(rank0[k] == saved["model"][k] == 2 for k in counts)
+    assert counts and all(rank0[k] == saved["model"][k] == 3 for k in counts)
+    assert torch.load(out / "ema-run/last.prev.pt", weights_only=False)["step"] == 2  # asked at step 1
     assert all(rank0[k].abs().sum() > 0 for k in rank0 if "running_mean" in k)

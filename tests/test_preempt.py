@@ -166,15 +166,15 @@ def test_a_second_signal_during_the_save_changes_nothing(toy, tmp_path, monkeypa
 
 def test_one_process_stops_on_the_first_signal_only():
     with StopSignals(world=1) as stop:
-        assert stop.agreed() is None
+        assert stop.decide() == (None, False)
         os.kill(os.getpid(), signal.SIGUSR1)
         os.kill(os.getpid(), signal.SIGTERM)
-        assert stop.agreed() == "SIGUSR1"
+        assert stop.decide(save_due=True) == ("SIGUSR1", True)
     assert signal.getsignal(signal.SIGUSR1) is signal.SIG_IGN  # stopping: ignored to the process's end
     for sig in (signal.SIGTERM, signal.SIGUSR1):
         signal.signal(sig, signal.SIG_DFL)
     with StopSignals(world=1) as stop:
-        assert stop.agreed() is None
+        assert stop.decide().stop is None
     assert signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL  # no stop: the handlers are put back
 
 

@@ -273,3 +273,44 @@ def test_anyone_elses_process_from_the_protected_fork_server_can_still_be_termin
     """)
     done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and done.stdout.split() == ["0", str(-signal.SIGTERM)], done.stderr[-2000:]
+
+
+def test_a_diverging_run_with_the_recipes_own_settings_keeps_nothing_past_its_first_bad_step(toy, tmp_path,
+                                                                                              monkeypatch, capsys):
+    """optim.lr=100 with the demo recipe's own log and checkpoint settings (a line every 50 steps,
+    last.pt by time): the check must see every step's loss, not only the logged ones (the first
+    logged loss was the only one, and the run saved weights of 1e27 and exited 0)."""
+    from bot.train import engine
+
+    losses, step = [], engine.TrainStep.__call__
+
+    def watched(self, *args, **kwargs):
+        loss = step(self, *args, **kwargs)
+        losses.append(loss.item())
+        return loss
+
+    monkeypatch.setattr(engine.TrainStep, "__call__", watched)
+    out = tmp_path / "run"
+    status = train_cli.main(["recipes/demo.yaml", f"data.root={toy}", f"run.out={out}", "optim.lr=100",
+                             "data.workers=0", "model.width=0.25"])
+    line = one_error(capsys)
+    first_bad = next(i + 1 for i, loss in enumerate(losses) if not loss <= 10 * losses[0])
+    assert status == 2 and len(losses) == first_bad, line  # it stopped at the first bad step
+    assert re.fullmatch(rf"error: (the run diverged at step {first_bad}: loss \S+ is above 10x the first loss \S+"
+                        rf"|loss is not finite since step {first_bad}); stopped, .* \(lower optim.lr.*\)", line), line
+    for name in ("last.pt", "last.prev.pt", "best.pt"):  # nothing from that step or after it is kept
+        assert not (out / name).exists() or step_of(out / name) < first_bad
+
+
+@pytest.mark.parametrize("every, saved", [("1h", [6, 12]), ("0.001s", list(range(1, 13))), (4, [4, 6, 8, 12])])
+def test_last_pt_is_written_by_wall_time_or_by_steps_and_at_each_epoch_end(toy, tmp_path, monkeypatch, every, saved):
+    """run.checkpoint_every: a wall time (the default, 10min), so that a kill loses at most that much
+    training at any speed; or a number of steps. Each epoch end writes last.pt once, after its evaluation."""
+    from bot import config
+
+    assert config.load("recipes/demo.yaml").run.checkpoint_every == "10min"
+    steps, save = [], checkpoint.save_last
+    monkeypatch.setattr(checkpoint, "save_last", lambda state, *a, **k: steps.append(state["step"]) or save(state, *a,
+                                                                                                            **k))
+    assert train_cli.main(argv(toy, tmp_path / "run", f"run.checkpoint_every={every}")) == 0
+    assert steps == saved

@@ -10,7 +10,9 @@
 RECIPE is a YAML file; when no such file exists, a name such as `demo` or
 `recipes/demo.yaml` means the recipe shipped inside the package. Overrides are
 dotted.key=value; values parse as YAML. Running the same command again resumes from the
-run folder's last.pt. Bad input (an unknown key, a wrong type, a missing data folder, a
+run folder's last.pt, written every 10 minutes of training (run.checkpoint_every=10min; a
+wall time such as 30s or 1h, or a number of steps) and at each epoch end; a resume on other
+data (another image count) stops with one line. Bad input (an unknown key, a wrong type, a missing data folder, a
 corrupt image ...) exits with status 2 and one line naming the problem.
 """
 

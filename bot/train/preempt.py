@@ -34,6 +34,7 @@ import os
 import signal
 import sys
 import threading
+from typing import NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -69,14 +70,21 @@ class Stopped(Exception):
         self.signal_name, self.step = signal_name, step
 
 
+class Decision(NamedTuple):
+    """What every process does after a step, agreed: stop on a signal (its name), save last.pt."""
+    stop: str | None
+    save: bool
+
+
 class StopSignals:
-    """Records the first stop signal; `agreed()` after every step says when all processes stop."""
+    """Records the first stop signal; `decide()` after every step says, the same on every process,
+    when all of them stop, and when a checkpoint that one process's clock says is due is written."""
 
     def __init__(self, world: int):
         self.received = 0  # the signal's number, 0 while none came
         self.previous = {}
         self.group = dist.new_group(backend="gloo") if world > 1 and dist.is_initialized() else None
-        self.pending, self.flag = None, torch.zeros(1, dtype=torch.int64)
+        self.pending, self.flags = None, torch.zeros(2, dtype=torch.int64)
         self.stopping = False  # a stop was decided here: the process is on its way out
 
     def __enter__(self) -> "StopSignals":
@@ -97,16 +105,19 @@ class StopSignals:
     def _record(self, signum, _frame) -> None:
         self.received = self.received or signum
 
-    def agreed(self) -> str | None:
-        """The name of the signal to stop on, the same on every process at the same step, or None."""
+    def decide(self, save_due: bool = False) -> Decision:
+        """This step's decision, given whether this process thinks a checkpoint is due. Under
+        several processes both flags travel in one all-reduce (MAX), started now and read after
+        the next step, so no step waits on it; a saving process also waits in collectives (the
+        finite check, the weight average), so all must save at the same step or none."""
         if self.group is None:
             self.stopping = bool(self.received)
-            return signal.Signals(self.received).name if self.received else None
-        decided = None
+            return Decision(signal.Signals(self.received).name if self.received else None, save_due)
+        stop = save = 0
         if self.pending is not None:  # the all-reduce started after the previous step
             self.pending.wait()
-            decided = int(self.flag.item())
-        self.flag = torch.tensor([self.received], dtype=torch.int64)
-        self.pending = dist.all_reduce(self.flag, op=dist.ReduceOp.MAX, group=self.group, async_op=True)
-        self.stopping = bool(decided)
-        return signal.Signals(decided).name if decided else None
+            stop, save = (int(v) for v in self.flags)
+        self.flags = torch.tensor([self.received, int(save_due)], dtype=torch.int64)
+        self.pending = dist.all_reduce(self.flags, op=dist.ReduceOp.MAX, group=self.group, async_op=True)
+        self.stopping = bool(stop)
+        return Decision(signal.Signals(stop).name if stop else None, bool(save))
