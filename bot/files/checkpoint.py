@@ -36,8 +36,9 @@ LAST, PREV, BEST = "last.pt", "last.prev.pt", "best.pt"
 READ_FROM = "read_from"  # added by load_last, never saved: the file a resume read
 
 
-# a full disk or quota, a read-only file system, a folder the run may not write: the user's to fix
-UNWRITABLE = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+# a full disk or quota, a file size limit (RLIMIT_FSIZE), a read-only file system, a folder the
+# run may not write: the user's to fix
+UNWRITABLE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
 
 
 def unwritable(e: OSError, folder: Path) -> UserError:
@@ -47,17 +48,40 @@ def unwritable(e: OSError, folder: Path) -> UserError:
                      f"the checkpoints already there are kept as they were")
 
 
+class _Writes:
+    """A file as torch.save sees it: write and flush only, so that torch writes through Python (to
+    a real file it writes in C++). A full disk then raises OSError here, which is kept: torch may
+    swallow it and fail later with RuntimeError("unexpected pos ..."), the errno lost."""
+
+    def __init__(self, f):
+        self.f, self.error = f, None
+
+    def write(self, data) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = self.error or e
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
 def atomic_save(obj, path: Path, keep_previous: Path | None = None) -> None:
     tmp = path.with_name(path.name + ".tmp")
     try:
         with open(tmp, "wb") as f:
-            torch.save(obj, f)
+            writes = _Writes(f)
+            try:
+                torch.save(obj, writes)
+            except Exception as e:
+                raise writes.error or e
             f.flush()
             os.fsync(f.fileno())
-    except OSError as e:  # nothing renamed yet: path and keep_previous are untouched
+    except BaseException as e:  # nothing renamed yet: path and keep_previous are untouched
         with contextlib.suppress(OSError):
             tmp.unlink()
-        if e.errno in UNWRITABLE:
+        if isinstance(e, OSError) and e.errno in UNWRITABLE:
             raise unwritable(e, path.parent) from e
         raise
     if keep_previous is not None and path.exists():

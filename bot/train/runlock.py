@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from bot.errors import UserError
+from bot.files import checkpoint
 
 NAME = ".lock"
 
@@ -31,7 +32,12 @@ class RunLock:
 
     def acquire(self) -> None:
         """Hold the lock, or UserError naming the process that holds it."""
-        f = open(self.path, "a+")
+        try:
+            f = open(self.path, "a+")
+        except OSError as e:  # a read-only or full run folder: the user's to fix, in one line
+            if e.errno in checkpoint.UNWRITABLE:
+                raise checkpoint.unwritable(e, self.path.parent) from None
+            raise
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
