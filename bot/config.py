@@ -69,6 +69,18 @@ class DataConfig:
     # random: every size_every epochs a size drawn uniformly from train_sizes (seeded by run.seed);
     # progressive: linear from the first size to the last over the run, rounded to a multiple of 32 (FFCV)
     size_schedule: Literal["random", "progressive"] = "random"
+    # The held-out split: the folder ROOT/<val_split>/ or a shard folder's split of that name
+    # (test, validation: as datasets ship it). Shards' "validation" is also found as val.
+    val_split: str = "val"
+    # Training crop: random_resized is the paper's (section 2 step 2: random_area, random_aspect,
+    # resized to image_size); padded is CIFAR's (gluon-cv's CIFAR scripts, He et al. 2016): zero-pad
+    # `padding` pixels on each side, crop image_size at a random place, no resize; evaluation then
+    # takes each image as it is (its side must be image_size).
+    crop: Literal["random_resized", "padded"] = "random_resized"
+    padding: int = 4
+    # Normalization, RGB in the 0-255 scale (section 2 step 6: ImageNet's); CIFAR recipes set their own
+    mean: list[float] = field(default_factory=lambda: [123.68, 116.779, 103.939])
+    std: list[float] = field(default_factory=lambda: [58.393, 57.12, 57.375])
     # Shards streamed from an http(s) data.root (torch loader): samples mixed in each worker's
     # buffer (their encoded bytes: about 110 KB each for ImageNet). docs/data.md, "Streaming".
     shuffle_buffer: int = 2000
@@ -77,8 +89,12 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     # inception_v3 (299 px) and mobilenet_v1: the other columns of Tables 2 and 6 (bot/models/other.py)
-    arch: Literal["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "inception_v3",
-                  "mobilenet_v1"] = "resnet50"
+    # cifar_*: gluon-cv's CIFAR networks (32 px; cifarresnet.py, cifarwideresnet.py): ResNet-20/56/110 in
+    # v1 (post-activation) and v2 (pre-activation), WideResNet depth-width (bot/models/cifar.py)
+    arch: Literal["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "inception_v3", "mobilenet_v1",
+                  "cifar_resnet20_v1", "cifar_resnet56_v1", "cifar_resnet110_v1", "cifar_resnet20_v2",
+                  "cifar_resnet56_v2", "cifar_resnet110_v2", "cifar_wrn16_10", "cifar_wrn28_10",
+                  "cifar_wrn40_8"] = "resnet50"
     # ResNets only (section 4, figure 2): A is the original ResNet, and null means A for a ResNet;
     # the other networks have no variants and must leave it null
     variant: Optional[Literal["A", "B", "C", "D"]] = None

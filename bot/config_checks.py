@@ -35,6 +35,11 @@ def validate(cfg):
     _check(d.prefetch >= 1, "data.prefetch", f"must be at least 1, got {d.prefetch}")
     _check(d.shuffle_buffer >= 1, "data.shuffle_buffer", f"must be at least 1, got {d.shuffle_buffer}")
     _check(0 <= d.hw_decoder_load <= 1, "data.hw_decoder_load", f"must be in [0, 1], got {d.hw_decoder_load}")
+    _check(d.val_split.strip() not in ("", "train") and "/" not in d.val_split, "data.val_split",
+           f"must name the held-out split's folder (val, test, validation), got {d.val_split!r}")
+    _check(d.padding >= 0, "data.padding", f"must be 0 or more pixels, got {d.padding}")
+    _check(len(d.mean) == 3 and len(d.std) == 3 and all(s > 0 for s in d.std), "data.mean",
+           f"data.mean and data.std must be 3 values (RGB, 0-255), std positive; got {d.mean} and {d.std}")
     _validate_arch(cfg)
     _check(m.init_from is None or m.init_from.strip() != "", "model.init_from",
            "must be a checkpoint or run folder, or null")
@@ -125,6 +130,11 @@ def _validate_extras(cfg) -> None:
 def _validate_arch(cfg) -> None:
     """What only some networks have: ResNet variants, residual blocks (zero gamma), a minimum size."""
     m, d = cfg.model, cfg.data
+    if m.arch.startswith("cifar_"):  # gluon-cv's networks, as they are: residual blocks, no variants or width
+        _check(m.variant is None, "model.variant", f"chooses an ImageNet ResNet variant; {m.arch} has none: "
+               "set model.variant=null")
+        _check(m.width == 1, "model.width", f"scales ImageNet ResNets; {m.arch} has no such option: set model.width=1")
+        return
     if m.arch.startswith("resnet"):
         m.variant = m.variant or "A"
         _check(1 / 16 <= m.width <= 4, "model.width", f"must be in [0.0625, 4], got {m.width}")
