@@ -47,6 +47,14 @@ class Quiet(http.server.SimpleHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(data[:len(data) // 2])  # then the connection closes
             return
+        if self.fail == "often" and self.path.endswith(".tar"):  # each answer 1 KiB further, then closed
+            tries = self.server.tries[self.path] = self.server.tries.get(self.path, 0) + 1
+            data = open(self.translate_path(self.path), "rb").read()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data[:1024 * tries])
+            return
         super().do_GET()
 
 
@@ -57,7 +65,7 @@ def serve(shards):
     def start(fail=None, directory=shards):
         handler = type("Handler", (Quiet,), {"fail": fail})
         server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(directory)))
-        server.dropped, server.daemon_threads = set(), True
+        server.dropped, server.tries, server.daemon_threads = set(), {}, True
         threading.Thread(target=server.serve_forever, daemon=True).start()
         servers.append(server)
         return f"http://127.0.0.1:{server.server_address[1]}/"
@@ -154,6 +162,16 @@ def test_too_few_shards_for_the_workers_is_one_clear_line(serve):
 def test_a_dropped_connection_is_retried(serve):
     good = stream.open_stream(serve())[0]
     flaky = stream.open_stream(serve("drop"))[0]
+    assert [(i, label) for i, _, label in flaky.samples(2)] == [(i, label) for i, _, label in good.samples(2)]
+
+
+def test_the_tries_count_failures_in_a_row_not_in_a_shard(serve, monkeypatch):
+    """A connection that drops again and again, each time after some progress: more drops than
+    TRIES in one shard, none in a row without progress, so the shard is read whole."""
+    monkeypatch.setattr(stream, "TRIES", 2)
+    monkeypatch.setattr(stream.time, "sleep", lambda s: None)  # the back-off is not what is tested
+    good = stream.open_stream(serve())[0]
+    flaky = stream.open_stream(serve("often"))[0]
     assert [(i, label) for i, _, label in flaky.samples(2)] == [(i, label) for i, _, label in good.samples(2)]
 
 

@@ -72,6 +72,8 @@ class RemoteFile(io.RawIOBase):
                 if not n and len(buffer) and self.response.length:  # closed before Content-Length: http.client's
                     raise http.client.IncompleteRead(b"", self.response.length)  # readinto says only "0 bytes"
                 self.pos += n
+                if n:  # TRIES counts failures in a row: a long shard on a flaky link may fail many times
+                    self.failures = 0
                 return n
             except urllib.error.HTTPError as e:
                 if e.code < 500:  # 404, 403: asking again will not help
