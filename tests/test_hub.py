@@ -191,9 +191,13 @@ def test_the_folder_follows_the_output_rule(tmp_path, capsys, monkeypatch):
     assert "holds files this command did not write (not a hub export)" in capsys.readouterr().err
     (out / "notes.txt").unlink()
     assert export_cli.main([str(path), "--format", "hub", "--out", str(out)]) == 0  # an empty folder is taken
-    (out / "README.md").write_text("an earlier card")
+    (out / "config.json").write_text('{"bot": {}}')
     assert export_cli.main([str(path), "--format", "hub", "--out", str(out)]) == 0  # an earlier export is replaced
-    assert (out / "README.md").read_text().startswith("---\n")
+    assert json.loads((out / "config.json").read_text())["bot"]["step"] == 7
+    (out / "README.md").write_text("an earlier card, edited")  # but a card the user edited is kept
+    assert export_cli.main([str(path), "--format", "hub", "--out", str(out)]) == 0
+    assert (out / "README.md").read_text() == "an earlier card, edited"
+    assert (out / "README.new.md").read_text().startswith("---\n")
 
     def mismatch(*args):
         raise ExportMismatch("timm from local-dir: logits differ")

@@ -14,7 +14,8 @@ data.val_resize. `--sizes` tests several resolutions (the val resize keeps the 2
 ratio unless data.val_resize is given) and takes the place of data.image_size: a network
 trained at one resolution is often best tested at a slightly larger one. Under torchrun
 or accelerate every image is counted once. A bar shows the batches on a terminal; off
-one (a pipe, a log file) a line is printed at every tenth of them.
+one (a pipe, a log file) a line is printed at every tenth of them. SIGTERM or SIGUSR1
+stops it with one line and exit status 128 + the signal's number; no partial file is left.
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ from pathlib import Path
 import torch
 
 from bot import config
-from bot.cli import command_parser, overrides, run
+from bot.cli import command_parser, overrides
 from bot.cli.progress import Progress
+from bot.cli.stop import run_stoppable
 from bot.errors import UserError
 from bot.files import outputs, trained
 
@@ -123,7 +125,7 @@ def print_table(model_info: trained.Trained, rows: list[dict], ema: bool) -> Non
         print(f"| {r['size']} | {r['resize']} | {r['top1']:.2f} | {r['top5']:.2f} | {r['val_loss']:.4f} |")
 
 
-def write_per_class(path: str, rows: list[dict]) -> None:
+def write_per_class(path: str, rows: list[dict], written: list) -> None:
     text = io.StringIO(newline="")
     out = csv.writer(text, lineterminator="\n")
     out.writerow(["class", "images"] + [f"top1_{r['size']}" for r in rows])
@@ -132,11 +134,13 @@ def write_per_class(path: str, rows: list[dict]) -> None:
         n = first["class_images"][k]
         out.writerow([name, n] + [f"{100 * r['class_top1_hits'][k] / n:.2f}" if n else "" for r in rows])
     outputs.write_text(Path(path), text.getvalue())
+    written.append(path)
     print(f"per-class top-1 in {path}")
 
 
 def main(argv=None) -> int:
     args = parse(sys.argv[1:] if argv is None else argv)
+    written = []
 
     def body():
         model_info = trained.read(args.checkpoint, onnx=True)
@@ -149,9 +153,9 @@ def main(argv=None) -> int:
         if rows:  # the main process reports
             print_table(model_info, rows, args.ema)
             if args.per_class:
-                write_per_class(args.per_class, rows)
+                write_per_class(args.per_class, rows, written)
 
-    return run(body)
+    return run_stoppable("evaluate", body, written)
 
 
 if __name__ == "__main__":

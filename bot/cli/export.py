@@ -18,7 +18,8 @@ hub: a folder (default NAME-hub beside the checkpoint) that
 `timm.create_model("local-dir:DIR", pretrained=True)` and the Hugging Face Hub take as it
 is: model.safetensors, config.json (timm's name and kwargs, the class names, the run's
 eval preprocessing), README.md (the model card) and curves.png; upload it with
-`hf upload USER/NAME DIR .` (docs/hub.md). It replaces only an earlier hub folder.
+`hf upload USER/NAME DIR .` (docs/hub.md). It replaces only an earlier hub folder; a
+README.md edited since is kept, and the new card written beside it as README.new.md.
 Each check runs random input through both models and prints the largest absolute
 difference of the logits; a difference above the tolerance exits 1 and writes nothing.
 """
@@ -26,6 +27,7 @@ difference of the logits; a difference above the tolerance exits 1 and writes no
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
@@ -115,7 +117,7 @@ def main(argv=None) -> int:
             elif args.format == "timm":
                 diff, call = export.to_timm(model, m.arch, m.variant, classes, size, out, m.width, m.act)
             else:
-                diff = write_hub(model, model_info, classes, out, args.ema)
+                diff, kept = write_hub(model, model_info, classes, out, args.ema)
         except export.ExportMismatch as e:
             print(f"error: export check failed, nothing written: {e}", file=sys.stderr)
             return 1
@@ -124,7 +126,7 @@ def main(argv=None) -> int:
         if args.format == "timm":
             print(f"also {out.with_suffix('.pth')}; in timm:\nimport timm\n{call}")
         if args.format == "hub":
-            print(hub_summary(out, model_info.cfg))
+            print(hub_summary(out, model_info.cfg, kept))
         return 0
 
     return run(body)
@@ -137,7 +139,7 @@ def onnx_metadata(model_info: trained.Trained, classes: list[str]) -> dict[str, 
     return onnx_model.metadata(model_info.cfg, classes, str(model_info.path), precision)
 
 
-def write_hub(model, model_info: trained.Trained, classes: list[str], out: Path, ema: bool) -> float:
+def write_hub(model, model_info: trained.Trained, classes: list[str], out: Path, ema: bool) -> tuple[float, bool]:
     from bot.deploy import hub, model_card
     from bot.deploy.export import timm_recipe
 
@@ -163,13 +165,19 @@ def dataset_counts(root) -> tuple[int, int] | None:
     return len(train), len(val)
 
 
-def hub_summary(out: Path, cfg) -> str:
-    from bot.deploy.hub import FILES
+def hub_summary(out: Path, cfg, kept_card: bool) -> str:
+    """What the folder holds, how timm reads it, and the upload command, every path shell-quoted."""
+    from bot.deploy.hub import CARD, FILES, NEW_CARD
 
     files = ", ".join(name for name in FILES if (out / name).exists())
-    return (f"{out}: {files}; timm.create_model('local-dir:{out}', pretrained=True) resolves {cfg.data.val_resize} px "
-            f"bilinear resize, {cfg.data.image_size} px centre crop\nupload: hf upload USER/{cfg.run.name} {out} . "
-            f"(docs/hub.md)")
+    lines = [f"{out}: {files}; timm.create_model({f'local-dir:{out}'!r}, pretrained=True) resolves "
+             f"{cfg.data.val_resize} px bilinear resize, {cfg.data.image_size} px centre crop"]
+    upload = f"hf upload {shlex.quote(f'USER/{cfg.run.name}')} {shlex.quote(str(out))} ."
+    if kept_card:
+        lines.append(f"kept {out / CARD}, edited since the last export; this export's card is {out / NEW_CARD} "
+                     f"(merge what you want of it into {CARD}; the upload below leaves it out)")
+        upload += f" --exclude {NEW_CARD}"
+    return "\n".join(lines + [f"upload: {upload} (docs/hub.md)"])
 
 
 if __name__ == "__main__":

@@ -21,6 +21,8 @@ or with --results-separate-col one column per rank (label_0, prob_0, label_1 ...
 comes from the suffix (.csv, .json: an object keyed by filename, .jsonl: one JSON object per
 line, .parquet) unless --results-format says; parquet needs pyarrow. --out may replace this
 command's own earlier predictions, never a checkpoint, an input or a run's files.
+SIGTERM or SIGUSR1 stops it with one line and exit status 128 + the signal's number; no
+partial --out file is left.
 """
 
 from __future__ import annotations
@@ -31,8 +33,9 @@ from pathlib import Path
 
 import torch
 
-from bot.cli import command_parser, overrides, run
+from bot.cli import command_parser, overrides
 from bot.cli.progress import Progress
+from bot.cli.stop import run_stoppable
 from bot.data.folder import IMAGE_SUFFIXES
 from bot.errors import UserError, one_line
 from bot.files import outputs, predictions, trained
@@ -122,6 +125,7 @@ def predict(model, transform, files: list[Path], top: int, batch: int, class_nam
 
 def main(argv=None) -> int:
     args = parse(sys.argv[1:] if argv is None else argv)
+    written = []
 
     def body():
         from bot.data.transforms import val_transform
@@ -143,13 +147,14 @@ def main(argv=None) -> int:
             topk = min(args.topk, len(names))
             predictions.write(Path(args.out), predictions.columns(results, topk, args.include_index,
                                                                   args.results_separate_col), fmt)
+            written.append(args.out)
         for path, best in results:
             print(f"{path}: " + "  ".join(f"{e['label']} {e['prob']:.3f}" for e in best))
         print(f"{len(results)} image(s) classified" + (f", {skipped} unreadable skipped" if skipped else "")
               + (f"; predictions in {args.out} ({fmt})" if args.out and results else ""), file=sys.stderr)
         return 0 if results else 2
 
-    return run(body)
+    return run_stoppable("predict", body, written)
 
 
 if __name__ == "__main__":

@@ -10,9 +10,11 @@ gammas are ~0) is removed: the convs, their BNs and the next convs really get na
 DIR/best.pt is a checkpoint like the trainer's, with the narrower weights: fine-tune it
 with `model.init_from=DIR/best.pt` (same recipe), or evaluate, predict, export and
 quantize it. DIR/slim.json lists the channels kept per layer. DIR is a new folder or one this
-command wrote before: never a training run's folder. `--round-to 8` keeps a
-multiple of 8 channels in every layer (removing a little less than --ratio): convolution
-kernels run such counts faster than odd ones, on the CPU and on GPUs' tensor cores.
+command wrote before: never a training run's folder. Both files are written aside and renamed
+together; a write that fails (a full disk) replaces neither and leaves no folder this command
+made. `--round-to 8` keeps a multiple of 8 channels in every layer (removing a little less
+than --ratio): convolution kernels run such counts faster than odd ones, on the CPU and on
+GPUs' tensor cores.
 A network trained without model.slim_l1 has few gammas near 0, so the ranking says little
 about which channels matter: slimming it is allowed, with a warning.
 """
@@ -20,6 +22,7 @@ about which channels matter: slimming it is allowed, with a warning.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import sys
 from pathlib import Path
@@ -97,7 +100,6 @@ def main(argv=None) -> int:
 
     def body():
         from bot.deploy.prune import prune
-        from bot.files.checkpoint import atomic_save
         from bot.models import count_params_macs
         from bot.models.slimmable import slimmed_pairs
 
@@ -120,10 +122,12 @@ def main(argv=None) -> int:
         total = sum(b for b, _ in counts)
         info = {"ratio": args.ratio, "round_to": args.round_to, "from": str(source.path), "params": [params, new_params],
                 "macs": [macs, new_macs], "channels": {n: list(c) for n, c in zip(layers, counts)}}
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_save({"model": model.state_dict(), "config": source.cfg.to_dict(), "num_classes": source.num_classes,
-                     "classes": source.classes, "slim": info}, out / "best.pt")
-        outputs.write_text(out / "slim.json", json.dumps(info, indent=2) + "\n")
+        checkpoint = io.BytesIO()  # in memory: torch's file writer fails on a full disk without an errno
+        torch.save({"model": model.state_dict(), "config": source.cfg.to_dict(), "num_classes": source.num_classes,
+                    "classes": source.classes, "slim": info}, checkpoint)
+        with outputs.made_folder(out):
+            outputs.write_files({out / "best.pt": checkpoint.getvalue(),
+                                 out / "slim.json": (json.dumps(info, indent=2) + "\n").encode()})
         removed = total - sum(a for _, a in counts)
         print(f"slimmed {source.describe()}: {removed} of {total} in-block channels removed ({removed / total:.1%}; "
               f"{near_zero} had |gamma| < 1e-3)" + (f", every layer a multiple of {args.round_to}" if args.round_to > 1 else ""))

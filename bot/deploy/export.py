@@ -3,18 +3,22 @@
 Each export is checked after writing against the model it came from, on random input:
 the largest absolute difference of the logits is returned, and one above the tolerance
 is an error (ExportMismatch), never a warning. Files are written aside and renamed once
-checked, so a failed export never replaces an earlier good one.
+checked, so a failed export never replaces an earlier good one. Each format is serialised in
+memory and its bytes written by bot/files/outputs.py (`write_bytes`), so that a full disk is
+one line and the file gets the usual mode: met by a full disk, torch's C++ file writer aborts
+the interpreter and safetensors' raises without an errno, and safetensors' file is 0600.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import warnings
 from pathlib import Path
 
 import torch
 
-from bot.files.outputs import written_aside
+from bot.files.outputs import write_bytes, written_aside
 from bot.models import VARIANTS, widths
 
 
@@ -42,15 +46,14 @@ def to_onnx(model, image_size: int, path: Path, meta: dict[str, str] | None = No
     (bot/files/onnx_model.py `metadata`: what evaluate, predict and other runtimes read)."""
     import onnxruntime
 
-    from bot.files.onnx_model import add_metadata
-
     example = torch.randn(2, 3, image_size, image_size)
     program = torch.onnx.export(model, (example,), input_names=["images"], output_names=["logits"], dynamo=True,
                                 dynamic_shapes={"x": {0: torch.export.Dim("batch")}}, verbose=False)
+    proto = program.model_proto  # what program.save writes for a model under protobuf's 2 GB
+    for key, value in (meta or {}).items():
+        proto.metadata_props.add(key=key, value=value)
     with written_aside(path) as (tmp,):
-        program.save(str(tmp))
-        if meta:
-            add_metadata(tmp, meta)
+        write_bytes(tmp, proto.SerializeToString())
         session = onnxruntime.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
         x = torch.randn(3, 3, image_size, image_size)
         with torch.no_grad():
@@ -62,7 +65,9 @@ def to_torchscript(model, image_size: int, path: Path) -> float:
     by loading the file back."""
     with written_aside(path) as (tmp,), warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch 2.9+ marks TorchScript as deprecated
-        torch.jit.script(model).save(str(tmp))
+        buffer = io.BytesIO()  # saved to a path, a full disk aborts the interpreter in C++
+        torch.jit.save(torch.jit.script(model), buffer)
+        write_bytes(tmp, buffer.getvalue())
         loaded = torch.jit.load(str(tmp))
         x = torch.randn(3, 3, image_size, image_size)
         with torch.no_grad():
@@ -109,16 +114,18 @@ def to_timm(model, arch: str, variant: str | None, classes: list[str], image_siz
     `timm.create_model(..., checkpoint_path=...)`; checked by doing exactly that.
     Returns (max abs diff, the create_model call)."""
     import timm
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     name, kwargs, needs_stride = timm_recipe(arch, variant, len(classes), width, act)
     x = torch.randn(3, 3, image_size, image_size)
     diffs = []
     with written_aside(path, path.with_suffix(".pth")) as files:
-        save_file(state, str(files[0]), metadata={"classes": json.dumps(classes), "arch": arch,
-                                                   "variant": str(variant)})
-        torch.save(state, files[1])
+        write_bytes(files[0], save(state, metadata={"classes": json.dumps(classes), "arch": arch,
+                                                    "variant": str(variant)}))
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        write_bytes(files[1], buffer.getvalue())
         for file in files:
             theirs = timm.create_model(name, checkpoint_path=str(file), **kwargs).eval()
             if needs_stride:

@@ -11,11 +11,19 @@
 
 The folder is written aside and checked before it replaces anything: timm loads it through
 `local-dir:` and must compute our logits on random input and resolve our preprocessing.
+
+docs/hub.md invites users to edit the card before uploading, so a later export keeps an
+edited card as README.md and writes its own beside it as README.new.md. The card's last line
+is a hidden comment holding the hash of the text above it: a card whose hash still matches is
+one an export wrote, and is replaced; any other (edited, or without the line) is kept.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,10 +31,13 @@ import torch
 
 from bot.deploy.export import ExportMismatch, check, timm_recipe
 from bot.files.output_folder import folder_written_aside
+from bot.files.outputs import write_bytes
 from bot.files.preprocessing import timm_data_config
 
 WEIGHTS, CONFIG, CARD, CURVES = "model.safetensors", "config.json", "README.md", "curves.png"
-FILES = (WEIGHTS, CONFIG, CARD, CURVES)
+NEW_CARD = "README.new.md"  # this export's card, where the folder's README.md is one the user edited
+FILES = (WEIGHTS, CONFIG, CARD, CURVES, NEW_CARD)
+SIGNATURE = "<!-- written by bot's export; sha256 of the card above: {} -->\n"  # hidden on the hub
 PAPER = {"paper_ids": "arXiv:1812.01187",
          "paper_name": "Bag of Tricks for Image Classification with Convolutional Neural Networks"}
 OWN_KEY = "bot"  # config.json's block that says which run and weights the folder holds
@@ -39,6 +50,21 @@ def is_hub_folder(path: Path) -> bool:
         return names <= set(FILES) and OWN_KEY in json.loads((path / CONFIG).read_text())
     except (OSError, ValueError, TypeError):
         return False
+
+
+def signed(card: str) -> str:
+    """The card's text with its last line: the hash that tells it unedited (`edited`)."""
+    return card + SIGNATURE.format(hashlib.sha256(card.encode()).hexdigest())
+
+
+def edited(path: Path) -> bool:
+    """Whether the card at `path` is not, byte for byte, one an export signed."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return True
+    last = text.rfind("\n<!-- ")
+    return last < 0 or text != signed(text[:last + 1])
 
 
 def _first(model: torch.nn.Module, kind: type, last: bool = False) -> str:
@@ -86,15 +112,21 @@ def _timm_check(model: torch.nn.Module, folder: Path, cfg) -> float:
 
 
 def write_hub(model: torch.nn.Module, cfg, classes: list[str], out: Path, about: dict,
-              card: Callable[[Path], None]) -> float:
+              card: Callable[[Path], None]) -> tuple[float, bool]:
     """The hub folder of `model` (trained with `cfg` on `classes`) at `out`, replacing an earlier
     one only once checked; `card(folder)` writes the model card and its plot into it.
-    Returns the largest logit difference between timm's model and ours."""
-    from safetensors.torch import save_file
+    Returns the largest logit difference between timm's model and ours, and whether the earlier
+    folder's README.md was kept (edited by the user: the new card is then NEW_CARD)."""
+    from safetensors.torch import save
 
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    config = json.dumps(hub_config(model, cfg, classes, about), indent=2) + "\n"
     with folder_written_aside(out) as tmp:
-        save_file(state, str(tmp / WEIGHTS), metadata={"format": "pt"})
-        (tmp / CONFIG).write_text(json.dumps(hub_config(model, cfg, classes, about), indent=2) + "\n")
+        write_bytes(tmp / WEIGHTS, save(state, metadata={"format": "pt"}))
+        write_bytes(tmp / CONFIG, config.encode())
         card(tmp)
-        return _timm_check(model, tmp, cfg)
+        kept = (out / CARD).is_file() and edited(out / CARD)
+        if kept:
+            os.replace(tmp / CARD, tmp / NEW_CARD)
+            shutil.copy2(out / CARD, tmp / CARD)
+        return _timm_check(model, tmp, cfg), kept

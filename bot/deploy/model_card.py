@@ -10,6 +10,7 @@ A checkpoint without its run folder still gets a card, saying what is missing.
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,8 @@ from pathlib import Path
 import yaml
 
 from bot import config
-from bot.deploy.hub import CARD, CURVES
+from bot.deploy.hub import CARD, CURVES, signed
+from bot.files.outputs import write_bytes
 from bot.files.preprocessing import in_words
 
 # keys that say where and how a run ran, not what it trained: left out of the recipe table
@@ -109,7 +111,9 @@ def plot_curves(metrics: list[dict], path: Path, title: str) -> bool:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
-    fig.savefig(path, dpi=100)
+    png = io.BytesIO()  # written by bot/files/outputs.py, as every file of the folder
+    fig.savefig(png, format="png", dpi=100)
+    write_bytes(path, png.getvalue())
     return True
 
 
@@ -239,6 +243,7 @@ def card(model_info, run: RunRecord, ema: bool, architecture: str, counts, curve
 
 
 def write_card(folder: Path, model_info, run: RunRecord, ema: bool, architecture: str, counts) -> None:
-    """README.md and (where metrics.jsonl has evaluation lines) curves.png into `folder`."""
+    """README.md (signed: bot/deploy/hub.py) and, where metrics.jsonl has evaluation lines,
+    curves.png into `folder`."""
     curves = plot_curves(run.metrics, folder / CURVES, f"{model_info.cfg.run.name}: {network(model_info.cfg)}")
-    (folder / CARD).write_text(card(model_info, run, ema, architecture, counts, curves))
+    write_bytes(folder / CARD, signed(card(model_info, run, ema, architecture, counts, curves)).encode())

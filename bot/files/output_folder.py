@@ -7,7 +7,8 @@ the rule of bot/files/outputs.py:
 - an earlier output of the same kind is replaced (a second export), so no --force is needed;
 - the path is checked before the work starts: its parent exists and takes a new entry;
 - the folder is written aside (a hidden sibling) and swapped in once complete
-  (`folder_written_aside`), so a failure leaves the earlier folder as it was and nothing else.
+  (`folder_written_aside`), so a failure leaves the earlier folder as it was and nothing else,
+  and a full disk is one line.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from bot.errors import UserError
-from bot.files.outputs import check_writable, is_run_folder
+from bot.files.checkpoint import UNWRITABLE
+from bot.files.outputs import cannot_write, check_writable, is_run_folder
 
 
 def _inside(file: Path, folder: Path) -> bool:
@@ -57,15 +59,20 @@ def check_output_folder(path: str | Path, what: str, kind: str, own: Callable[[P
 @contextmanager
 def folder_written_aside(path: Path):
     """A new hidden folder beside `path` to fill; it replaces `path` when the block succeeds
-    (the earlier folder is moved aside, then removed) and is removed when the block raises."""
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
+    (the earlier folder is moved aside, then removed) and is removed when the block raises.
+    A full disk or another UNWRITABLE failure becomes one line (bot/files/outputs.py)."""
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's folder is private; the export is as any new folder
+    tmp = None
     try:
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's folder is private; the export is as any new folder
         yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException as e:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError) and e.errno in UNWRITABLE:
+            raise cannot_write(e, [path]) from None
         raise
     old = None
     if path.exists():

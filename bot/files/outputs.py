@@ -9,11 +9,15 @@ The rule for predict's CSV, evaluate's per-class CSV, export, quantize and slim:
 - the path is checked before the work starts: its folder exists and takes a new file, the
   path is not a folder;
 - the file is written aside and renamed once complete (`written_aside`), so a failure leaves
-  the earlier output as it was and no temporary file.
+  the earlier output as it was and no temporary file; a full disk, a quota, a file-size limit
+  or a read-only file system met on the way is one line (UserError, exit 2). Commands
+  serialise a model into memory and write the bytes here (`write_bytes`): torch's own file
+  writer, met by a full disk, raises "unexpected pos" or aborts the interpreter.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -24,7 +28,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from bot.errors import UserError
-from bot.files.checkpoint import BEST, LAST, PREV, foreign_kind
+from bot.files.checkpoint import BEST, LAST, PREV, UNWRITABLE, foreign_kind
 
 # what the trainer writes into a run folder; no other command may replace them
 RUN_FILES = ("config.yaml", "metrics.jsonl", "summary.json", LAST, PREV, BEST)
@@ -137,25 +141,70 @@ def check_output(path: str | Path, what: str, kind: str, own: Callable[[Path], b
     return path
 
 
+def cannot_write(e: OSError, paths) -> UserError:
+    """The one line for outputs `paths` that could not be written for a reason in UNWRITABLE."""
+    names = " and ".join(str(p) for p in paths)
+    return UserError(f"cannot write {names}: {os.strerror(e.errno)} ({errno.errorcode.get(e.errno, e.errno)}); "
+                     f"nothing was written or replaced")
+
+
 @contextmanager
 def written_aside(*paths: Path):
     """Temporary names for `paths` (the suffix stays last: timm reads a file by its suffix);
-    renamed over `paths` when the block succeeds, removed when it raises."""
+    renamed over `paths` when the block succeeds, removed when it raises. An UNWRITABLE
+    failure becomes cannot_write's line."""
     tmps = [p.with_name(p.stem + ".tmp" + p.suffix) for p in paths]
     try:
         yield tmps
-    except BaseException:
+        for tmp, path in zip(tmps, paths):
+            os.replace(tmp, path)
+    except BaseException as e:
         for tmp in tmps:
-            tmp.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.errno in UNWRITABLE:
+            raise cannot_write(e, paths) from None
         raise
-    for tmp, path in zip(tmps, paths):
-        os.replace(tmp, path)
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    """`data` as a new file `path` (a name from written_aside), fsync'ed so that a disk that
+    fills only when the data is flushed fails here, before the rename. It gets the process's
+    usual mode (0666 less the umask), as any new file."""
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def write_files(files: dict[Path, bytes]) -> None:
+    """Each path's bytes, all written aside before any is renamed: a failed write replaces none."""
+    with written_aside(*files) as tmps:
+        for tmp, data in zip(tmps, files.values()):
+            write_bytes(tmp, data)
+
+
+@contextmanager
+def made_folder(path: Path):
+    """`path` made (with its missing parents) for the block to write into; what was made is
+    removed again when the block raises, so a failure leaves no empty folder."""
+    made = [p for p in (path, *path.parents) if not p.exists()]  # deepest first
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        yield path
+    except BaseException as e:
+        for folder in made:
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        if isinstance(e, OSError) and e.errno in UNWRITABLE:
+            raise cannot_write(e, [path]) from None
+        raise
 
 
 def write_text(path: Path, text: str) -> None:
     """`text` into `path`, written aside and renamed: a failure leaves the earlier file."""
     try:
         with written_aside(path) as (tmp,):
-            tmp.write_text(text)
+            write_bytes(tmp, text.encode())
     except OSError as e:
         raise UserError(f"cannot write {path}: {os.strerror(e.errno) if e.errno else e}") from None

@@ -14,7 +14,10 @@ evaluate and predict also read the ONNX models of scripts/quantize.py and script
 (bot/files/onnx_model.py);
 everything that needs torch weights (export, fine-tuning, distillation) refuses it.
 A slimmed checkpoint (scripts/slim.py) has narrower layers than its config builds: `build`
-gives the model the shapes of its weights (bot/models/slimmable.py).
+gives the model the shapes of its weights (bot/models/slimmable.py). Slimming narrows only the
+channels inside residual blocks, so every other layer's output channels must be what the
+config builds: weights of another `model.width` (a config and weights that do not belong
+together) are one line naming the first tensor that differs, not a model built to fit them.
 """
 
 from __future__ import annotations
@@ -128,6 +131,7 @@ def build(trained: Trained, ema: bool = False) -> torch.nn.Module:
         raise UserError(f"{trained.path} has no moving average of the weights (key {EMA_KEY!r}): "
                         f"train with model.ema_decay, or leave out --ema")
     model = build_model(trained.cfg, num_classes=trained.num_classes)
+    check_shapes(trained, model)
     fit_shapes(model, trained.weights)
     if trained.cfg.model.qat:
         from bot.models.qat import prepare_qat
@@ -143,6 +147,26 @@ def build(trained: Trained, ema: bool = False) -> torch.nn.Module:
 
         freeze(model)
     return model.eval()
+
+
+def check_shapes(trained: Trained, model: torch.nn.Module) -> None:
+    """UserError unless the weights fit `model` (built from their config) but for slimming: the
+    layers of slimmed_pairs may be narrower, and the layers after them take fewer inputs, so
+    every other tensor must have the output channels (first dimension) the config builds."""
+    from bot.models.slimmable import slimmed_pairs
+
+    slimmable = {id(m) for pair in slimmed_pairs(model) for m in pair}
+    modules = dict(model.named_modules())
+    for key, want in model.state_dict().items():
+        got = trained.weights.get(key)
+        module = modules.get(key.rpartition(".")[0])
+        if not isinstance(got, torch.Tensor) or not want.dim() or id(module) in slimmable \
+                or got.shape[:1] == want.shape[:1]:
+            continue
+        m = trained.cfg.model
+        raise UserError(f"{trained.path}: its weights do not fit its config ({m.arch}-{m.variant}, "
+                        f"model.width={m.width:g}): {key} is {tuple(got.shape)}, the config builds "
+                        f"{tuple(want.shape)}")
 
 
 def class_difference(theirs: list[str] | None, their_count: int, ours: list[str]) -> str | None:
