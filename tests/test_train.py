@@ -134,9 +134,32 @@ def test_run_out_that_is_a_file(toy, tmp_path):
         train(small(toy, tmp_path / "file"))
 
 
-def test_wandb_offline_writes_into_the_run_folder(toy, tmp_path, monkeypatch):
+def test_wandb_logs_each_step_and_evaluation_and_the_summary_under_the_runs_own_id(toy, tmp_path, monkeypatch):
+    """Read back from the offline run: what was logged, at which steps, the summary (summary.json's
+    figures), group and name; a resume continues the same wandb run, a new run in a reused path
+    starts another (with an id made from the path it continued the old one, and wandb dropped
+    every step at or below the old run's last: the new curves vanished)."""
+    import shutil
+
+    from wandb_records import logged
+
     monkeypatch.setenv("WANDB_SILENT", "true")
     out = tmp_path / "run"
-    train(small(toy, out, "run.wandb=offline", "run.max_steps=2", "run.group=grid", "run.name=row"))
-    (run,) = (out / "wandb").glob("offline-run-*")
-    assert any(run.glob("*.wandb"))  # the run's event file, to `wandb sync` later
+    run = lambda *extra: train(narrow(toy, out, "run.wandb=offline", "run.group=grid", "run.name=row", *extra))  # noqa: E731
+    summary = run("run.max_steps=2")
+    first = logged(out)
+    [(run_id, group, name)] = first["runs"]
+    assert (group, name) == ("grid", "row")
+    steps = [(h["_step"], sorted(k for k in h if not k.startswith("_"))) for h in first["history"]]
+    assert steps == [(1, ["epoch", "img_per_s", "loss", "lr"]),
+                     (2, ["epoch", "img_per_s", "loss", "lr", "top1", "top5", "val_images", "val_loss"])]
+    assert {k: first["summary"][k] for k in summary} == summary  # best top-1, params, MACs, img/s ...
+
+    run("run.max_steps=3")  # resumed: the same wandb run goes on from step 3
+    again = logged(out)
+    assert {r[0] for r in again["runs"]} == {run_id} and again["history"][-1]["_step"] == 3
+
+    shutil.rmtree(out)  # the same path, a new run: a new wandb run
+    run("run.max_steps=1")
+    [(new_id, _, _)] = logged(out)["runs"]
+    assert new_id != run_id

@@ -7,8 +7,8 @@ logged step is a readable line instead (`print_step`), while metrics.jsonl keeps
 
 from __future__ import annotations
 
-import hashlib
 import json
+import secrets
 from pathlib import Path
 
 from bot.files import checkpoint
@@ -28,6 +28,22 @@ def step_line(record: dict, epochs: int) -> str:
             f"lr {record['lr']:.4g} {record['img_per_s']:.0f} img/s")
 
 
+WANDB_ID = "wandb-id"  # in the run folder
+
+
+def wandb_id(folder: Path) -> str:
+    """The run's wandb id, kept in the run folder: a resume continues the same wandb run, and a
+    new run in a reused path (the folder deleted, another machine) starts a new one. An id made
+    from the path instead made the new run continue the old one, and wandb dropped every step
+    at or below the old run's last, so the new curves never showed."""
+    path = folder / WANDB_ID
+    if path.exists():
+        return path.read_text().strip()
+    run_id = secrets.token_hex(8)
+    checkpoint.atomic_write_text(path, run_id + "\n")
+    return run_id
+
+
 class RunLog:
     def __init__(self, cfg, folder: Path, enabled: bool, resume_step: int = 0):
         self.enabled, self.path, self.wandb = enabled, folder / "metrics.jsonl", None
@@ -37,9 +53,7 @@ class RunLog:
         if enabled and cfg.run.wandb != "off":
             import wandb
 
-            # a stable id per run folder: a resumed run continues the same wandb run
-            run_id = hashlib.sha1(str(folder.resolve()).encode()).hexdigest()[:16]
-            self.wandb = wandb.init(project="bot", name=cfg.run.name, group=cfg.run.group, id=run_id,
+            self.wandb = wandb.init(project="bot", name=cfg.run.name, group=cfg.run.group, id=wandb_id(folder),
                                     resume="allow", dir=str(folder), mode=cfg.run.wandb, config=cfg.to_dict())
 
     def _forget_after(self, step: int) -> None:
@@ -71,6 +85,11 @@ class RunLog:
 
     def print_step(self, record: dict) -> None:
         self.print(step_line(record, self.epochs))
+
+    def summarize(self, summary: dict) -> None:
+        """summary.json's figures as the wandb run's summary (its table columns), beside the last logged values."""
+        if self.wandb is not None:
+            self.wandb.summary.update(summary)
 
     def close(self) -> None:
         if self.wandb is not None:

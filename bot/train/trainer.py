@@ -395,6 +395,7 @@ class Run:
             summary |= {"ema_top1": final["ema_top1"], "ema_top5": final["ema_top5"], "best_of": self.cfg.run.best_of}
         if self.main:
             checkpoint.atomic_write_text(self.summary_path, json.dumps(summary, indent=2) + "\n")
+            self.log.summarize(summary)
             self.log.print(f"{self.cfg.run.name}: top1 {summary['top1']:.2f} top5 {summary['top5']:.2f} "
                            f"(best {self.best:.2f}) in {self.step} steps; summary in {self.summary_path}")
         self.log.close()
