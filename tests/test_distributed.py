@@ -88,3 +88,25 @@ def test_two_processes_hold_the_same_average(launch):
     assert counts and all(rank0[k] == saved["model"][k] == 3 for k in counts)
     assert torch.load(out / "ema-run/last.prev.pt", weights_only=False)["step"] == 2  # asked at step 1
     assert all(rank0[k].abs().sum() > 0 for k in rank0 if "running_mean" in k)
+
+
+def test_without_sync_bn_the_run_evaluates_and_saves_one_model(launch):
+    """Each process's BatchNorm statistics follow its own batches (no sync_bn): the run evaluates
+    them averaged, on every process, and saves that state, so `evaluate.py RUN` on one process
+    gives the run's own top-1 and loss (with each process evaluating its own statistics, the
+    figures were of no model that exists)."""
+    import re
+
+    from conftest import call_main
+
+    from bot.cli import evaluate
+
+    out, _ = launch
+    run = out / "ema-run"
+    done = call_main(evaluate.main, run)
+    assert done.returncode == 0, done.stderr
+    [row] = re.findall(r"^\| 32 \| 37 \| (\S+) \| (\S+) \| (\S+) \|$", done.stdout, re.M)
+    [logged] = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if "top1" in line]
+    summary = json.loads((run / "summary.json").read_text())
+    assert (float(row[0]), float(row[1])) == (round(summary["top1"], 2), round(summary["top5"], 2))
+    assert row[2] == f"{logged['val_loss']:.4f}"

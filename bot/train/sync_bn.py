@@ -44,3 +44,31 @@ def convert_sync_batchnorm(model: torch.nn.Module, device: torch.device) -> torc
         else:
             convert_sync_batchnorm(child, device)
     return model
+
+
+def same_state_everywhere(model: torch.nn.Module) -> None:
+    """Every process's model in the same state, before an evaluation under several processes.
+
+    DDP keeps the weights equal, but without model.sync_bn each process's BatchNorm running
+    statistics follow its own batches, so each process would evaluate another model and the
+    top-1 over all of them would be of none (nor of the best.pt rank 0 saves). The statistics
+    are averaged, as timm's distribute_bn(reduce=True) does: the mean of the processes' estimates
+    draws on all their batches, where rank 0's alone would drop the others'. Other floating
+    buffers (QAT's observed ranges, for which a mean means nothing) take rank 0's."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return
+    stats, others = [], []
+    for module in model.modules():
+        for name, t in module.named_buffers(recurse=False):
+            if not t.is_floating_point():
+                continue  # counts: the same on every process
+            bn = isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and name in ("running_mean", "running_var")
+            (stats if bn else others).append(t)
+    if stats:
+        flat = torch.cat([t.flatten() for t in stats])
+        dist.all_reduce(flat)
+        flat /= dist.get_world_size()
+        for t, mean in zip(stats, flat.split([t.numel() for t in stats])):
+            t.copy_(mean.view_as(t))
+    for t in others:
+        dist.broadcast(t, 0)

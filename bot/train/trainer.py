@@ -41,7 +41,7 @@ from bot.train.runlock import RunLock
 from bot.train.runlog import RunLog
 from bot.train.schedule import build_plan, build_schedule
 from bot.train.slim_penalty import with_slim_l1
-from bot.train.sync_bn import convert_sync_batchnorm
+from bot.train.sync_bn import convert_sync_batchnorm, same_state_everywhere
 from bot.train.teacher import load_teacher
 
 def make_autocast(precision: str, device: torch.device):
@@ -324,6 +324,8 @@ class Run:
         """Evaluate at the end of an epoch (or of a capped run), keep best.pt, write last.pt."""
         epoch_done = self.step == self.plan.first_step(self.epoch + 1)
         self.check_health()  # before evaluating: best.pt must not take diverged weights either
+        if not self.cfg.model.sync_bn:  # one model evaluated and saved, not one per process
+            same_state_everywhere(self.model)
         metrics = evaluate(self.model, self.val_loader, self.accelerator, self.autocast, self.cfg.channels_last)
         text = f"top1 {metrics['top1']:.2f} top5 {metrics['top5']:.2f} val_loss {metrics['val_loss']:.3f}"
         if self.ema is not None:
