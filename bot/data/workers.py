@@ -2,12 +2,14 @@
 
 SLURM signals every process of a job step, DataLoader workers too. The main process saves
 and stops on SIGTERM or SIGUSR1; its workers must outlive that signal, or the run dies with
-"DataLoader worker exited unexpectedly" before it can save.
+"DataLoader worker exited unexpectedly" before it can save. But none of them may outlive the
+main process, however it ends (kill -9, the OOM killer): see leave_fork_server.
 """
 
 from __future__ import annotations
 
 import atexit
+import ctypes
 import functools
 import multiprocessing
 import os
@@ -58,7 +60,7 @@ def worker_init(start_method: str) -> functools.partial:
         _EXITING[start_method] = multiprocessing.get_context(start_method).Event()
         # atexit runs last-registered first: multiprocessing registered its own on import
         atexit.register(_EXITING[start_method].set)
-    return functools.partial(ignore_stop_signals, _EXITING[start_method])
+    return functools.partial(start_worker, _EXITING[start_method])
 
 
 _EXITING = {}
@@ -103,6 +105,46 @@ def stop_signals_blocked():
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def start_worker(exiting, _worker_id: int = 0) -> None:
+    """A loader worker's first act (its worker_init_fn): see ignore_stop_signals, leave_fork_server."""
+    ignore_stop_signals(exiting)
+    leave_fork_server()
+
+
+def leave_fork_server() -> None:
+    """Let the fork server end with the main process, and so this worker with the server.
+
+    The server ends at EOF of its "alive" pipe, whose write end the main process holds and hands
+    to each process the server forks. Workers that kept it kept the server alive after a kill -9
+    of the main process, while they waited for their parent, the server, to end (torch's
+    watchdog), and the resource tracker waited for them all: none of them, all ignoring SIGTERM,
+    ever ended. A worker closes its copy: the server ends with the main process, each process it
+    forked is killed with it (bot.data.forked_signals), and the tracker, at EOF of its own pipe,
+    unlinks the killed run's semaphores and ends."""
+    from multiprocessing import forkserver
+
+    server = forkserver._forkserver
+    fd = getattr(server, "_forkserver_alive_fd", None)
+    if forkserver.get_inherited_fds() is not None and fd is not None:  # forked by a server
+        os.close(fd)
+        server._forkserver_alive_fd = None  # a server started from here would be a new one
+
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+PRCTL = ctypes.CDLL(None, use_errno=True).prctl if sys.platform == "linux" else None  # looked up once, not per child
+
+
+def die_with_parent(parent: int) -> None:
+    """SIGKILL this process as soon as `parent`, the single-threaded process that forked it, ends
+    (Linux's parent-death signal; elsewhere nothing), or now if it already has: the signal comes
+    only for a parent that ends after the prctl."""
+    if PRCTL is None:
+        return
+    PRCTL(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # adopted by init or a subreaper: the parent is gone
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def ignore_stop_signals(exiting, _worker_id: int = 0) -> None:
