@@ -11,9 +11,10 @@ import tarfile
 
 import pytest
 import torch
-from conftest import run_cli
+from conftest import call_main, run_cli
 
 from bot import config
+from bot.cli.make_shards import main as make_shards_main
 from bot.cli.make_shards import make_shards
 from bot.data import open_dataset
 from bot.data.folder import scan_dataset
@@ -99,6 +100,48 @@ def test_an_interrupted_run_continues_where_it_stopped(toy, tmp_path, monkeypatc
         assert (tmp_path / "cut" / f.name).read_bytes() == f.read_bytes(), f.name
     with pytest.raises(UserError, match="other settings"):
         make_shards(toy, tmp_path / "cut", shard_samples=8, progress=False)
+
+
+def files_under(folder):
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+@pytest.mark.parametrize("where, says", [("SRC", "is SRC"), ("inside SRC", "is inside SRC"),
+                                         ("holding SRC", "is inside OUT"), ("a run folder", "not empty"),
+                                         ("an ImageNet folder", "not empty")])
+def test_an_out_that_is_not_the_shards_own_is_refused_in_one_line_leaving_nothing(toy, tmp_path, where, says):
+    """Written there, _info.json would make data.root read that folder as shards."""
+    src = tmp_path / "data/toy"
+    shutil.copytree(toy, src)
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("config.yaml", "metrics.jsonl", "last.pt"):
+        (run / name).write_text("a run's\n")
+    imagenet = tmp_path / "imagenet"
+    (imagenet / "train/n01440764").mkdir(parents=True)
+    (imagenet / "val/n01440764").mkdir(parents=True)
+    out = {"SRC": src, "inside SRC": src / "wds", "holding SRC": tmp_path / "data", "a run folder": run,
+           "an ImageNet folder": imagenet}[where]
+    before = files_under(tmp_path)
+    done = call_main(make_shards_main, src, out)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and done.stderr.startswith("error: "), done.stderr
+    assert says in done.stderr
+    assert files_under(tmp_path) == before
+
+
+@pytest.mark.parametrize("fault", ["a class folder without images", "an empty image file"])
+def test_a_failed_run_leaves_no_folder_it_made_and_an_empty_out_empty(toy, tmp_path, fault):
+    src = tmp_path / "src"
+    shutil.copytree(toy, src)
+    if fault == "a class folder without images":  # found while reading SRC, before anything is written
+        (src / "train/zzz").mkdir()
+    else:  # found while writing the first shard
+        (next((src / "train").iterdir()) / "empty.jpg").write_bytes(b"")
+    (tmp_path / "empty").mkdir()
+    for out in (tmp_path / "new/shards", tmp_path / "empty"):  # made by the run (two levels), and there before
+        done = call_main(make_shards_main, src, out)
+        assert done.returncode == 2 and "\nerror: " in "\n" + done.stderr, done.stderr  # after the progress bar
+    assert not (tmp_path / "new").exists() and list((tmp_path / "empty").iterdir()) == []
 
 
 @pytest.mark.parametrize("form", ["save_to_disk", "parquet"])

@@ -14,6 +14,9 @@ of its format) + KEY.cls per sample, a DALI index NNNNNN.idx beside each tar, an
 with --seed (--no-shuffle keeps the source's label order). A run that stops (Ctrl-C, a
 lost node) continues where it stopped when started again with the same arguments: a shard
 is finished when its index file exists, and `_make_shards.json` records what is written.
+OUT is new, empty or such a folder of this command's: not SRC, nor a folder inside SRC or
+holding it, nor one with other files (an ImageNet folder, a run folder), which an
+`_info.json` would turn into a shard folder for data.root.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from bot.data.shards import INFO, index_path, index_tar, write_index, write_miss
 from bot.errors import UserError, one_line
 
 PLAN = "_make_shards.json"
+CACHE = ".hf-cache"  # datasets' arrow copy of parquet files, while OUT is written
 SPLITS = (("train", "train"), ("validation", "val"))  # (name in OUT, folder in an ImageNet-layout SRC)
 MAGIC = ((b"\xff\xd8\xff", "jpg"), (b"\x89PNG", "png"), (b"GIF8", "gif"), (b"BM", "bmp"),
          (b"II*\x00", "tiff"), (b"MM\x00*", "tiff"))
@@ -157,16 +161,20 @@ def plan_split(source, name: str, seed: int, shuffle: bool, shard_samples: int, 
 def write_shard(source, indices: list[int], out: Path, classes: int, bar) -> None:
     """One tar (written aside, then renamed) and, last, its index: the index marks it finished."""
     tmp = out.with_name(out.name + ".tmp")
-    with tarfile.open(tmp, "w", format=tarfile.GNU_FORMAT) as tar:
-        for i in indices:
-            data, label, key = source.read(i), source.label(i), source.key(i)
-            if not 0 <= label < classes:
-                raise UserError(f"sample {key} has label {label}, outside the {classes} classes")
-            for ext, payload in ((image_ext(data), data), ("cls", str(label).encode())):
-                info = tarfile.TarInfo(f"{key}.{ext}")
-                info.size, info.mode, info.mtime = len(payload), 0o444, 0
-                tar.addfile(info, _Bytes(payload))
-            bar.update(1)
+    try:
+        with tarfile.open(tmp, "w", format=tarfile.GNU_FORMAT) as tar:
+            for i in indices:
+                data, label, key = source.read(i), source.label(i), source.key(i)
+                if not 0 <= label < classes:
+                    raise UserError(f"sample {key} has label {label}, outside the {classes} classes")
+                for ext, payload in ((image_ext(data), data), ("cls", str(label).encode())):
+                    info = tarfile.TarInfo(f"{key}.{ext}")
+                    info.size, info.mode, info.mtime = len(payload), 0o444, 0
+                    tar.addfile(info, _Bytes(payload))
+                bar.update(1)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a rerun writes the shard again, whole
+        raise
     samples = index_tar(tmp)
     os.replace(tmp, out)
     write_index(samples, index_path(out))
@@ -184,13 +192,63 @@ class _Bytes:
         return chunk
 
 
+def check_folders(src: Path, out: Path) -> None:
+    """Refuse an OUT that is not the shards' own folder, before anything is written: SRC itself,
+    a folder inside SRC or holding it, or one with files that this command did not write (no
+    PLAN): there `_info.json` would make data.root read the shards instead of what it held."""
+    source, target = src.resolve(), out.resolve()
+    if not source.is_dir():
+        raise UserError(f"SRC {src} does not exist or is not a folder")
+    if target == source:
+        raise UserError(f"OUT {out} is SRC: give the shards a folder of their own")
+    if source in target.parents:
+        raise UserError(f"OUT {out} is inside SRC {src}: give the shards a folder outside it")
+    if target in source.parents:
+        raise UserError(f"SRC {src} is inside OUT {out}: give the shards a folder of their own")
+    if target.exists() and not target.is_dir():
+        raise UserError(f"OUT {out} is a file, not a folder")
+    if target.is_dir() and not (target / PLAN).is_file():
+        held = sorted(p.name for p in target.iterdir() if p.name != CACHE)
+        if any(p.endswith((".tar", ".idx")) or p == INFO for p in held):
+            raise UserError(f"{out} already holds shards not written by this command: give an empty folder")
+        if held:
+            raise UserError(f"OUT {out} is not empty and was not written by this command (it holds {held[0]}, "
+                            f"not {PLAN}): give a new or empty folder")
+
+
+def first_missing(folder: Path) -> Path | None:
+    """The topmost folder of `folder`'s path that does not exist yet (what mkdir -p would make)."""
+    missing = None
+    for path in [folder, *folder.parents]:
+        if path.exists():
+            return missing
+        missing = path
+    return missing
+
+
 def make_shards(src: Path, out: Path, seed: int = 0, shuffle: bool = True, shard_samples: int = 1250,
                 shard_mb: float | None = None, image: str = "image", label: str = "label", progress: bool = True) -> dict:
-    """Write OUT from SRC (see the module's docstring); returns the _info.json written."""
+    """Write OUT from SRC (see the module's docstring); returns the _info.json written. A run that
+    stops before its first shard is finished leaves no folder it made, and no PLAN."""
+    check_folders(src, out)
+    made = first_missing(out.resolve())
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        return write_shards(src, out, seed, shuffle, shard_samples, shard_mb, image, label, progress)
+    except BaseException:
+        if not any(p.suffix == ".idx" for p in out.iterdir()):  # no shard finished: nothing to resume
+            if made is not None:
+                shutil.rmtree(made, ignore_errors=True)
+            else:  # OUT was there, empty or with the cache of an earlier run, which a rerun reuses
+                (out / PLAN).unlink(missing_ok=True)
+        raise
+
+
+def write_shards(src: Path, out: Path, seed: int, shuffle: bool, shard_samples: int, shard_mb: float | None,
+                 image: str, label: str, progress: bool) -> dict:
     from tqdm import tqdm
 
-    out.mkdir(parents=True, exist_ok=True)
-    sources = open_source(src, image, label, out / ".hf-cache")
+    sources = open_source(src, image, label, out / CACHE)
     classes = sources["train"].classes
     if classes is None:
         raise UserError(f"the label column {label} of {src} is not a ClassLabel: its class names are unknown")
@@ -203,9 +261,7 @@ def make_shards(src: Path, out: Path, seed: int = 0, shuffle: bool = True, shard
         if json.loads((out / PLAN).read_text()) != record:
             raise UserError(f"{out} holds shards written from another source or with other settings "
                             f"({out / PLAN}): give an empty folder")
-    elif any(p.suffix in (".tar", ".idx") for p in out.iterdir()):
-        raise UserError(f"{out} already holds shards not written by this command: give an empty folder")
-    else:
+    else:  # checked by check_folders: OUT holds nothing else
         (out / PLAN).write_text(json.dumps(record, indent=1) + "\n")
     total = sum(len(idx) for p in plans.values() for _, idx in p)
     with tqdm(total=total, unit="img", desc=f"shards -> {out}", disable=not progress) as bar:
@@ -221,7 +277,7 @@ def make_shards(src: Path, out: Path, seed: int = 0, shuffle: bool = True, shard
     tmp = out / (INFO + ".tmp")
     tmp.write_text(json.dumps(info, indent=1) + "\n")
     os.replace(tmp, out / INFO)
-    shutil.rmtree(out / ".hf-cache", ignore_errors=True)  # parquet sources: datasets' arrow copy
+    shutil.rmtree(out / CACHE, ignore_errors=True)  # parquet sources: datasets' arrow copy
     return info
 
 
