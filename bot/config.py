@@ -160,7 +160,10 @@ class LossConfig:
     mixup_off_epochs: int = 0  # no mixup in the last N epochs (gluon-cv)
     distill_teacher: Optional[str] = None  # checkpoint path (a run's best.pt) or a timm name (section 5.3)
     distill_temperature: float = 20.0  # T (section 5.3)
-    distill_hard_weight: float = 0.5  # w in w CE(y, z) + (1 - w) T^2 CE(r/T, z/T) (gluon-cv)
+    # weighted: w CE(y, z) + (1 - w) T^2 CE(r/T, z/T), w = distill_hard_weight (gluon-cv's code, which
+    # made Table 6; half of eq. 6 at w = 0.5); paper: CE(y, z) + T^2 CE(r/T, z/T) (section 5.3, eq. 6)
+    distill_form: Literal["weighted", "paper"] = "weighted"
+    distill_hard_weight: float = 0.5  # w of the weighted form
     # CutMix (Yun et al. 2019), beyond the paper: lambda ~ Beta(a, a), a box of area 1 - lambda pasted
     # from the mirrored sample, lambda recomputed from the clipped box; 0 disables. Off in the last
     # loss.mixup_off_epochs too, as timm's mixup_off_epoch stops both.

@@ -61,6 +61,9 @@ def validate(cfg):
     _check(0 <= l.mixup_off_epochs <= s.epochs, "loss.mixup_off_epochs", "must be in [0, schedule.epochs]")
     _check(l.distill_temperature > 0, "loss.distill_temperature", "must be positive")
     _check(0 <= l.distill_hard_weight <= 1, "loss.distill_hard_weight", "must be in [0, 1]")
+    _check(l.distill_form == "weighted" or l.distill_hard_weight == 0.5, "loss.distill_hard_weight",
+           f"weighs the weighted form; loss.distill_form=paper adds both terms whole: leave it at 0.5, got "
+           f"{l.distill_hard_weight}")
     _check(l.cutmix_alpha >= 0, "loss.cutmix_alpha", "must be 0 or more")
     _check(0 <= l.cutmix_prob <= 1, "loss.cutmix_prob", "must be in [0, 1]")
     _validate_extras(cfg)

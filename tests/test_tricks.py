@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from bot import config
+from bot.errors import UserError
 from bot.models import build_model
 from bot.train.losses import Objective, distillation_term, mixup, mixup_lambda, smooth_targets, soft_cross_entropy
 from bot.train.optim import build_optimizer, load_optimizer_state, param_groups, use_fused
@@ -177,3 +178,32 @@ def test_distillation_loss_hand_computed():
     targets = smooth_targets(torch.tensor([0]), 3, 0.0, "uniform")
     hard = -torch.log_softmax(z, -1)[0, 0]
     assert obj.loss(z, targets, torch.zeros(1, 3, 4, 4)).item() == pytest.approx((w * hard + (1 - w) * want_soft).item())
+
+
+def test_distillation_in_the_papers_form_is_equation_6():
+    """loss = CE(p, softmax(z)) + T^2 CE(softmax(r / T), softmax(z / T)) (section 5.3, eq. 6), each
+    cross-entropy written out as -sum(target * log(prediction)) over the classes."""
+    import math
+
+    z, r, T = [1.0, 0.0, -1.0], [0.0, 2.0, 0.5], 3.0  # student and teacher logits; T = 2 would hide T^2 vs 2T
+    p = [1.0, 0.0, 0.0]  # the true label, class 0, no smoothing
+
+    def softmax(v):
+        e = [math.exp(x) for x in v]
+        return [x / sum(e) for x in e]
+
+    def ce(target, prediction):
+        return -sum(t * math.log(q) for t, q in zip(target, prediction))
+
+    eq6 = ce(p, softmax(z)) + T ** 2 * ce(softmax([x / T for x in r]), softmax([x / T for x in z]))
+
+    class Teacher(torch.nn.Module):
+        def forward(self, x):
+            return torch.tensor([r]).expand(len(x), -1)
+
+    cfg = config.load(None, [f"loss.distill_temperature={T}", "loss.distill_form=paper"])
+    obj = Objective(cfg, num_classes=3, micro_batch=1, teacher=Teacher())
+    targets = smooth_targets(torch.tensor([0]), 3, 0.0, "uniform")
+    assert obj.loss(torch.tensor([z]), targets, torch.zeros(1, 3, 4, 4)).item() == pytest.approx(eq6, rel=1e-6)
+    with pytest.raises(UserError, match="loss.distill_hard_weight: weighs the weighted form"):
+        config.load(None, ["loss.distill_form=paper", "loss.distill_hard_weight=0.3"])

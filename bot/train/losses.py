@@ -107,7 +107,10 @@ class Objective:
                 raise UserError(f"loss.{key} needs at least 2 images per micro-batch, but data.batch_size "
                                 f"{cfg.data.batch_size} gives {micro_batch} per process and accumulation step")
         self.teacher, self.autocast = teacher, autocast
-        self.temperature, self.hard_weight = l.distill_temperature, l.distill_hard_weight
+        self.temperature = l.distill_temperature
+        # eq. 6 adds the two terms whole; gluon-cv weighs them w and 1 - w
+        self.hard_weight, self.soft_weight = ((1.0, 1.0) if l.distill_form == "paper"
+                                              else (l.distill_hard_weight, 1 - l.distill_hard_weight))
 
     def prepare(self, images: torch.Tensor, labels: torch.Tensor, step: int, epoch: int):
         """(inputs, soft targets) of one step: smoothed one-hots, then mixup or CutMix."""
@@ -128,4 +131,4 @@ class Objective:
         with torch.no_grad(), self.autocast():  # the teacher sees the same (mixed) inputs (gluon-cv)
             teacher_logits = self.teacher(images)
         soft = distillation_term(logits, teacher_logits, self.temperature)
-        return self.hard_weight * hard + (1 - self.hard_weight) * soft
+        return self.hard_weight * hard + self.soft_weight * soft
