@@ -51,7 +51,7 @@ def _init(model: nn.Module, weight_init) -> None:
             weight_init(m.weight, getattr(m, "groups", 1))
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d):
+        elif isinstance(m, nn.BatchNorm2d) and m.affine:  # the input BN of the CIFAR v2 nets and WRNs has none
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
 
