@@ -24,9 +24,16 @@ the rest of the pixel work is where it is cheapest:
   DALI's, bring it to the training size and flip it. Brightness, contrast, saturation,
   PCA lighting and normalization then compose into one affine map per image, applied to
   the resized batch in torch (colour_terms says why that equals the paper's jitter in
-  any order, and where it differs from torchvision's: no clamping; colour_normalize
-  applies it, on the CPU or the GPU).
+  any order, unclamped as the torch path's; colour_normalize applies it, on the CPU or
+  the GPU).
 - Each file's size (for the crop window) is read from its header once and kept.
+- data.crop=padded (CIFAR's crop): the window and the flip are drawn by the torch path's own
+  function (transforms.padded_window) from a torch generator seeded alike, so both loaders
+  cut and mirror the same pixels; DALI decodes the whole image, slices the window out of it
+  with zeros outside (fn.slice, out_of_bounds_policy="pad") and mirrors it (fn.flip), on the
+  CPU or the GPU alike; colour and normalization follow as above. Evaluation then takes each
+  image as it is, normalized, and names a file whose side is not data.image_size.
+- Normalization is by data.mean and data.std (the paper's ImageNet values by default).
 - Beyond the paper: the epoch's training size (bot.data.sizes) goes with each planned batch,
   and Cutout (bot.data.cutout) zeroes each sample's square after normalization, drawn from
   the sample's seed as in the torch path.
@@ -49,6 +56,7 @@ from bot.data import sampling
 from bot.data.cutout import cutout_box, erase
 from bot.data.constants import EIGVAL, EIGVEC, GREY, MEAN, STD
 from bot.data.folder import Split
+from bot.data.transforms import padded_window, wrong_side
 from bot.errors import UserError
 
 
@@ -94,14 +102,12 @@ def colour_terms(brightness, contrast, saturation) -> tuple[np.ndarray, np.ndarr
     Each is linear in x (m is a mean of x), and since w sums to 1 saturation keeps g's
     mean and contrast shifts every channel alike, so the three commute: every order gives
         b c s x + b c (1 - s) g + b (1 - c) m.
-    torchvision applies them in a random order and truncates and clamps to uint8 after
-    each; the loader applies this exact composition, then PCA lighting and normalization,
-    in float and clamps nowhere, as the authors' MXNet/gluon-cv float jitter and lighting
-    do. So the two agree up to uint8 rounding (tests/test_dali.py bounds it) except where
-    a pixel saturates: there torchvision holds it at 0 or 255 (and a later step sees the
-    clamped value), while here it goes past (at most to 1.4^3 * 255 before lighting), as
-    in the authors' code. Clamping would cost a float pass over the image (a sixth of
-    the loader's CPU time). Arguments may be arrays (a batch).
+    The torch path (transforms.FloatColorJitter) applies them one at a time in a random
+    order; this loader applies the composition, then PCA lighting and normalization. Both
+    work in float and clamp nowhere, as the authors' MXNet/gluon-cv float jitter and
+    lighting do, so they agree to float rounding (tests/test_dali_augment.py), also where a
+    pixel goes past 0 or 255 (at most to 1.4^3 * 255 before lighting). Arguments may be
+    arrays (a batch).
     """
     b, c, s = (np.asarray(v, np.float32) for v in (brightness, contrast, saturation))
     return b * c * s, b * c * (1 - s), b * (1 - c)
@@ -112,16 +118,17 @@ def pca_offset(alpha: np.ndarray) -> np.ndarray:
     return (np.asarray(alpha) * np.asarray(EIGVAL)) @ np.asarray(EIGVEC).T
 
 
-def colour_maps(draws: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def colour_maps(draws: np.ndarray, mean=MEAN, std=STD) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(matrix (n, 3, 3), offset (n, 3), mean_weight (n, 3)): steps 4-6 of each sample as
         y = matrix @ x + offset + mean_weight * m,   m = GREY . (the image's mean pixel),
     for x a resized RGB pixel in 0-255 and y the normalized output; `draws` rows are
-    train_draws'. Jitter (colour_terms), then PCA lighting, then (y - MEAN) / STD.
+    train_draws'. Jitter (colour_terms), then PCA lighting, then (y - mean) / std
+    (data.mean, data.std: RGB, 0-255).
     """
     x_scale, grey_scale, mean_scale = (v.astype(np.float64) for v in colour_terms(draws[:, 5], draws[:, 6], draws[:, 7]))
-    std, grey = np.asarray(STD), np.asarray(GREY)
+    std, grey = np.asarray(std, np.float64), np.asarray(GREY)
     mix = x_scale[:, None, None] * np.eye(3) + grey_scale[:, None, None] * np.outer(np.ones(3), grey)
-    offset = (pca_offset(draws[:, 9:12]) - np.asarray(MEAN)) / std
+    offset = (pca_offset(draws[:, 9:12]) - np.asarray(mean, np.float64)) / std
     return (torch.from_numpy((mix / std[:, None]).astype(np.float32)), torch.from_numpy(offset.astype(np.float32)),
             torch.from_numpy((mean_scale[:, None] / std).astype(np.float32)))
 
@@ -153,14 +160,19 @@ def colour_normalize(images: torch.Tensor, maps, out: torch.Tensor, means: torch
     return out
 
 
-def train_draws(rng: np.random.Generator, width: int, height: int, d) -> tuple:
+def train_draws(rng: np.random.Generator, width: int, height: int, d, window=None) -> tuple:
     """Every random choice for one training sample, in a fixed order.
 
     (x, y, w, h, flip, brightness, contrast, saturation, hue, alpha0, alpha1, alpha2);
     factors are 1 and alpha 0 where the config turns a step off. hue is in turns.
+    `window` (x, y, w, h, flip), if given, is the geometry, drawn elsewhere (data.crop=padded:
+    x and y may then be negative, the window starting in the zero padding).
     """
-    x, y, w, h = crop_window(rng, width, height, d.random_area, d.random_aspect)
-    flip = float(rng.random() < 0.5)
+    if window is None:
+        x, y, w, h = crop_window(rng, width, height, d.random_area, d.random_aspect)
+        flip = float(rng.random() < 0.5)
+    else:
+        x, y, w, h, flip = window
     b = rng.uniform(1 - d.brightness, 1 + d.brightness) if d.brightness else 1.0
     c = rng.uniform(1 - d.contrast, 1 + d.contrast) if d.contrast else 1.0
     s = rng.uniform(1 - d.saturation, 1 + d.saturation) if d.saturation else 1.0
@@ -170,6 +182,13 @@ def train_draws(rng: np.random.Generator, width: int, height: int, d) -> tuple:
 
 
 # ---------------------------------------------------------------- reading images
+
+
+def padded_draw(seed: int, width: int, height: int, size: int, padding: int) -> tuple[int, int, int, int, float]:
+    """(x, y, w, h, flip) of data.crop=padded in the image's coordinates: transforms.padded_window
+    from a torch generator seeded with the sample's seed, as the torch path's generator is."""
+    x, y, flip = padded_window(width, height, size, padding, torch.Generator().manual_seed(seed))
+    return x - padding, y - padding, size, size, float(flip)
 
 
 def image_size(data: bytes, split, index: int) -> tuple[int, int]:
@@ -236,13 +255,14 @@ class DaliTrainLoader:
         self.epoch, self.start = 0, 0
         self.sizes: dict[int, tuple[int, int]] = {}  # index -> (width, height), read once
         self.size_of = size_of or (lambda epoch: d.image_size)  # the epoch's crop side (bot.data.sizes)
-        hue = bool(d.hue)
-        graph = lambda inputs, gpu: train_graph(inputs, gpu, hue, d.antialias, d.hw_decoder_load)  # noqa: E731
+        hue, self.padded = bool(d.hue), d.crop == "padded"
+        graph = lambda inputs, gpu: train_graph(inputs, gpu, hue, d.antialias, d.hw_decoder_load,  # noqa: E731
+                                                self.padded)
         self.device = torch.device(device)
         self.gpu = gpu = self.device.type == "cuda"
-        self.runner = Runner(graph, train_inputs(hue, gpu), self._inputs, batch, d.workers, self.device,
+        self.runner = Runner(graph, train_inputs(hue, gpu, self.padded), self._inputs, batch, d.workers, self.device,
                              seed=(seed * 7919 + rank) % 2**31, prefetch=d.prefetch,
-                             finish=None if gpu else self._resize)
+                             finish=None if gpu or self.padded else self._resize)
         self.buffers = BatchBuffers(self.device)
 
     def set_epoch(self, epoch: int, start_step: int = 0) -> None:
@@ -251,12 +271,13 @@ class DaliTrainLoader:
     def __len__(self) -> int:
         return self.steps
 
-    def draws(self, epoch: int, indices) -> tuple[list[np.ndarray], np.ndarray]:
+    def draws(self, epoch: int, indices, size: int | None = None) -> tuple[list[np.ndarray], np.ndarray]:
         """(image bytes, one row of train_draws per sample) for a batch of dataset indices."""
-        return self.read_batch(epoch, indices)[:2]
+        return self.read_batch(epoch, indices, size or self.size_of(epoch))[:2]
 
-    def read_batch(self, epoch: int, indices) -> tuple[list[np.ndarray], np.ndarray, torch.Tensor]:
-        """(image bytes, one row of train_draws per sample, labels) for a batch of dataset indices."""
+    def read_batch(self, epoch: int, indices, size: int) -> tuple[list[np.ndarray], np.ndarray, torch.Tensor]:
+        """(image bytes, one row of train_draws per sample, labels) for a batch of dataset indices;
+        `size` is the epoch's training size."""
         jpegs, rows, labels = [], [], []
         for index in indices:
             index = int(index)
@@ -264,18 +285,19 @@ class DaliTrainLoader:
             if index not in self.sizes:
                 self.sizes[index] = image_size(data, self.split, index)
             width, height = self.sizes[index]
-            rng = np.random.default_rng(sampling.sample_seed(self.seed, epoch, index))
+            seed = sampling.sample_seed(self.seed, epoch, index)
+            window = padded_draw(seed, width, height, size, self.d.padding) if self.padded else None
             jpegs.append(np.frombuffer(data, np.uint8))
-            rows.append(train_draws(rng, width, height, self.d))
+            rows.append(train_draws(np.random.default_rng(seed), width, height, self.d, window))
             labels.append(label)
         return jpegs, np.asarray(rows, np.float64), torch.tensor(labels, dtype=torch.int64)
 
     def _inputs(self, item: dict) -> dict:
         """DALI's inputs for one planned batch (on the feeder thread); its colour maps and labels
         wait in `item` for __iter__, pinned for an asynchronous copy to a GPU."""
-        jpegs, r, item["labels"] = self.read_batch(item["epoch"], item["indices"])
-        item["maps"], item["flip"] = colour_maps(r), r[:, 4] > 0
         size = item["size"]
+        jpegs, r, item["labels"] = self.read_batch(item["epoch"], item["indices"], size)
+        item["maps"], item["flip"] = colour_maps(r, self.d.mean, self.d.std), r[:, 4] > 0
         if self.d.cutout > 0:
             item["boxes"] = [cutout_box(sampling.sample_seed(self.seed, item["epoch"], int(i)), size, self.d.cutout)
                              for i in item["indices"]]
@@ -283,7 +305,7 @@ class DaliTrainLoader:
             item["maps"], item["labels"] = tuple(t.pin_memory() for t in item["maps"]), item["labels"].pin_memory()
         return dict(jpegs=jpegs, anchor=r[:, 0:2].astype(np.int32), shape=r[:, 2:4].astype(np.int32),
                     width=(size * (1 - 2 * r[:, 4])).astype(np.float32), height=np.full(len(r), size, np.float32),
-                    hue=(r[:, 8] * 360).astype(np.float32))
+                    flip=r[:, 4].astype(np.int32), hue=(r[:, 8] * 360).astype(np.float32))
 
     def _resize(self, item: dict, outputs) -> list[torch.Tensor]:
         """CPU: the decoded crops (viewed in DALI's memory) resized and flipped, as uint8 NHWC.
@@ -328,13 +350,15 @@ class DaliValLoader:
     """This process's share of the val set: every image counted once over all processes, no padding."""
 
     def __init__(self, split: Split, d, rank: int, world: int, batch: int, device):
-        from bot.data.dali_pipeline import VAL_INPUTS, Runner, val_graph
+        from bot.data.dali_pipeline import Runner, val_graph, val_inputs
 
         self.classes, self.batch_size, self.split, self.d = split.classes, batch, split, d
         self.indices = sampling.val_order(len(split), rank, world)
-        graph = lambda inputs, gpu: val_graph(inputs, d.image_size, gpu, d.antialias, d.hw_decoder_load)  # noqa: E731
+        self.padded = padded = d.crop == "padded"
+        graph = lambda inputs, gpu: val_graph(inputs, d.image_size, gpu, d.mean, d.std, d.antialias,  # noqa: E731
+                                              d.hw_decoder_load, padded)
         self.device = torch.device(device)
-        self.runner = Runner(graph, VAL_INPUTS, self._inputs, batch, d.workers, self.device, seed=0,
+        self.runner = Runner(graph, val_inputs(padded), self._inputs, batch, d.workers, self.device, seed=0,
                              prefetch=d.prefetch)
 
     def __len__(self) -> int:
@@ -347,9 +371,14 @@ class DaliValLoader:
         for index in item["indices"]:
             data, label = self.split.sample(int(index))
             width, height = image_size(data, self.split, int(index))
-            labels.append(label)
-            new_w, new_h, left, top = val_geometry(width, height, self.d.val_resize, crop)
             jpegs.append(np.frombuffer(data, np.uint8))
+            labels.append(label)
+            if self.padded:  # the image as it is
+                why = wrong_side(width, height, crop)
+                if why:
+                    raise UserError(f"{self.split.name(int(index))}: image {why}")
+                continue
+            new_w, new_h, left, top = val_geometry(width, height, self.d.val_resize, crop)
             sizes.append((new_h, new_w))
             # crop_x = trunc(pos * (new_w - crop)) lands on `left` exactly
             xs.append((left + 0.25) / (new_w - crop) if new_w > crop else 0.0)

@@ -18,9 +18,6 @@ from nvidia.dali import fn, types
 from nvidia.dali.pipeline import Pipeline
 from nvidia.dali.plugin.pytorch import feed_ndarray
 
-from bot.data.constants import MEAN, STD
-
-VAL_INPUTS = ("jpegs", "size", "crop_x", "crop_y")
 TORCH_DTYPES = {types.UINT8: torch.uint8, types.FLOAT: torch.float32}
 
 # The GPU ("mixed") decoder as NVIDIA's DALI ResNet-50 examples set it up for ImageNet:
@@ -45,13 +42,16 @@ def decoder_args(gpu: bool, hw_decoder_load: float = 0.65) -> dict:
     return dict(device="mixed", hw_decoder_load=hw_decoder_load, **MIXED_DECODER)
 
 
-def train_inputs(hue: bool, gpu: bool) -> tuple[str, ...]:
+def train_inputs(hue: bool, gpu: bool, padded: bool = False) -> tuple[str, ...]:
     """The names train_graph reads, in order (an unused external source output costs time)."""
-    return ("jpegs", "anchor", "shape") + (("width", "height") if gpu else ()) + (("hue",) if hue else ())
+    geometry = ("flip",) if padded else (("width", "height") if gpu else ())
+    return ("jpegs", "anchor", "shape") + geometry + (("hue",) if hue else ())
 
 
-def train_graph(inputs, gpu: bool, hue: bool, antialias: bool = True, hw_decoder_load: float = 0.65):
+def train_graph(inputs, gpu: bool, hue: bool, antialias: bool = True, hw_decoder_load: float = 0.65,
+                padded: bool = False):
     """Decode each sample's crop window; on the GPU also resize it (flipping on the way).
+    `padded` (data.crop=padded): padded_graph instead.
 
     CPU: the crops as decoded (uint8 HWC, ragged); bot.data.dali resizes them with
     torchvision's resize, the reference path's own function, whose uint8 kernels take
@@ -64,7 +64,9 @@ def train_graph(inputs, gpu: bool, hue: bool, antialias: bool = True, hw_decoder
     rather than on the crop (8%-100% of a ~500 x 375 image, usually more pixels), which
     gives the same result up to rounding since resizing is linear per channel.
     """
-    named = dict(zip(train_inputs(hue, gpu), inputs))
+    named = dict(zip(train_inputs(hue, gpu, padded), inputs))
+    if padded:
+        return padded_graph(named, gpu, hue, hw_decoder_load)
     images = fn.decoders.image_slice(named["jpegs"], named["anchor"], named["shape"], output_type=types.RGB,
                                      adjust_orientation=False, axis_names="WH", **decoder_args(gpu, hw_decoder_load))
     if hue:  # a rotation of the YIQ chroma plane (off in the paper's recipes); per pixel, so before
@@ -78,14 +80,41 @@ def train_graph(inputs, gpu: bool, hue: bool, antialias: bool = True, hw_decoder
     return images, fn.reductions.mean(images, axes=[0, 1], dtype=types.FLOAT)
 
 
-def val_graph(inputs, size: int, gpu: bool, antialias: bool = True, hw_decoder_load: float = 0.65):
-    """Decode, resize to the size torchvision's Resize(shorter side) gives, centre crop, normalize."""
-    jpegs, out_size, crop_x, crop_y = inputs
-    images = fn.decoders.image(jpegs, output_type=types.RGB, adjust_orientation=False,
+def padded_graph(named: dict, gpu: bool, hue: bool, hw_decoder_load: float = 0.65):
+    """data.crop=padded on either device: decode the whole image, cut each sample's size x size
+    window (`anchor` may be negative: the window starts in the padding) with zeros outside the
+    image, as gluon-cv's RandomCrop(pad=) pads in pixel values, and mirror where `flip` says.
+    uint8 HWC, all of one size; on the GPU also each image's mean pixel, as train_graph's.
+    """
+    images = fn.decoders.image(named["jpegs"], output_type=types.RGB, adjust_orientation=False,
                                **decoder_args(gpu, hw_decoder_load))
-    images = fn.resize(images, size=out_size, interp_type=types.INTERP_LINEAR, antialias=antialias)
-    return fn.crop_mirror_normalize(images, crop=[size, size], crop_pos_x=crop_x, crop_pos_y=crop_y,
-                                    rounding="truncate", mean=list(MEAN), std=list(STD), dtype=types.FLOAT,
+    if hue:
+        images = fn.hsv(images, hue=named["hue"])
+    images = fn.slice(images, named["anchor"], named["shape"], axis_names="WH", normalized_anchor=False,
+                      normalized_shape=False, out_of_bounds_policy="pad", fill_values=0)
+    images = fn.flip(images, horizontal=named["flip"])
+    return (images, fn.reductions.mean(images, axes=[0, 1], dtype=types.FLOAT)) if gpu else images
+
+
+def val_inputs(padded: bool = False) -> tuple[str, ...]:
+    """The names val_graph reads, in order."""
+    return ("jpegs",) if padded else ("jpegs", "size", "crop_x", "crop_y")
+
+
+def val_graph(inputs, size: int, gpu: bool, mean, std, antialias: bool = True, hw_decoder_load: float = 0.65,
+              padded: bool = False):
+    """Decode, resize to the size torchvision's Resize(shorter side) gives, centre crop, normalize
+    by `mean` and `std` (data.mean, data.std); `padded` (data.crop=padded): decode and normalize,
+    the image as it is (bot.data.dali checked its size)."""
+    named = dict(zip(val_inputs(padded), inputs))
+    images = fn.decoders.image(named["jpegs"], output_type=types.RGB, adjust_orientation=False,
+                               **decoder_args(gpu, hw_decoder_load))
+    if padded:
+        return fn.crop_mirror_normalize(images, mean=list(mean), std=list(std), dtype=types.FLOAT,
+                                        output_layout="CHW")
+    images = fn.resize(images, size=named["size"], interp_type=types.INTERP_LINEAR, antialias=antialias)
+    return fn.crop_mirror_normalize(images, crop=[size, size], crop_pos_x=named["crop_x"], crop_pos_y=named["crop_y"],
+                                    rounding="truncate", mean=list(mean), std=list(std), dtype=types.FLOAT,
                                     output_layout="CHW")
 
 

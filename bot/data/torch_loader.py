@@ -77,7 +77,10 @@ class ImageFiles(Dataset):
     def __getitem__(self, item):
         if not isinstance(item, tuple):
             image, label = self._read(item)
-            return self.transform(image), label
+            try:
+                return self.transform(image), label
+            except UserError as e:  # the val transform's own (transforms.AsItIs): it has no file name
+                raise UserError(f"{self.split.name(item)}: {e}") from None
         index, seed, size = item
         image, label = self._read(index)
         return self.augment(image, seed, size), label
