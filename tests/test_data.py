@@ -9,7 +9,7 @@ from PIL import Image
 
 from bot import config
 from bot.data import build_loaders
-from bot.data.constants import EIGVAL, EIGVEC, MEAN, STD
+from bot.data.constants import MEAN, STD
 from bot.data.transforms import PCALighting, val_transform
 from bot.errors import UserError
 from conftest import ROOT, run_cli
@@ -89,6 +89,14 @@ def test_val_crop_geometry_is_resize_shorter_side_then_centre_crop():
     # shorter side 200 -> 128, width 400 -> 256; centre crop keeps columns 72..184, the edge at 128 -> col 56
     white = out[0, 56] > 0
     assert not white[:55].any() and white[57:].all()
+
+
+# AlexNet's PCA lighting as the authors' code prints it (gluon-cv's random_pca_lighting, MXNet's
+# LightingAug; PAPER.md): typed here, not read from bot, so that a transposed matrix there fails
+EIGVAL = [55.46, 4.794, 1.148]
+EIGVEC = [[-0.5675, 0.7192, 0.4009],  # R
+          [-0.5808, -0.0045, -0.8140],  # G
+          [-0.5836, -0.6948, 0.4203]]  # B
 
 
 def test_pca_lighting_offset_is_eigvec_times_alpha_eigval():
