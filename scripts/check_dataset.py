@@ -1,8 +1,9 @@
 """List the files of a dataset that no loader can read: empty, truncated, corrupt or not images.
 
-    python scripts/check_dataset.py ROOT [--workers 8]
+    python scripts/check_dataset.py ROOT [--workers 8] [--val-split test]
 
-ROOT is laid out as ImageNet: ROOT/{train,val}/<class>/<image>. Every file with an
+ROOT is laid out as ImageNet: ROOT/{train,val}/<class>/<image>, the held-out folder named by
+--val-split (data.val_split: val, or test, validation as datasets ship it). Every file with an
 image suffix is fully decoded (PIL); each bad one is printed as `path: reason`, and files
 that the loaders skip because of their suffix are listed as skipped. Exit status 0 when
 every image decodes, 1 when some do not, 2 when the layout itself is wrong. A training
@@ -49,10 +50,10 @@ def _check(path: str) -> tuple[str, str | None]:
     return path, problem(path)
 
 
-def files_under(root: Path) -> tuple[list[str], list[str]]:
-    """(image files, other files) in ROOT/{train,val}/<class>/."""
+def files_under(root: Path, val_split: str = "val") -> tuple[list[str], list[str]]:
+    """(image files, other files) in ROOT/{train,<val_split>}/<class>/."""
     images, others = [], []
-    for split in ("train", "val"):
+    for split in ("train", val_split):
         for folder in sorted(p for p in (root / split).iterdir() if p.is_dir() and not p.name.startswith(".")):
             for path in sorted(folder.iterdir()):
                 if path.is_file():
@@ -64,13 +65,14 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("root", type=Path)
     p.add_argument("--workers", type=int, default=os.cpu_count(), help="decoding processes")
+    p.add_argument("--val-split", default="val", help="the held-out folder (data.val_split): val, test, validation")
     args = p.parse_args(argv)
     try:
-        scan_dataset(str(args.root))
+        scan_dataset(str(args.root), args.val_split)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {str(e).replace('data.val_split=', '--val-split ')}", file=sys.stderr)
         return 2
-    images, others = files_under(args.root)
+    images, others = files_under(args.root, args.val_split)
     for path in others:
         print(f"{path}: skipped (not an image suffix: the loaders ignore it)")
     bad = 0

@@ -207,3 +207,25 @@ def test_the_folder_follows_the_output_rule(tmp_path, capsys, monkeypatch):
     assert export_cli.main([str(path), "--format", "hub", "--out", str(out)]) == 1
     assert (out / "README.md").read_text() == "the earlier card"  # a failed export leaves it as it was
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "hub", "kept", "run"]  # and nothing aside
+
+
+def test_the_card_counts_the_data_from_the_runs_record_never_listing_the_folder(tmp_path, toy, capsys, monkeypatch):
+    """ImageNet's folder holds 1.28 M files: the card takes the counts the run recorded in its
+    checkpoint (bot/data/fingerprint.py); an older checkpoint says they are not recorded."""
+    import bot.data.folder
+
+    def no_listing(*args):
+        raise AssertionError("the image folder was listed")
+
+    monkeypatch.setattr(bot.data.folder, "scan_split", no_listing)
+    monkeypatch.setattr(os, "scandir", no_listing)
+    path, _ = checkpoint(tmp_path, "resnet18", "D", ["model.width=0.25", f"data.root={toy}"])
+    old = torch.load(path, weights_only=True)
+    record = {"train": {"samples": 1281167, "fingerprint": "0123456789abcdef"},
+              "val": {"samples": 50000, "fingerprint": "fedcba9876543210"}}
+    for name, extra, says in (("recorded.pt", {"data": record},
+                               "3 classes, 1281167 training and 50000 validation images"),
+                              ("older.pt", {}, f"3 classes; the image counts of `{toy}` are not recorded")):
+        atomic_save({**old, **extra}, tmp_path / name)
+        assert export_cli.main([str(tmp_path / name), "--format", "hub"]) == 0, capsys.readouterr().err
+        assert says in (tmp_path / name.replace(".pt", "-hub") / "README.md").read_text()

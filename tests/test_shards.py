@@ -7,11 +7,13 @@ from __future__ import annotations
 import io
 import json
 import shutil
+import subprocess
+import sys
 import tarfile
 
 import pytest
 import torch
-from conftest import call_main, run_cli
+from conftest import ROOT, call_main, run_cli
 
 from bot import config
 from bot.cli.make_shards import main as make_shards_main
@@ -263,15 +265,101 @@ def hub_layout(toy, out):
     return out
 
 
-def test_the_hubs_layout_trains_with_imagenet_class_names(toy, tmp_path):
+def test_the_hubs_layout_trains_with_class_names_from_classes_txt(toy, tmp_path, capsys):
+    """Shards whose _info.json names no classes (the hub's, webdataset's own writers): ImageNet's
+    1000 names only for ImageNet-1k itself; any other set stops, in one line, until classes.txt
+    names them. A 1000-way head on the 4-class toy set trained silently before."""
+    from bot.cli.train import main
+
     root = hub_layout(toy, tmp_path / "hub")
-    summary = train(config.load(None, [f"data.root={root}", f"run.out={tmp_path / 'run'}", *TINY, "run.max_steps=2",
-                                       "data.backend=dali"]))
-    assert summary["steps"] == 2
-    classes = torch.load(tmp_path / "run/last.pt", weights_only=False)["classes"]
-    assert len(classes) == 1000 and classes[:2] == ["n01440764", "n01443537"]  # ImageNet-1k's, sorted
+    args = [f"data.root={root}", f"run.out={tmp_path / 'run'}", *TINY, "run.max_steps=2", "data.backend=dali"]
+    assert main(["recipes/baseline.yaml", *args]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"error: {root} names no classes (_info.json has no 'classes' and there is no classes.txt beside it): "
+        f"write {root}/classes.txt, one class name a line in label order"]
+    assert not (tmp_path / "run").exists()
     (root / "classes.txt").write_text("a\nb\nc\nd\n")
-    assert open_dataset(str(root))[0].classes == ["a", "b", "c", "d"]
+    assert train(config.load(None, args))["steps"] == 2
+    assert torch.load(tmp_path / "run/last.pt", weights_only=False)["classes"] == ["a", "b", "c", "d"]
+    imagenet = tmp_path / "imagenet-1k-wds"  # the hub's ImageNet: _info.json alone is read to open it
+    imagenet.mkdir()
+    info = json.loads((root / "_info.json").read_text())
+    info["splits"]["train"].update(num_samples=1281167, shard_lengths=[1281167], filenames=["train-0000.tar"])
+    (imagenet / "_info.json").write_text(json.dumps(info))
+    classes = open_dataset(str(imagenet))[0].classes
+    assert len(classes) == 1000 and classes[:2] == ["n01440764", "n01443537"]  # ImageNet-1k's, sorted
+
+
+def test_a_folder_of_tars_without_info_json_says_how_to_write_it_and_then_trains(toy, tmp_path, capsys):
+    hub = hub_layout(toy, tmp_path / "hub")
+    root = tmp_path / "tars"
+    root.mkdir()
+    for tar in hub.glob("*.tar"):
+        shutil.copy(tar, root)
+    with pytest.raises(UserError) as e:
+        open_dataset(str(root))
+    assert str(e.value) == (f"data folder {root} holds shards (toy-train-0000.tar ...) but no _info.json, which lists "
+                            f"them: write it with python scripts/make_shards.py --index {root}")
+    assert make_shards_main(["--index", str(root)]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        f"{root}/_info.json: train: 96 samples in 2 shards", f"{root}/_info.json: validation: 32 samples in 2 shards",
+        f"note: it names no classes: write {root}/classes.txt, one class name a line in label order (the hub's "
+        f"ImageNet-1k alone is known without)"]
+    written = json.loads((root / "_info.json").read_text())
+    assert written["splits"] == json.loads((hub / "_info.json").read_text())["splits"]  # counts from the tar headers
+    assert sorted(p.name for p in root.glob("*.idx")) == ["toy-train-0000.idx", "toy-train-0001.idx",
+                                                          "toy-validation-0000.idx", "toy-validation-0001.idx"]
+    (root / "classes.txt").write_text("a\nb\nc\nd\n")
+    (hub / "classes.txt").write_text("a\nb\nc\nd\n")
+    ours, theirs = open_dataset(str(root)), open_dataset(str(hub))
+    for a, b in zip(ours, theirs):
+        assert [a.sample(i) for i in range(len(a))] == [b.sample(i) for i in range(len(b))]
+    pytest.importorskip("webdataset")
+    from timm.data import create_dataset
+    assert len(list(create_dataset("wds/toy", root=str(root), split="validation", batch_size=1))) == 32
+
+
+FD_CAP = """
+import os, random, resource, sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[2])
+from bot.data import shards
+
+shards.OPEN_SHARDS = 4
+train, _ = shards.open_shards(Path(sys.argv[1]))
+
+
+def open_tars():
+    n = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            n += os.readlink(f"/proc/self/fd/{fd}").endswith(".tar")
+        except OSError:  # the listing's own descriptor, closed by now
+            pass
+    return n
+
+
+_, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + shards.OPEN_SHARDS + 3, hard))
+most = 0
+for epoch in range(2):
+    order = list(range(len(train)))
+    random.Random(epoch).shuffle(order)
+    for i in order:
+        train.sample(i)
+        most = max(most, open_tars())
+print(len(train.filenames), most)
+"""
+
+
+def test_open_shards_stay_under_the_cap_under_a_low_descriptor_limit(toy, tmp_path):
+    """Two shuffled epochs over 48 shards with OPEN_SHARDS 4, under a descriptor limit a few
+    above what the process had: a shard closed for the cap and read again must close again."""
+    make_shards(toy, tmp_path / "many", shuffle=False, shard_samples=2, progress=False)
+    done = subprocess.run([sys.executable, "-c", FD_CAP, str(tmp_path / "many"), str(ROOT)], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["48", "4"]  # 48 shards, never more than 4 of them open
 
 
 # ---------------------------------------------------------------- bad input: one line naming shard and key

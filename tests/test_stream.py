@@ -219,3 +219,24 @@ def test_a_truncated_or_miscounted_shard_is_one_line_naming_it(serve, shards, tm
         list(train.samples(2))
     with pytest.raises(UserError, match=rf"^shard {url}train-000000.tar holds 10 samples, _info.json says 11$"):
         list(train.samples(0))
+
+
+def test_class_names_and_the_held_out_split_come_from_the_server(serve, shards, tmp_path):
+    """classes.txt beside an _info.json that names no classes is read over http as on disk, and
+    data.val_split names the held-out split (here "test", as CIFAR's)."""
+    root = tmp_path / "plain"
+    shutil.copytree(shards, root)
+    info = json.loads((root / "_info.json").read_text())
+    del info["classes"]
+    info["splits"]["test"] = info["splits"].pop("validation")
+    (root / "_info.json").write_text(json.dumps(info))
+    url = serve(directory=root)
+    with pytest.raises(UserError) as e:
+        stream.open_stream(url, "test")
+    assert str(e.value) == (f"{url.rstrip('/')} names no classes (_info.json has no 'classes' and there is no "
+                            f"classes.txt beside it): write {url}classes.txt, one class name a line in label order")
+    (root / "classes.txt").write_text("a\nb\nc\nd\n")
+    train, test = stream.open_stream(url, "test")
+    assert train.classes == test.classes == ["a", "b", "c", "d"] and len(test) == 32
+    with pytest.raises(UserError, match=r"_info.json has no split validation or val \(it has \['test', 'train'\]"):
+        stream.open_stream(url)

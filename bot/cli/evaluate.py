@@ -9,10 +9,11 @@ A run folder means its best.pt. The checkpoint's own config is the starting poin
 (data.root, the backend, the val resize and crop, precision), so with no overrides
 the run's val set is measured again exactly as the trainer measured it. Overrides are
 dotted.key=value with the training keys: data.root (a folder with val/<class>/ is
-enough), data.backend, data.batch_size (global), data.workers, data.image_size,
-data.val_resize. `--sizes` tests several resolutions (the val resize keeps the 256/224
-ratio unless data.val_resize is given) and takes the place of data.image_size: a network
-trained at one resolution is often best tested at a slightly larger one. Under torchrun
+enough), data.val_split (that folder's name, or the shard split's: test, validation),
+data.backend, data.batch_size (global), data.workers, data.image_size, data.val_resize.
+`--sizes` tests several resolutions (the val resize keeps the 256/224 ratio unless
+data.val_resize is given) and takes the place of data.image_size: a network trained at one
+resolution is often best tested at a slightly larger one. Under torchrun
 or accelerate every image is counted once. A bar shows the batches on a terminal; off
 one (a pipe, a log file) a line is printed at every tenth of them. SIGTERM or SIGUSR1
 stops it with one line and exit status 128 + the signal's number; no partial file is left.
@@ -102,7 +103,7 @@ def evaluate_sizes(model_info: trained.Trained, args) -> list[dict]:
     for size in args.sizes:
         cfg = eval_config(model_info, args.overrides, size)
         loader = build_val_loader(cfg, accelerator.process_index, accelerator.num_processes, accelerator.device)
-        trained.check_classes(model_info, loader.classes, "checkpoint", f"{cfg.data.root}/val")
+        trained.check_classes(model_info, loader.classes, "checkpoint", f"{cfg.data.root}/{cfg.data.val_split}")
         if cfg.channels_last:
             net = net.to(memory_format=torch.channels_last)
         with Progress(len(loader), f"evaluate {cfg.data.image_size} px", "batch",
@@ -110,14 +111,15 @@ def evaluate_sizes(model_info: trained.Trained, args) -> list[dict]:
             metrics = evaluate(net, Counted(loader, progress), accelerator,
                                make_autocast(cfg.precision, accelerator.device), cfg.channels_last,
                                per_class=len(loader.classes))
-        rows.append({"size": cfg.data.image_size, "resize": cfg.data.val_resize, "root": cfg.data.root,
+        rows.append({"size": cfg.data.image_size, "resize": cfg.data.val_resize,
+                     "root": f"{cfg.data.root}/{cfg.data.val_split}",
                      "classes": loader.classes, **metrics})
     return rows if accelerator.is_main_process else []
 
 
 def print_table(model_info: trained.Trained, rows: list[dict], ema: bool) -> None:
     first = rows[0]
-    print(f"{model_info.describe()}{' EMA weights' if ema else ''} on {first['root']}/val: "
+    print(f"{model_info.describe()}{' EMA weights' if ema else ''} on {first['root']}: "
           f"{first['val_images']} images")
     print("| test size | resize | top-1 | top-5 | loss |")
     print("|---|---|---|---|---|")

@@ -144,7 +144,8 @@ def write_hub(model, model_info: trained.Trained, classes: list[str], out: Path,
     from bot.deploy.export import timm_recipe
 
     m = model_info.cfg.model
-    record, counts = model_card.read_run(model_info.path), dataset_counts(model_info.cfg.data.root)
+    record = model_card.read_run(model_info.path)
+    counts = dataset_counts(model_info, record)
     architecture = timm_recipe(m.arch, m.variant, len(classes), m.width, m.act)[0]
     about = {"weights": model_info.path.name + (" (moving average)" if ema else ""),
              **{k: model_info.info[k] for k in ("step",) if k in model_info.info}}
@@ -152,15 +153,24 @@ def write_hub(model, model_info: trained.Trained, classes: list[str], out: Path,
                          lambda folder: model_card.write_card(folder, model_info, record, ema, architecture, counts))
 
 
-def dataset_counts(root) -> tuple[int, int] | None:
-    """(training images, validation images) of data.root, or None where it is not readable here."""
-    from bot.data import is_url, open_dataset
+def dataset_counts(model_info: trained.Trained, run) -> tuple[int, int] | None:
+    """(training, validation) samples, as the run recorded them in its checkpoint or config.yaml
+    (bot/data/fingerprint.py); for a checkpoint from before that record, from a local shard
+    folder's _info.json. Never by listing an image folder: ImageNet's holds 1.28 M files."""
+    from bot.data import is_url
+    from bot.data.shards import is_shard_folder, open_shards
 
-    if not root or is_url(root):
+    record = model_info.info.get("data") or run.provenance.get("data") or {}
+    try:
+        return int(record["train"]["samples"]), int(record["val"]["samples"])
+    except (KeyError, TypeError, ValueError):
+        pass
+    data = model_info.cfg.data
+    if not data.root or is_url(data.root) or not is_shard_folder(Path(data.root).expanduser()):
         return None
     try:
-        train, val = open_dataset(root)
-    except (UserError, OSError):
+        train, val = open_shards(Path(data.root).expanduser(), data.val_split)
+    except UserError:
         return None
     return len(train), len(val)
 

@@ -2,21 +2,30 @@
 
     bot-make-shards /data/imagenet /data/imagenet-wds                 # an ImageNet-layout folder
     bot-make-shards /data/hf-imagenet /data/imagenet-wds --shard-mb 128  # a Hugging Face dataset
+    bot-make-shards data/cifar10 data/cifar10-wds --val-split test     # held out as test/, not val/
     bot-make-shards --index /data/imagenet-1k-wds                      # index files for shards from elsewhere
 
 SRC is what data.root takes (ROOT/{train,val}/<class>/<image>) or a local Hugging Face
 dataset: a `datasets.save_to_disk` folder of a DatasetDict, or a folder of parquet files
 named by split (train-*.parquet, validation-*.parquet), with an image and a label column.
+--val-split names the held-out split (data.val_split: val by default, test for CIFAR).
 OUT gets the layout of timm and of the hub's `timm/imagenet-1k-wds` (bot/data/shards.py):
 {train,validation}-NNNNNN.tar with KEY.jpg (the image's bytes as they are, the extension
 of its format) + KEY.cls per sample, a DALI index NNNNNN.idx beside each tar, and
-`_info.json` (timm's splits, plus the class names). Samples are shuffled at write time
-with --seed (--no-shuffle keeps the source's label order). A run that stops (Ctrl-C, a
-lost node) continues where it stopped when started again with the same arguments: a shard
-is finished when its index file exists, and `_make_shards.json` records what is written.
+`_info.json` (timm's splits, plus the class names). The held-out split is written as
+"validation" (timm's name) when it is val or validation, else under its own name (test),
+so the same data.val_split reads SRC and OUT. Samples are shuffled at write time with
+--seed (--no-shuffle keeps the source's label order). A run that stops (Ctrl-C, a lost
+node) continues where it stopped when started again with the same arguments: a shard is
+finished when its index file exists, and `_make_shards.json` records what is written.
 OUT is new, empty or such a folder of this command's: not SRC, nor a folder inside SRC or
 holding it, nor one with other files (an ImageNet folder, a run folder), which an
 `_info.json` would turn into a shard folder for data.root.
+
+`--index FOLDER` writes the index files a shard folder lacks, and its `_info.json` where it
+has none (a folder of train-*.tar made elsewhere): each tar's split is the last word of its
+name before the shard number (train-000000.tar, imagenet-val-0001.tar), its sample count
+read from its tar headers.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import sys
 import tarfile
@@ -32,12 +42,12 @@ from pathlib import Path
 import numpy as np
 
 from bot.cli import command_parser
-from bot.data.shards import INFO, index_path, index_tar, write_index, write_missing_indexes
+from bot.data.shards import CLASSES, INFO, VAL_SPLITS, index_path, index_tar, read_index, val_splits
+from bot.data.shards import write_index, write_missing_indexes
 from bot.errors import UserError, one_line
 
 PLAN = "_make_shards.json"
 CACHE = ".hf-cache"  # datasets' arrow copy of parquet files, while OUT is written
-SPLITS = (("train", "train"), ("validation", "val"))  # (name in OUT, folder in an ImageNet-layout SRC)
 MAGIC = ((b"\xff\xd8\xff", "jpg"), (b"\x89PNG", "png"), (b"GIF8", "gif"), (b"BM", "bmp"),
          (b"II*\x00", "tiff"), (b"MM\x00*", "tiff"))
 
@@ -112,29 +122,39 @@ class HFSource:
             return f.read()
 
 
-def open_source(src: Path, image: str, label: str, cache: Path) -> dict:
-    """{name in OUT: source} for train and validation, and the class names."""
-    from bot.data.folder import scan_dataset
+def held_out_name(val_split: str) -> str:
+    """The held-out split's name in OUT: timm's "validation" for val, else its own (test)."""
+    return "validation" if val_split in VAL_SPLITS else val_split
 
-    if (src / "train").is_dir() and (src / "val").is_dir() and not (src / "dataset_dict.json").is_file():
-        train, val = scan_dataset(str(src))
-        return {"train": FolderSource(train), "validation": FolderSource(val)}
+
+def open_source(src: Path, image: str, label: str, cache: Path, val_split: str = "val") -> dict:
+    """{name in OUT: source} for train and the held-out split `val_split`, and the class names."""
+    from bot.data.folder import missing_split, scan_dataset
+
+    held_out = held_out_name(val_split)
+    if (src / "train").is_dir() and (src / val_split).is_dir() and not (src / "dataset_dict.json").is_file():
+        train, val = scan_dataset(str(src), val_split)
+        return {"train": FolderSource(train), held_out: FolderSource(val)}
+    saved = (src / "dataset_dict.json").is_file()
+    files = [] if saved else sorted(src.rglob("*.parquet"))
+    if not saved and not files and (src / "train").is_dir():  # a folder without its held-out folder
+        raise UserError(missing_split(src, val_split, "--val-split "))
+    if not saved and not files:
+        raise UserError(f"{src} is neither an ImageNet-layout folder (train/, {val_split}/), a save_to_disk folder "
+                        f"(dataset_dict.json) nor a folder of parquet files")
     import datasets
 
-    if (src / "dataset_dict.json").is_file():
+    names = ("train", *val_splits(val_split))
+    if saved:
         dd = datasets.load_from_disk(str(src))
     else:
-        files = sorted(src.rglob("*.parquet"))
-        by_split = {n: [str(f) for f in files if f.name.startswith(n)] for n in ("train", "validation", "val")}
-        if not files:
-            raise UserError(f"{src} is neither an ImageNet-layout folder (train/, val/), a save_to_disk folder "
-                            f"(dataset_dict.json) nor a folder of parquet files")
+        by_split = {n: [str(f) for f in files if f.name.startswith(n)] for n in names}
         dd = datasets.load_dataset("parquet", data_files={k: v for k, v in by_split.items() if v},
                                    cache_dir=str(cache))
-    val = next((n for n in ("validation", "val") if n in dd), None)
+    val = next((n for n in names[1:] if n in dd), None)
     if "train" not in dd or val is None:
-        raise UserError(f"{src} needs a train and a validation split (it has {sorted(dd)})")
-    return {"train": HFSource(dd["train"], "train", image, label), "validation": HFSource(dd[val], "validation", image, label)}
+        raise UserError(f"{src} needs a train and a {' or '.join(names[1:])} split (it has {sorted(dd)})")
+    return {"train": HFSource(dd["train"], "train", image, label), held_out: HFSource(dd[val], held_out, image, label)}
 
 
 # ---------------------------------------------------------------- the plan
@@ -227,14 +247,15 @@ def first_missing(folder: Path) -> Path | None:
 
 
 def make_shards(src: Path, out: Path, seed: int = 0, shuffle: bool = True, shard_samples: int = 1250,
-                shard_mb: float | None = None, image: str = "image", label: str = "label", progress: bool = True) -> dict:
+                shard_mb: float | None = None, image: str = "image", label: str = "label", progress: bool = True,
+                val_split: str = "val") -> dict:
     """Write OUT from SRC (see the module's docstring); returns the _info.json written. A run that
     stops before its first shard is finished leaves no folder it made, and no PLAN."""
     check_folders(src, out)
     made = first_missing(out.resolve())
     out.mkdir(parents=True, exist_ok=True)
     try:
-        return write_shards(src, out, seed, shuffle, shard_samples, shard_mb, image, label, progress)
+        return write_shards(src, out, seed, shuffle, shard_samples, shard_mb, image, label, progress, val_split)
     except BaseException:
         if not any(p.suffix == ".idx" for p in out.iterdir()):  # no shard finished: nothing to resume
             if made is not None:
@@ -245,10 +266,10 @@ def make_shards(src: Path, out: Path, seed: int = 0, shuffle: bool = True, shard
 
 
 def write_shards(src: Path, out: Path, seed: int, shuffle: bool, shard_samples: int, shard_mb: float | None,
-                 image: str, label: str, progress: bool) -> dict:
+                 image: str, label: str, progress: bool, val_split: str) -> dict:
     from tqdm import tqdm
 
-    sources = open_source(src, image, label, out / CACHE)
+    sources = open_source(src, image, label, out / CACHE, val_split)
     classes = sources["train"].classes
     if classes is None:
         raise UserError(f"the label column {label} of {src} is not a ClassLabel: its class names are unknown")
@@ -281,6 +302,63 @@ def write_shards(src: Path, out: Path, seed: int, shuffle: bool, shard_samples: 
     return info
 
 
+def split_of(tar: str) -> str:
+    """A shard's split, from its name: the last word before the shard number (train-000000.tar,
+    imagenet1k-validation-0003.tar, imagenet-val-000001.tar)."""
+    words = re.split(r"[-_]", re.sub(r"[-_]?\d+$", "", tar.split(".", 1)[0]))
+    if not words[-1]:
+        raise UserError(f"cannot tell the split of shard {tar} from its name: name shards SPLIT-NNNNNN.tar "
+                        f"(train-000000.tar, validation-000000.tar)")
+    return words[-1]
+
+
+def write_info(root: Path) -> dict:
+    """ROOT/_info.json for a folder of tar shards that has none (timm's fields: each split's name,
+    num_samples, filenames, shard_lengths), the counts read from the tar headers; the index file
+    of each tar that has none is written on the way."""
+    tars = sorted(p.name for p in root.glob("*.tar"))
+    if not tars:
+        raise UserError(f"{root} holds neither {INFO} nor .tar shards")
+    splits: dict[str, dict] = {}
+    for name in tars:
+        tar = root / name
+        samples = read_index(index_path(tar)) if index_path(tar).is_file() else index_tar(tar)
+        if not index_path(tar).is_file():
+            write_index(samples, index_path(tar))
+        split = splits.setdefault(split_of(name), {"name": split_of(name), "num_samples": 0, "filenames": [],
+                                                    "shard_lengths": []})
+        split["filenames"].append(name)
+        split["shard_lengths"].append(len(samples))
+        split["num_samples"] += len(samples)
+    info = {"name": root.resolve().name, "splits": splits}
+    tmp = root / (INFO + ".tmp")
+    try:
+        tmp.write_text(json.dumps(info, indent=1) + "\n")
+        os.replace(tmp, root / INFO)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return info
+
+
+def index_folder(root: Path) -> None:
+    """--index: the missing index files of a shard folder, and its _info.json where it has none."""
+    if not root.is_dir():
+        raise UserError(f"{root} does not exist or is not a folder")
+    try:
+        if (root / INFO).is_file():
+            print(f"wrote {write_missing_indexes(root)} index files in {root}")
+            return
+        info = write_info(root)
+    except OSError as e:  # shards often sit on read-only storage
+        raise UserError(f"--index {root}: cannot write {e.filename or root}: {e.strerror or e}") from None
+    for name, split in info["splits"].items():
+        print(f"{root / INFO}: {name}: {split['num_samples']} samples in {len(split['filenames'])} shards")
+    if not (root / CLASSES).is_file():
+        print(f"note: it names no classes: write {root / CLASSES}, one class name a line in label order (the hub's "
+              f"ImageNet-1k alone is known without)")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = command_parser(__doc__)
     ap.add_argument("src", type=Path, help="ImageNet-layout folder or local Hugging Face dataset (with --index: a shard folder)")
@@ -292,18 +370,23 @@ def main(argv: list[str] | None = None) -> int:
     size.add_argument("--shard-mb", type=float, default=None, help="MiB per shard instead of a sample count")
     ap.add_argument("--image-column", default="image")
     ap.add_argument("--label-column", default="label")
-    ap.add_argument("--index", action="store_true", help="only write the missing index files of the shard folder SRC")
+    ap.add_argument("--val-split", default="val", help="SRC's held-out split (data.val_split): val, test, validation")
+    ap.add_argument("--index", action="store_true", help="only write the missing index files of the shard folder SRC, "
+                                                          "and its _info.json if it has none")
     a = ap.parse_args(argv)
     try:
         if a.index:
-            print(f"wrote {write_missing_indexes(a.src)} index files in {a.src}")
+            index_folder(a.src)
             return 0
         if a.out is None:
             raise UserError("give SRC and OUT (or --index SHARD_FOLDER)")
         if a.shard_samples < 1 or (a.shard_mb is not None and a.shard_mb <= 0):
             raise UserError("--shard-samples and --shard-mb must be positive")
+        if a.val_split.strip() in ("", "train") or "/" in a.val_split:
+            raise UserError(f"--val-split must name the held-out split's folder (val, test, validation), "
+                            f"got {a.val_split!r}")
         info = make_shards(a.src, a.out, a.seed, not a.no_shuffle, a.shard_samples, a.shard_mb, a.image_column,
-                           a.label_column)
+                           a.label_column, val_split=a.val_split)
     except UserError as e:
         print(f"error: {one_line(e)}", file=sys.stderr)
         return 2

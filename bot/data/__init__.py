@@ -11,7 +11,7 @@ records to refuse a resume on other data.
 from __future__ import annotations
 
 from bot.data.fingerprint import sample_list
-from bot.data.folder import dataset_root, on_rank_zero, scan_dataset, scan_split
+from bot.data.folder import dataset_root, on_rank_zero, scan_dataset, scan_val
 from bot.data.shards import is_shard_folder, open_shards, open_val_shards
 
 
@@ -21,12 +21,13 @@ def is_url(root) -> bool:
 from bot.errors import UserError
 
 
-def open_dataset(root: str | None):
-    """(train, val) of data.root: a shard folder (it holds _info.json: bot.data.shards, which
-    reads that file alone) or an ImageNet-layout folder (bot.data.folder, scanned once)."""
+def open_dataset(root: str | None, val_split: str = "val"):
+    """(train, val) of data.root, val being the held-out split data.val_split: a shard folder (it
+    holds _info.json: bot.data.shards, which reads that file alone) or an ImageNet-layout folder
+    (bot.data.folder, scanned once)."""
     if root and is_shard_folder(dataset_root(root)):
-        return open_shards(dataset_root(root))
-    return scan_dataset(root)
+        return open_shards(dataset_root(root), val_split)
+    return scan_dataset(root, val_split)
 
 
 def per_process_batch(cfg, world: int) -> int:
@@ -57,9 +58,9 @@ def _build_loaders(cfg, rank, world, device):
         import torch
 
         from bot.data.stream import open_stream, stream_loaders
-        train, val = open_stream(cfg.data.root)
+        train, val = open_stream(cfg.data.root, cfg.data.val_split)
         return train, val, stream_loaders(train, val, cfg, rank, world, batch, torch.device(device).type == "cuda")
-    train, val = open_dataset(cfg.data.root)
+    train, val = open_dataset(cfg.data.root, cfg.data.val_split)
     if len(train) < batch * world:
         raise UserError(f"data.batch_size {cfg.data.batch_size} is larger than the {len(train)} training images "
                         f"in {cfg.data.root}")
@@ -71,18 +72,19 @@ def _build_loaders(cfg, rank, world, device):
 
 
 def build_val_loader(cfg, rank: int, world: int, device):
-    """The val loader alone, for evaluating a trained model: data.root needs only val/ (or the
-    validation split of a shard folder).
+    """The val loader alone, for evaluating a trained model: data.root needs only its
+    data.val_split folder (val/, test/, ...) or shard split.
     data.batch_size stays the global batch; every image is counted once over the processes."""
     batch = max(1, cfg.data.batch_size // world)
     if is_url(cfg.data.root) and cfg.data.backend == "torch":
         import torch
 
         from bot.data.stream import open_stream, stream_val_loader
-        return stream_val_loader(open_stream(cfg.data.root)[1], cfg.data, rank, world, batch,
+        return stream_val_loader(open_stream(cfg.data.root, cfg.data.val_split)[1], cfg.data, rank, world, batch,
                                  torch.device(device).type == "cuda")
     root = dataset_root(cfg.data.root)
-    val = open_val_shards(root) if is_shard_folder(root) else on_rank_zero(lambda: scan_split(root, "val"))
+    split = cfg.data.val_split
+    val = open_val_shards(root, split) if is_shard_folder(root) else on_rank_zero(lambda: scan_val(root, split))
     if cfg.data.backend == "dali":
         from bot.data.dali import DaliValLoader
         return DaliValLoader(val, cfg.data, rank, world, batch, device)

@@ -1,4 +1,5 @@
-"""Finding and checking an ImageNet-layout dataset: ROOT/{train,val}/<class>/<image>.
+"""Finding and checking an ImageNet-layout dataset: ROOT/{train,val}/<class>/<image>
+(the held-out folder is data.val_split: val, or test, validation as datasets ship it).
 
 Both loaders read the same file list from here, so they agree on classes, labels and
 order, and every layout mistake gets one clear line before any training starts.
@@ -81,6 +82,25 @@ def scan_split(root: Path, split: str) -> Split:
     return Split(classes, files, labels)
 
 
+def missing_split(root: Path, split: str, option: str = "data.val_split=") -> str:
+    """Why ROOT/split/ is not there, in one line: shards without their _info.json, or the
+    held-out split under another of its usual names (and the `option` that reads it)."""
+    tars = sorted(p.name for p in root.glob("*.tar"))
+    if tars:
+        return (f"data folder {root} holds shards ({tars[0]} ...) but no _info.json, which lists them: write it "
+                f"with python scripts/make_shards.py --index {root}")
+    others = [s for s in ("val", "validation", "test") if s != split and split != "train" and (root / s).is_dir()]
+    has = f"; it has {others[0]}/, for {option}{others[0]}" if others else ""
+    return f"data folder {root} has no {split}/ folder (expected {split}/<class>/<image>{has})"
+
+
+def scan_val(root: Path, split: str) -> Split:
+    """ROOT/<split>/ alone (evaluating a model needs no train/), or one line saying what is missing."""
+    if not (root / split).is_dir():
+        raise UserError(missing_split(root, split))
+    return scan_split(root, split)
+
+
 def dataset_root(root: str | None) -> Path:
     if not root:
         raise UserError(f"data.root is not set: give data.root=/path/to/data ({TOY_HINT})")
@@ -116,18 +136,22 @@ def on_rank_zero(scan, *args):
     return value
 
 
-def scan_dataset(root: str | None) -> tuple[Split, Split]:
-    """(train, val) of a dataset root, checked: both present, same classes, none empty.
+def scan_dataset(root: str | None, val_split: str = "val") -> tuple[Split, Split]:
+    """(train, val) of a dataset root, the held-out split read from ROOT/<val_split>/, checked:
+    both present, same classes, none empty.
     Scanned once per run: with several processes rank 0 scans and the others receive its list."""
-    return on_rank_zero(_scan_dataset, root)
+    return on_rank_zero(_scan_dataset, root, val_split)
 
 
-def _scan_dataset(root: str | None) -> tuple[Split, Split]:
+def _scan_dataset(root: str | None, val_split: str = "val") -> tuple[Split, Split]:
     path = dataset_root(root)
-    train, val = scan_split(path, "train"), scan_split(path, "val")
+    for split in ("train", val_split):  # both before train/'s scan, which takes seconds on ImageNet
+        if not (path / split).is_dir():
+            raise UserError(missing_split(path, split))
+    train, val = scan_split(path, "train"), scan_split(path, val_split)
     if train.classes != val.classes:
         only_train = sorted(set(train.classes) - set(val.classes))
         only_val = sorted(set(val.classes) - set(train.classes))
-        raise UserError(f"train and val classes differ in {root}: only in train {only_train[:3]}, "
-                        f"only in val {only_val[:3]}")
+        raise UserError(f"train and {val_split} classes differ in {root}: only in train {only_train[:3]}, "
+                        f"only in {val_split} {only_val[:3]}")
     return train, val

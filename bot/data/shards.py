@@ -9,9 +9,10 @@ index `NAME.idx` (the format of DALI's `wds2idx`) gives each member's byte offse
 A ShardSplit is a Split read from tar files: `sample(i)` returns the i-th sample's image
 bytes and label, read at the index's offsets, so both loaders keep their (seed, epoch)
 order, their per-sample seeds and their code; only where the bytes come from changes.
-Opening reads `_info.json` alone; a shard is looked at when it is first read, and each
-mistake in it (a count that disagrees with `_info.json`, a truncated tar, a sample
-without label, a label out of range) is one line naming the shard and the sample key.
+Opening reads `_info.json` (and `classes.txt` where it names no classes) alone; a shard is
+looked at when it is first read, and each mistake in it (a count that disagrees with
+`_info.json`, a truncated tar, a sample without label, a label out of range) is one line
+naming the shard and the sample key.
 A shard without index file (the hub ships none) is indexed on the fly by reading its tar
 headers, in memory: shards may sit on read-only storage, and `bot-make-shards --index
 ROOT` writes the files once for DALI's own reader and for faster starts.
@@ -22,6 +23,8 @@ from __future__ import annotations
 import json
 import os
 import tarfile
+import threading
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +33,8 @@ from bot.errors import UserError
 
 INFO = "_info.json"
 CLASSES = "classes.txt"  # optional, beside _info.json: one class name a line, in label order
-TRAIN_SPLITS, VAL_SPLITS = ("train",), ("validation", "val")
+TRAIN_SPLITS, VAL_SPLITS = ("train",), ("validation", "val")  # VAL_SPLITS: one split, timm's name or ours
+IMAGENET_TRAIN = 1_281_167  # ImageNet-1k's training images: how the hub's imagenet-1k-wds, naming no class, is known
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff")
 INDEX_VERSION = "v1.2"  # DALI's wds2idx: "v1.2 N", then per sample "ext offset size name" per member
 OPEN_SHARDS = 64  # file descriptors kept open per process (a worker may touch all 1,024 shards)
@@ -83,11 +87,15 @@ def index_tar(path: Path) -> list[list[tuple[str, int, int, str]]]:
 def write_index(samples, out: Path) -> None:
     """An index file as DALI's wds2idx writes it (fn.readers.webdataset's index_paths)."""
     tmp = out.with_name(out.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(f"{INDEX_VERSION} {len(samples)}\n")
-        for sample in samples:
-            f.write(" ".join(f"{ext} {offset} {size} {name}" for ext, offset, size, name in sample) + "\n")
-    os.replace(tmp, out)
+    try:
+        with open(tmp, "w") as f:
+            f.write(f"{INDEX_VERSION} {len(samples)}\n")
+            for sample in samples:
+                f.write(" ".join(f"{ext} {offset} {size} {name}" for ext, offset, size, name in sample) + "\n")
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def read_index(path: Path) -> list[list[tuple[str, int, int, str]]]:
@@ -141,16 +149,44 @@ def parse_info(text: str, where) -> dict:
     return info
 
 
-def class_names(root: Path, info: dict) -> list[str]:
+def class_names(root, info: dict, listed) -> list[str]:
     """The classes, in label order: _info.json's "classes" (what bot-make-shards writes), else
-    ROOT/classes.txt, else ImageNet-1k's 1000 wnids sorted (timm's ImageNetInfo): the label
-    order of the hub's imagenet-1k-wds, whose _info.json names none, and of an ImageNet folder."""
+    classes.txt beside it (`listed()`: its text, None where there is none), else, for
+    ImageNet-1k (a train split of its 1,281,167 images: the hub's imagenet-1k-wds names no
+    class), its 1000 wnids sorted (timm's ImageNetInfo), the label order of the hub's shards
+    and of an ImageNet folder. Anything else stops with one line: guessing ImageNet would train
+    a 1000-way head on a 10-class set, and counting the classes would read every sample's .cls
+    (1.28 M reads, or the whole set downloaded) before the first step."""
     if "classes" in info:
         return [str(c) for c in info["classes"]]
-    if isinstance(root, Path) and (root / CLASSES).is_file():
-        return [line.strip() for line in (root / CLASSES).read_text().splitlines() if line.strip()]
-    from timm.data import ImageNetInfo
-    return list(ImageNetInfo().label_names())
+    text = listed()
+    if text is not None:
+        names = [line.strip() for line in text.splitlines() if line.strip()]
+        if not names:
+            raise UserError(f"{root}/{CLASSES} is empty: write one class name a line, in label order")
+        return names
+    train = info["splits"].get("train")
+    if isinstance(train, dict) and train.get("num_samples") == IMAGENET_TRAIN:
+        from timm.data import ImageNetInfo
+        return list(ImageNetInfo().label_names())
+    raise UserError(f"{root} names no classes ({INFO} has no 'classes' and there is no {CLASSES} beside it): write "
+                    f"{root}/{CLASSES}, one class name a line in label order")
+
+
+def local_classes(root: Path) -> str | None:
+    """The text of ROOT/classes.txt, None where there is none."""
+    try:
+        return (root / CLASSES).read_text()
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise UserError(f"cannot read {root / CLASSES}: {e.strerror}") from None
+
+
+def val_splits(val_split: str) -> tuple[str, ...]:
+    """The split names of _info.json that data.val_split means: val and validation are the same
+    split (a folder's val/, timm's and the hub's "validation"); another name (test) is itself."""
+    return VAL_SPLITS if val_split in VAL_SPLITS else (val_split,)
 
 
 def split_entry(root, info: dict, names: tuple[str, ...]) -> dict:
@@ -159,7 +195,8 @@ def split_entry(root, info: dict, names: tuple[str, ...]) -> dict:
             entry = info["splits"][name]
             break
     else:
-        raise UserError(f"{root}/{INFO} has no split {' or '.join(names)} (it has {sorted(info['splits'])})")
+        raise UserError(f"{root}/{INFO} has no split {' or '.join(names)} (it has {sorted(info['splits'])}"
+                        f"{'' if names == TRAIN_SPLITS else '; data.val_split names the held-out one'})")
     try:
         files, lengths = [str(f) for f in entry["filenames"]], [int(n) for n in entry["shard_lengths"]]
         total = int(entry["num_samples"])
@@ -171,19 +208,20 @@ def split_entry(root, info: dict, names: tuple[str, ...]) -> dict:
     return dict(name=name, filenames=files, shard_lengths=lengths)
 
 
-def open_shards(root: Path) -> tuple["ShardSplit", "ShardSplit"]:
-    """(train, val) of a shard folder, from its _info.json alone (no shard is opened)."""
+def open_shards(root: Path, val_split: str = "val") -> tuple["ShardSplit", "ShardSplit"]:
+    """(train, held-out split `val_split`) of a shard folder, from its _info.json alone (no shard is opened)."""
     info = read_info(root)
-    classes = class_names(root, info)
-    train, val = (split_entry(root, info, names) for names in (TRAIN_SPLITS, VAL_SPLITS))
+    classes = class_names(root, info, lambda: local_classes(root))
+    train, val = (split_entry(root, info, names) for names in (TRAIN_SPLITS, val_splits(val_split)))
     return (ShardSplit(root, classes, train["filenames"], train["shard_lengths"]),
             ShardSplit(root, classes, val["filenames"], val["shard_lengths"]))
 
 
-def open_val_shards(root: Path) -> "ShardSplit":
+def open_val_shards(root: Path, val_split: str = "val") -> "ShardSplit":
     info = read_info(root)
-    val = split_entry(root, info, VAL_SPLITS)
-    return ShardSplit(root, class_names(root, info), val["filenames"], val["shard_lengths"])
+    val = split_entry(root, info, val_splits(val_split))
+    return ShardSplit(root, class_names(root, info, lambda: local_classes(root)), val["filenames"],
+                      val["shard_lengths"])
 
 
 # ---------------------------------------------------------------- reading samples
@@ -257,13 +295,17 @@ class ShardSplit:
 
     Global index i is sample i - starts[k] of shard k, in _info.json's shard order, so the
     (seed, epoch) permutation of bot.data.sampling applies as on a folder. Shards are opened
-    lazily in each process (loader workers included) and at most OPEN_SHARDS stay open."""
+    lazily in each process (loader workers included); at most OPEN_SHARDS keep a file
+    descriptor, those read last: a permutation of all samples touches every shard over and
+    over, and 1,024 descriptors per worker exceed the common `ulimit -n` of 1024."""
 
     def __init__(self, root: Path, classes: list[str], filenames: list[str], lengths: list[int]):
         self.root, self.classes, self.filenames = Path(root), classes, filenames
         self.starts = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
         self.lengths = lengths
-        self.shards: dict[int, Shard] = {}
+        self.shards: dict[int, Shard] = {}  # checked once and kept
+        self.open: OrderedDict[int, Shard] = OrderedDict()  # those holding a descriptor, least recently read first
+        self.lock = threading.Lock()  # DALI's feeder thread reads ahead while the loop's may read to name a bad image
 
     hint = ""  # scripts/check_dataset.py reads folders
 
@@ -271,7 +313,10 @@ class ShardSplit:
         return int(self.starts[-1])
 
     def __getstate__(self):  # to a loader worker: no open files, no cached indexes
-        return {**self.__dict__, "shards": {}}
+        return {**self.__dict__, "shards": {}, "open": OrderedDict(), "lock": None}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state, lock=threading.Lock())
 
     def locate(self, i: int) -> tuple[int, int]:
         k = int(np.searchsorted(self.starts, i, side="right")) - 1
@@ -281,16 +326,20 @@ class ShardSplit:
         s = self.shards.get(k)
         if s is None:
             s = self.shards[k] = Shard(self.root / self.filenames[k], self.lengths[k], len(self.classes))
-            open_now = [x for x in self.shards.values() if x.fd is not None]
-            for old in open_now[:max(0, len(open_now) - OPEN_SHARDS + 1)]:
-                old.close()
         return s
 
     def sample(self, i: int) -> tuple[bytes, int]:
         k, j = self.locate(i)
-        return self.shard(k).sample(j)
+        with self.lock:
+            s = self.shard(k)
+            self.open[k] = s
+            self.open.move_to_end(k)
+            while len(self.open) > OPEN_SHARDS:  # before shard k opens its descriptor, if it has none
+                self.open.popitem(last=False)[1].close()
+            return s.sample(j)
 
     def name(self, i: int) -> str:
         k, j = self.locate(i)
-        s = self.shard(k)
+        with self.lock:
+            s = self.shard(k)
         return f"{s.path} (sample {s.key(j)})"

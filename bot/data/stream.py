@@ -33,13 +33,17 @@ import numpy as np
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from bot.data import sampling
-from bot.data.shards import IMAGE_EXTS, INFO, TRAIN_SPLITS, VAL_SPLITS, parse_info, parse_label, split_entry
-from bot.data.shards import class_names, split_key
+from bot.data.shards import CLASSES, IMAGE_EXTS, INFO, TRAIN_SPLITS, parse_info, parse_label, split_entry
+from bot.data.shards import class_names, split_key, val_splits
 from bot.data.torch_loader import CONTEXT, ImageFiles, decode
 from bot.data.workers import worker_init, workers_without_main
 from bot.errors import UserError
 
 TIMEOUT_S, TRIES = 30.0, 5  # per read (socket timeout) and per shard
+
+
+class Missing(UserError):
+    """HTTP 404, or 403: what S3 answers for a missing object to a reader without list permission."""
 
 
 class RemoteFile(io.RawIOBase):
@@ -77,7 +81,8 @@ class RemoteFile(io.RawIOBase):
                 return n
             except urllib.error.HTTPError as e:
                 if e.code < 500:  # 404, 403: asking again will not help
-                    raise UserError(f"cannot read {self.url}: HTTP {e.code} {e.reason}") from None
+                    kind = Missing if e.code in (403, 404) else UserError
+                    raise kind(f"cannot read {self.url}: HTTP {e.code} {e.reason}") from None
                 why = f"HTTP {e.code} {e.reason}"
             except (OSError, http.client.HTTPException) as e:  # timeouts, resets, refused, cut short
                 why = str(getattr(e, "reason", None) or e) or type(e).__name__
@@ -100,6 +105,16 @@ def fetch(url: str) -> bytes:
         return f.read()
     finally:
         f.close_response()
+
+
+def fetch_text(url: str) -> str | None:
+    """The text at `url`, None where the server has no such file."""
+    try:
+        return fetch(url).decode()
+    except Missing:
+        return None
+    except UnicodeDecodeError:
+        raise UserError(f"{url} is not UTF-8 text") from None
 
 
 class StreamSplit:
@@ -161,11 +176,13 @@ class StreamSplit:
         return f"number {j}"
 
 
-def open_stream(base: str) -> tuple[StreamSplit, StreamSplit]:
+def open_stream(base: str, val_split: str = "val") -> tuple[StreamSplit, StreamSplit]:
+    """(train, held-out split `val_split`) of the shard folder at URL `base`: its _info.json
+    (and classes.txt where that names no classes) alone."""
     base = base.rstrip("/")
     info = parse_info(fetch(f"{base}/{INFO}").decode(), f"{base}/{INFO}")
-    classes = class_names(base, info)
-    train, val = (split_entry(base, info, names) for names in (TRAIN_SPLITS, VAL_SPLITS))
+    classes = class_names(base, info, lambda: fetch_text(f"{base}/{CLASSES}"))
+    train, val = (split_entry(base, info, names) for names in (TRAIN_SPLITS, val_splits(val_split)))
     return (StreamSplit(base, classes, train["filenames"], train["shard_lengths"]),
             StreamSplit(base, classes, val["filenames"], val["shard_lengths"]))
 

@@ -210,12 +210,13 @@ print([(names[i], round(p.item(), 3)) for p, i in zip(*probs.topk(min(5, len(nam
 
 
 def dataset(cfg, classes: list[str], run: RunRecord, counts: tuple[int, int] | None) -> str:
-    """The dataset's size in words: its classes and images (counted in data.root when readable)."""
+    """The dataset's size in words: its classes and images (as the run recorded them)."""
     if counts:
         return f"{len(classes)} classes, {counts[0]} training and {counts[1]} validation images (`{cfg.data.root}`)"
     val = next((m["val_images"] for m in reversed(run.metrics) if "val_images" in m), None)
     seen = f", {val} validation images (metrics.jsonl)" if val else ""
-    return f"{len(classes)} classes{seen}; the images of `{cfg.data.root}` could not be counted here"
+    return (f"{len(classes)} classes{seen}; the image counts of `{cfg.data.root}` are not recorded (the checkpoint "
+            f"is older than that record)")
 
 
 def card(model_info, run: RunRecord, ema: bool, architecture: str, counts, curves: bool) -> str:

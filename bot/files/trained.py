@@ -43,7 +43,7 @@ class Trained:
     classes: list[str] | None  # None: a checkpoint written before class names were kept
     weights: dict
     ema: dict | None = None
-    info: dict = field(default_factory=dict)  # epoch, step, top1 where the checkpoint has them
+    info: dict = field(default_factory=dict)  # epoch, step, top1, data (its samples) where the checkpoint has them
     onnx: bool = False  # an ONNX model (scripts/quantize.py, scripts/export.py): `weights` is empty
 
     def describe(self) -> str:
@@ -111,7 +111,7 @@ def read(spec: str | Path, what: str = "checkpoint", onnx: bool = False) -> Trai
     except UserError as e:
         raise UserError(f"{what} {path}: its config does not load here ({e})") from None
     classes = ckpt.get("classes")
-    info = {k: ckpt[k] for k in ("epoch", "step", "top1") if k in ckpt}
+    info = {k: ckpt[k] for k in ("epoch", "step", "top1", "data") if k in ckpt}
     return Trained(path, cfg, num_classes, list(classes) if classes is not None else None, weights,
                    ckpt.get(EMA_KEY), info)
 
