@@ -2,6 +2,7 @@
 
     python scripts/bench_train.py [--arch resnet18 --variant D --image-size 64 --batch 32 --steps 10 --rounds 5]
     python scripts/bench_train.py --arch resnet50 --image-size 224 --batch 128 --precision bf16 --channels-last  (GPU)
+    python scripts/bench_train.py --recipe recipes/cifar10/resnet20-v1.yaml --data data/cifar10   (CIFAR on a CPU)
 
 Both loops train the same model on the same synthetic batch (no loader). The bare loop is
 forward, F.cross_entropy, backward, SGD step. The project's step is bot's TrainStep built
@@ -12,6 +13,10 @@ the weight EMA; Cutout and random shapes are the loader's). Both loops build the
 the same config, so model.act changes both alike. The EMA's update is also timed on its own
 (ms per step and share of the step). Rounds alternate
 between the loops so that a noisy machine slows both alike; the median round counts.
+With --recipe, the one row is that recipe's own config (network, size, batch, memory format,
+tricks), the bare loop is also timed in the other memory format (is channels_last faster
+here?), and with --data the recipe's train loaders (torch, then DALI on the CPU) are timed
+alone over the real images: a loader keeps up when it gives more img/s than the step takes.
 Prints a table, appends nothing else, and ends with one JSON line of the figures.
 """
 
@@ -86,6 +91,21 @@ def timed(step, n: int, device) -> float:
     return time.perf_counter() - start
 
 
+def loader_img_per_s(cfg, backend: str, batches: int) -> float:
+    """The recipe's train loader alone (decode and augmentation, no model), after a first batch."""
+    from bot.data import build_loaders
+
+    cfg = config.from_dict(cfg.to_dict() | {"data": cfg.data.__dict__ | {"backend": backend}})
+    train, _ = build_loaders(cfg, 0, 1, torch.device("cpu"))
+    train.set_epoch(0)
+    it = iter(train)
+    next(it)
+    start = time.perf_counter()
+    for _ in range(batches):
+        next(it)
+    return batches * train.batch_size / (time.perf_counter() - start)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--arch", default="resnet18")
@@ -96,9 +116,20 @@ def main(argv=None) -> int:
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--steps", type=int, default=10, help="steps per timed round")
     p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--recipe", help="time this recipe's own config (its network, size, batch, memory format, tricks)")
+    p.add_argument("--data", help="with --recipe: a data.root whose train loaders are timed too")
+    p.add_argument("--loader-batches", type=int, default=100)
+    p.add_argument("--workers", type=int, help="with --data: data.workers for the loaders (default: the recipe's)")
     a = p.parse_args(argv)
     accelerator = Accelerator()
     device = accelerator.device
+    if a.recipe:
+        given = ([f"data.root={a.data}"] if a.data else []) + ([f"data.workers={a.workers}"] if a.workers else [])
+        cfg = config.load(a.recipe, given)
+        a.arch, a.variant, a.image_size = cfg.model.arch, cfg.model.variant, cfg.data.image_size
+        a.batch, a.precision, a.channels_last = cfg.data.batch_size, cfg.precision, cfg.channels_last
+        TRICKS.clear()
+        TRICKS[f"{a.recipe} as it is"] = []
     base = [f"model.arch={a.arch}", f"model.variant={a.variant}", f"data.image_size={a.image_size}",
             f"data.batch_size={a.batch}", f"precision={a.precision}", f"channels_last={a.channels_last}"]
     x = torch.randn(a.batch, 3, a.image_size, a.image_size, device=device)
@@ -106,10 +137,13 @@ def main(argv=None) -> int:
     print(f"{a.arch}-{a.variant} {a.image_size}px batch {a.batch} {a.precision}"
           f"{' channels_last' if a.channels_last else ''} on {device.type} ({torch.get_num_threads()} threads), "
           f"{a.rounds} rounds x {a.steps} steps, median")
-    rows = []
+    rows, ema_cost, extra = [], None, {}
     for name, tricks in TRICKS.items():
-        cfg = config.load(None, base + tricks)
+        cfg = config.load(a.recipe, given + tricks) if a.recipe else config.load(None, base + tricks)
         loops = {"bare": bare_loop(cfg, device, x, y), "bot": project_loop(cfg, accelerator, x, y)}
+        if a.recipe:  # the other memory format, bare: is the recipe's the faster one here?
+            other = config.from_dict(cfg.to_dict() | {"channels_last": not cfg.channels_last})
+            loops["bare, other format"] = bare_loop(other, device, x, y)
         for step in loops.values():  # warm up both
             timed(step, 2, device)
         times = {k: [] for k in loops}
@@ -119,6 +153,8 @@ def main(argv=None) -> int:
         ips = {k: a.steps * a.batch / statistics.median(v) for k, v in times.items()}
         rows.append({"tricks": name, "bare_img_per_s": round(ips["bare"], 1), "bot_img_per_s": round(ips["bot"], 1),
                      "ratio": round(ips["bot"] / ips["bare"], 3)})
+        if "bare, other format" in ips:
+            extra[f"bare_img_per_s_channels_last_{not cfg.channels_last}"] = round(ips["bare, other format"], 1)
         if loops["bot"].ema is not None:
             ema = loops["bot"].ema
             per_update = statistics.median(timed(lambda: ema.update(10**6) or torch.zeros((), device=device),
@@ -129,10 +165,19 @@ def main(argv=None) -> int:
     print(f"| tricks | bare PyTorch img/s | bot step img/s | bot / bare |\n|---|---|---|---|")
     for r in rows:
         print(f"| {r['tricks']} | {r['bare_img_per_s']:.1f} | {r['bot_img_per_s']:.1f} | {r['ratio']:.3f} |")
-    print(f"EMA update: {ema_cost['ema_update_ms']:.3f} ms per step, {ema_cost['ema_share_of_step_pct']:.2f}% "
-          f"of the {ema_cost['step_ms']:.1f} ms step with the extras")
+    if ema_cost:
+        print(f"EMA update: {ema_cost['ema_update_ms']:.3f} ms per step, {ema_cost['ema_share_of_step_pct']:.2f}% "
+              f"of the {ema_cost['step_ms']:.1f} ms step with the extras")
+    for key, value in extra.items():
+        print(f"bare loop with channels_last={key.endswith('True')}: {value:.1f} img/s")
+    if a.recipe and a.data:
+        for backend in ("torch", "dali"):
+            extra[f"{backend}_loader_img_per_s"] = round(loader_img_per_s(cfg, backend, a.loader_batches), 1)
+            print(f"{backend} train loader alone ({cfg.data.workers} workers/threads): "
+                  f"{extra[f'{backend}_loader_img_per_s']:.1f} img/s")
     print(json.dumps({"device": device.type, "arch": f"{a.arch}-{a.variant}", "image_size": a.image_size,
-                      "batch": a.batch, "precision": a.precision, "rows": rows, "ema": ema_cost}))
+                      "batch": a.batch, "precision": a.precision, "channels_last": a.channels_last, "rows": rows,
+                      "ema": ema_cost, **extra}))
     return 0
 
 
