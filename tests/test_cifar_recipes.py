@@ -1,0 +1,95 @@
+"""The CIFAR-10 recipes say what gluon-cv's model-zoo commands say, the grids add one refinement a
+row, and each recipe trains a few steps on a tiny archive in CIFAR's own format (prepare_cifar.py,
+folders and shards): the real pipeline, not the real data."""
+
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT
+from test_cifar import cifar10_archive
+from test_recipes import diff
+
+from bot import config
+from bot.grid.runs import row_config
+from bot.grid.spec import read_grid
+from bot.train.schedule import peak_lr
+
+CIFAR = ROOT / "recipes" / "cifar10"
+RECIPES = sorted(p for p in CIFAR.glob("*.yaml") if p.name != "base.yaml")
+
+
+def recipe(name):
+    return config.load(CIFAR / f"{name}.yaml")
+
+
+@pytest.mark.parametrize("name", ["resnet20-v1", "resnet56-v1"])
+def test_the_vanilla_recipes_are_gluoncvs_command(name):
+    """train_cifar10.py --num-epochs 200 --batch-size 128 --wd 0.0001 --lr 0.1 --lr-decay 0.1
+    --lr-decay-epoch 100,150 --model cifar_resnetNN_v1 (NAG, Xavier init, no bias decay off), on
+    the pad-4 crop and flip with CIFAR-10's mean and std, evaluated as it is on the test split."""
+    cfg = recipe(name)
+    assert cfg.model.arch == f"cifar_{name.replace('-', '_')}" and cfg.model.init == "xavier"
+    assert (cfg.schedule.epochs, cfg.schedule.kind, cfg.schedule.milestones, cfg.schedule.warmup_epochs) == (
+        200, "step", [100, 150], 0)
+    assert (cfg.data.batch_size, peak_lr(cfg), cfg.optim.weight_decay) == (128, 0.1, 1e-4)
+    assert (cfg.optim.nesterov, cfg.optim.momentum, cfg.optim.no_bias_decay, cfg.precision) == (True, 0.9, False, "fp32")
+    assert (cfg.data.crop, cfg.data.padding, cfg.data.image_size, cfg.data.val_split) == ("padded", 4, 32, "test")
+    assert cfg.data.mean == [125.307, 122.961, 113.8575] and cfg.data.std == [51.5865, 50.847, 51.255]
+    assert (cfg.data.brightness, cfg.data.contrast, cfg.data.saturation, cfg.data.pca_lighting) == (0, 0, 0, 0)
+    assert (cfg.loss.label_smoothing, cfg.loss.mixup_alpha, cfg.model.zero_gamma) == (0, 0, False)
+
+
+@pytest.mark.parametrize("name", ["resnet20-v1", "resnet56-v1"])
+def test_the_mixup_recipes_are_gluoncvs_mixup_script(name):
+    """train_mixup_cifar10.py: the same flags with --num-epochs 220, alpha 1, no mixup in the last 20."""
+    assert diff(recipe(name), recipe(f"{name}-mixup")) == {"schedule.epochs": 220, "loss.mixup_alpha": 1.0,
+                                                          "loss.mixup_off_epochs": 20}
+
+
+def test_the_grids_add_one_refinement_a_row():
+    full = read_grid(ROOT / "recipes" / "ablations" / "cifar10.yaml")
+    budget = read_grid(ROOT / "recipes" / "ablations" / "cifar10-budget.yaml")
+    steps = [{"schedule.kind": "cosine", "schedule.warmup_epochs": 5.0, "schedule.milestones": [100, 150]},
+             {"loss.label_smoothing": 0.1},
+             {"schedule.epochs": 220, "loss.mixup_alpha": 1.0, "loss.mixup_off_epochs": 20}]
+    for column, stem in (("ResNet-20 v1", "resnet20-v1"), ("ResNet-56 v1", "resnet56-v1")):
+        cfgs = [row_config(full, cell) for cell in full.rows if cell.column == column]
+        assert diff(recipe(stem), cfgs[0]) == {}  # the first row is gluon-cv's recipe as it is
+        found = [diff(a, b) for a, b in zip(cfgs, cfgs[1:])]
+        found[0].pop("schedule.milestones", None)  # cosine ignores them; the recipe keeps gluon-cv's
+        assert found == [{k: v for k, v in s.items() if k != "schedule.milestones"} for s in steps]
+    papers = {column: [c.paper.get("top1") for c in full.cells if c.column == column] for column in full.columns}
+    assert papers == {"ResNet-20 v1": [92.1, None, None, 92.9], "ResNet-56 v1": [93.6, None, None, 94.2]}
+    # the budget form: the same rows in 15 epochs (16 with mixup), its name and caption say so
+    cfgs = [row_config(budget, row) for row in budget.rows]
+    assert [c.schedule.epochs for c in cfgs] == [15, 15, 15, 16]
+    assert "15 epochs, not the full recipe" in budget.title and "BUDGET FORM" in budget.caption
+    assert diff(recipe("resnet20-v1"), cfgs[0]) == {"schedule.epochs": 15, "schedule.milestones": [8, 11]}
+
+
+@pytest.fixture(scope="module")
+def cifar(tmp_path_factory):
+    """A tiny CIFAR-10 archive in the official format, prepared as a user would, with shards."""
+    folder = tmp_path_factory.mktemp("cifar")
+    cifar10_archive(folder / "cifar-10-python.tar.gz", per_batch=4, test=10)
+    done = subprocess.run([sys.executable, "scripts/prepare_cifar.py", folder / "cifar-10-python.tar.gz",
+                           folder / "c10", "--shards"], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return folder
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
+def test_each_recipe_trains_a_few_steps_on_folders_and_shards(path, cifar, tmp_path):
+    """Every CIFAR recipe as it is but for the batch (4) and the steps: on the PNG folders with the
+    torch loader, on the shards with DALI, the held-out split `test` both times."""
+    from bot.cli import train as train_cli
+
+    assert f"recipes/cifar10/{path.name}" in path.read_text()  # its launch command, in a comment
+    for root, backend in ((cifar / "c10", "torch"), (cifar / "c10-wds", "dali")):
+        out = tmp_path / backend
+        argv = [str(path), f"data.root={root}", f"data.backend={backend}", "data.batch_size=4", "data.workers=0",
+                "run.max_steps=3", "run.log_every=1", f"run.out={out}"]
+        assert train_cli.main(argv) == 0
+        records = [line for line in (out / "metrics.jsonl").read_text().splitlines() if "top1" in line]
+        assert len(records) == 1 and '"val_images": 10' in records[0]
