@@ -93,3 +93,32 @@ def test_each_recipe_trains_a_few_steps_on_folders_and_shards(path, cifar, tmp_p
         assert train_cli.main(argv) == 0
         records = [line for line in (out / "metrics.jsonl").read_text().splitlines() if "top1" in line]
         assert len(records) == 1 and '"val_images": 10' in records[0]
+
+
+def test_a_cifar_run_leaves_through_onnx_and_is_refused_by_timm_in_one_line(cifar, tmp_path):
+    """After training: timm has no gluon-cv CIFAR networks (hub and timm exports are one line naming
+    the formats that work); the ONNX metadata says the image is taken as it is; quantize and
+    evaluate read the held-out split `test`; messages name the network without a variant."""
+    import json
+
+    import onnxruntime
+    from conftest import call_main
+
+    from bot.cli import evaluate, export, quantize
+    from bot.cli import train as train_cli
+
+    run = tmp_path / "run"
+    assert train_cli.main([str(CIFAR / "resnet20-v1.yaml"), f"data.root={cifar / 'c10'}", "data.batch_size=4",
+                           "data.workers=0", "run.max_steps=2", f"run.out={run}"]) == 0
+    for fmt in ("hub", "timm"):
+        done = call_main(export.main, run, "--format", fmt, "--out", tmp_path / {"hub": "hub", "timm": "m.safetensors"}[fmt])
+        assert done.returncode == 2 and done.stderr.strip() == (
+            f"error: {run / 'best.pt'} is gluon-cv's cifar_resnet20_v1, which timm has no network for; export it "
+            f"with --format onnx or --format torchscript"), done.stderr
+    assert call_main(export.main, run, "--format", "onnx", "--out", tmp_path / "m.onnx").returncode == 0
+    meta = onnxruntime.InferenceSession(str(tmp_path / "m.onnx")).get_modelmeta().custom_metadata_map
+    assert meta["resize_size"] == "null" and json.loads(meta["input_size"]) == [3, 32, 32]
+    done = call_main(evaluate.main, run, "data.workers=0")
+    assert done.returncode == 0 and "(cifar_resnet20_v1, 10 classes" in done.stdout and "c10/test: 10 images" in done.stdout
+    done = call_main(quantize.main, run, "data.workers=0", "--calib", "8", "--out", tmp_path / "q.onnx")
+    assert done.returncode == 0, done.stderr

@@ -75,6 +75,8 @@ def check_timm_can_build(model_info: trained.Trained, fmt: str, model=None) -> N
         return
     if m.qat:
         why = "was trained with model.qat: its fake-quant modules are in no timm network"
+    elif m.arch.startswith("cifar_"):
+        why = f"is gluon-cv's {m.arch}, which timm has no network for"
     elif fmt == "hub" and export.timm_recipe(m.arch, m.variant, model_info.num_classes)[2]:
         why = (f"is {m.arch}-A, which timm has no name or kwargs for (timm puts the stride on the 3x3 conv), "
                f"so `local-dir:` cannot rebuild it")

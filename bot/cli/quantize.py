@@ -101,7 +101,7 @@ def main(argv=None) -> int:
 
         source = trained.read(args.checkpoint)
         cfg = eval_config(source, args.overrides, None)
-        trained.check_classes(source, _val_classes(cfg), "checkpoint", f"{cfg.data.root}/val")
+        trained.check_classes(source, _val_classes(cfg), "checkpoint", f"{cfg.data.root}/{cfg.data.val_split}")
         out = Path(args.out) if args.out else source.path.with_suffix(".int8.onnx")
         if out.suffix != ".onnx":
             raise UserError(f"--out {out}: the int8 model is an ONNX file, name it *.onnx")
@@ -161,9 +161,15 @@ def _simulated(model, source, batches, bits: int, cfg, out: Path, meta: dict) ->
 
 
 def _val_classes(cfg) -> list[str]:
-    from bot.data.folder import dataset_root, scan_split
+    """The classes of the held-out split the calibration and the table read (a folder's or shards')."""
+    from bot.data import open_val_shards
+    from bot.data.folder import dataset_root, scan_val
+    from bot.data.shards import is_shard_folder
 
-    return scan_split(dataset_root(cfg.data.root), "val").classes
+    root = dataset_root(cfg.data.root)
+    if is_shard_folder(root):
+        return open_val_shards(root, cfg.data.val_split).classes
+    return scan_val(root, cfg.data.val_split).classes
 
 
 if __name__ == "__main__":

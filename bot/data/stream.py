@@ -276,7 +276,7 @@ class StreamVal(IterableDataset):
     def __iter__(self):
         info = get_worker_info()
         for index, data, label in chain(self.split, self.shards(info.id if info else 0)):
-            yield self.images.transform(self.images.decode(data, index)), label
+            yield self.images.evaluate(data, index), label
 
 
 class StreamImages:
@@ -285,10 +285,21 @@ class StreamImages:
     def __init__(self, split: StreamSplit, transform=None, train=None):
         self.files, self.split, self.transform = ImageFiles(None, transform, train), split, transform
 
-    def decode(self, data: bytes, index: int):
+    def name(self, index: int) -> str:
+        """Where sample `index` comes from, for a message: its shard's URL and its key."""
         k = int(np.searchsorted(self.split.starts, index, side="right")) - 1
-        j = int(index - self.split.starts[k])
-        return decode(data, lambda: f"{self.split.base}/{self.split.filenames[k]} (sample {self.split.key(k, j)})", "")
+        return f"{self.split.base}/{self.split.filenames[k]} (sample {self.split.key(k, int(index - self.split.starts[k]))})"
+
+    def decode(self, data: bytes, index: int):
+        return decode(data, lambda: self.name(index), "")
+
+    def evaluate(self, data: bytes, index: int):
+        """The val transform of one sample; its own error (an image of another size, data.crop=padded)
+        is named with the shard and key, as a local file is named."""
+        try:
+            return self.transform(self.decode(data, index))
+        except UserError as e:
+            raise UserError(f"{self.name(index)}: {e}") from None
 
     def augment(self, image, seed: int, size: int):
         return self.files.augment(image, seed, size)

@@ -34,7 +34,8 @@ def metadata(cfg: config.Config, classes: list[str], source: str, precision: str
     on `classes`; `precision` (int8 | fp32) says which graph the file holds."""
     d, data = cfg.data, preprocessing.timm_data_config(cfg.data)
     plain = {"class_names": json.dumps(classes), "input_size": json.dumps(data["input_size"]),
-             "resize_size": str(d.val_resize), "interpolation": data["interpolation"],
+             # null: the image is taken as it is (data.crop=padded, CIFAR), never resized
+             "resize_size": "null" if d.crop == "padded" else str(d.val_resize), "interpolation": data["interpolation"],
              "antialias": json.dumps(d.antialias), "mean": json.dumps(data["mean"]), "std": json.dumps(data["std"]),
              "preprocessing": preprocessing.in_words(d)}
     return {CONFIG: json.dumps(cfg.to_dict()), CLASSES: json.dumps(classes), SOURCE: source, PRECISION: precision,

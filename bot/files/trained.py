@@ -31,6 +31,7 @@ from bot import config
 from bot.errors import UserError
 from bot.files import checkpoint
 from bot.files.checkpoint import BEST, LAST
+from bot.models import network_name
 
 EMA_KEY = "ema"
 
@@ -51,7 +52,7 @@ class Trained:
         where = ", ".join(f"{k} {self.info[k]:.2f}" if isinstance(self.info[k], float) else f"{k} {self.info[k]}"
                           for k in ("step", "top1") if k in self.info)
         kind = f"{self.info['from']}, " if self.onnx else ""  # e.g. "int8 ONNX of runs/x/best.pt"
-        return f"{self.path} ({kind}{m.arch}-{m.variant}, {self.num_classes} classes{', ' + where if where else ''})"
+        return f"{self.path} ({kind}{network_name(m)}, {self.num_classes} classes{', ' + where if where else ''})"
 
 
 def checkpoint_path(spec: str | Path, what: str) -> Path:
@@ -140,7 +141,7 @@ def build(trained: Trained, ema: bool = False) -> torch.nn.Module:
     try:
         model.load_state_dict(trained.ema if ema else trained.weights)
     except RuntimeError as e:
-        raise UserError(f"{trained.path}: weights do not fit {trained.cfg.model.arch}-{trained.cfg.model.variant} "
+        raise UserError(f"{trained.path}: weights do not fit {network_name(trained.cfg.model)} "
                         f"({str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else e})") from None
     if trained.cfg.model.qat:  # its quantizers as constants: any export of it writes the int8 (QDQ) graph
         from bot.models.qat import freeze
@@ -164,7 +165,7 @@ def check_shapes(trained: Trained, model: torch.nn.Module) -> None:
                 or got.shape[:1] == want.shape[:1]:
             continue
         m = trained.cfg.model
-        raise UserError(f"{trained.path}: its weights do not fit its config ({m.arch}-{m.variant}, "
+        raise UserError(f"{trained.path}: its weights do not fit its config ({network_name(m)}, "
                         f"model.width={m.width:g}): {key} is {tuple(got.shape)}, the config builds "
                         f"{tuple(want.shape)}")
 

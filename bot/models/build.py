@@ -20,3 +20,9 @@ def build_model(cfg, num_classes: int = 1000) -> nn.Module:
     if cfg.model.arch in CIFAR_ARCHS:
         return build_cifar(cfg, num_classes)
     raise ValueError(f"unknown model.arch {cfg.model.arch!r}")  # config.py rejects it first
+
+
+def network_name(model_cfg) -> str:
+    """The network as logs and messages name it: resnet50-D, inception_v3, cifar_resnet20_v1 (a
+    variant is a ResNet's only)."""
+    return "-".join(filter(None, (model_cfg.arch, model_cfg.variant)))

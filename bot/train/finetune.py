@@ -14,6 +14,7 @@ from torch import nn
 
 from bot.errors import UserError
 from bot.files import trained
+from bot.models import network_name
 from bot.models.slimmable import fit_shapes
 
 WHAT = "model.init_from"
@@ -63,7 +64,7 @@ def init_from(model: nn.Module, spec: str, classes: list[str], say: bool = True,
     problem = first_mismatch(ours, theirs, head if differ else set())
     if problem:
         m = source.cfg.model
-        raise UserError(f"{WHAT} {source.path} ({m.arch}-{m.variant}) does not fit this model: {problem}")
+        raise UserError(f"{WHAT} {source.path} ({network_name(m)}) does not fit this model: {problem}")
     if differ:
         theirs = {k: v for k, v in theirs.items() if k not in head}
     model.load_state_dict(theirs, strict=not differ)

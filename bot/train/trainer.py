@@ -25,7 +25,7 @@ from bot.config_checks import checkpoint_interval
 from bot.data import build_loaders
 from bot.errors import UserError
 from bot.files import checkpoint
-from bot.models import build_model, count_params_macs
+from bot.models import build_model, count_params_macs, network_name
 from bot.models.qat import prepare_qat
 from bot.models.slimmable import fit_shapes
 from bot.train import backends
@@ -211,7 +211,7 @@ class Run:
                 self.lock.acquire()
             checkpoint.atomic_write_text(self.folder / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
         self.log = RunLog(cfg, self.folder, self.main, resume_step=self.step)
-        network = "-".join(filter(None, (cfg.model.arch, cfg.model.variant)))  # variants are ResNet-only
+        network = network_name(cfg.model)
         self.log.print(f"{cfg.run.name}: {network} {self.params / 1e6:.2f} M params "
                        f"{self.macs / 1e9:.2f} GMACs, {self.num_classes} classes, {self.steps_per_epoch} steps/epoch x "
                        f"{cfg.schedule.epochs} epochs, {self.world} process(es) on {self.device.type}, {cfg.precision}"
