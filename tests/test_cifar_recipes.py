@@ -122,3 +122,26 @@ def test_a_cifar_run_leaves_through_onnx_and_is_refused_by_timm_in_one_line(cifa
     assert done.returncode == 0 and "(cifar_resnet20_v1, 10 classes" in done.stdout and "c10/test: 10 images" in done.stdout
     done = call_main(quantize.main, run, "data.workers=0", "--calib", "8", "--out", tmp_path / "q.onnx")
     assert done.returncode == 0, done.stderr
+
+
+def test_compare_log_puts_a_run_beside_a_published_log(tmp_path):
+    """scripts/compare_log.py: the epochs both have, the difference, and the band of the log's own
+    epoch-to-epoch noise (std around a 9-epoch moving mean, per lr phase)."""
+    import json
+
+    from conftest import run_cli
+
+    log = tmp_path / "log.csv"
+    theirs = {e: 0.80 + (0.02 if e % 2 else -0.02) for e in range(20)}  # +-2 points around 80: noise 2
+    log.write_text("# a comment\nepoch,val_acc\n" + "".join(f"{e},{v}\n" for e, v in theirs.items()))
+    run = tmp_path / "run"
+    run.mkdir()
+    ours = {e: 100 * theirs[e] + (5.0 if e == 3 else 1.0) for e in range(6)}  # one epoch off by 5
+    (run / "metrics.jsonl").write_text("".join(json.dumps({"epoch": e, "step": 10 * e, "top1": v}) + "\n"
+                                               for e, v in ours.items()) + '{"epoch": 6, "top')
+    done = run_cli("scripts/compare_log.py", run, log, "--phases", "", "--out", tmp_path / "c.png")
+    assert done.returncode == 0, done.stderr
+    assert "| 4 | 87.00 | 82.00 | +5.00 |" in done.stdout and "| 1 | 79.00 | 78.00 | +1.00 |" in done.stdout
+    # the 9 epochs around a value hold 5 like it and 4 four points away: residuals +-16/9, the band 2 x 16/9
+    assert "6 epochs in common; mean difference +1.67 points; 5 of 6 within +-3.56" in done.stdout
+    assert (tmp_path / "c.png").stat().st_size > 10_000
