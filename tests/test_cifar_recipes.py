@@ -95,6 +95,22 @@ def test_each_recipe_trains_a_few_steps_on_folders_and_shards(path, cifar, tmp_p
         assert len(records) == 1 and '"val_images": 10' in records[0]
 
 
+BUDGET = ROOT / "recipes" / "ablations" / "cifar10-budget.yaml"
+
+
+@pytest.mark.parametrize("row", read_grid(BUDGET).rows[1:], ids=lambda row: row.slug)
+def test_each_budget_grid_row_trains_a_step(row, cifar, tmp_path):
+    """The grid's rows past the recipe itself (cosine and warmup, label smoothing, mixup with its
+    unmixed tail), as the grid builds them, on the PNG folders; the full grid's rows differ only in
+    their epochs."""
+    from bot.train import trainer
+
+    cfg = config.load(row.recipe, [*row.overrides, f"data.root={cifar / 'c10'}", "data.backend=torch",
+                                   "data.batch_size=4", "data.workers=0", "run.max_steps=2",
+                                   f"run.out={tmp_path / 'run'}"])
+    assert trainer.train(cfg)["steps"] == 2
+
+
 def test_a_cifar_run_leaves_through_onnx_and_is_refused_by_timm_in_one_line(cifar, tmp_path):
     """After training: timm has no gluon-cv CIFAR networks (hub and timm exports are one line naming
     the formats that work); the ONNX metadata says the image is taken as it is; quantize and
