@@ -92,17 +92,19 @@ def kill_9_all(launcher):
                 process.kill()
 
 
-def test_two_processes_stop_together_and_resume_bit_exactly_after_sigterm_and_kill_9(toy, toy_shards, tmp_path):
-    """torchrun, 2 processes: SIGTERM to torchrun (as srun or a spot instance gives it; torchrun
-    passes it on to both workers), then kill -9 of every process; the run on shards ends as the
-    uninterrupted run on the folder."""
+def test_four_processes_stop_together_and_resume_bit_exactly_after_sigterm_and_kill_9(toy, toy_shards, tmp_path):
+    """torchrun, 4 processes: SIGTERM to torchrun (as srun or a spot instance gives it; torchrun
+    passes it on to the workers), then kill -9 of every process; the run on shards ends as the
+    uninterrupted run on the folder. Four, not two: two gradients add alike in any order, four
+    do not, so a launch that summed its first step in another order than the uninterrupted run
+    (DDP's bucket rebuild, engine.make_accelerator) shows in the weights."""
     env = os.environ | {"OMP_NUM_THREADS": "1"}
     args = ["data.image_size=32", "data.batch_size=16", "data.workers=0", "model.arch=resnet18", "model.variant=D",
             "schedule.epochs=2", "schedule.warmup_epochs=0", "run.log_every=1", "run.checkpoint_every=5",
-            "run.max_steps=8"]  # 96 images over 2 processes: 6 steps per epoch
+            "run.max_steps=8"]  # 96 images over 4 processes: 6 steps per epoch
 
     def launch(root, out):
-        return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "4",
                 "train.py", "recipes/demo.yaml", f"data.root={root}", f"run.out={out}", *args]
 
     # the uninterrupted run goes on beside the stopped ones: launches mostly import, one core each

@@ -15,11 +15,19 @@ def make_accelerator():
 
     accelerate takes a torchrun launch on a machine without CUDA for a single process unless
     told cpu=True (state.py, _prepare_backend): each process would then work alone and all
-    would write the same files. Under a launcher with no GPU, ask for gloo on the CPU."""
-    from accelerate import Accelerator
+    would write the same files. Under a launcher with no GPU, ask for gloo on the CPU.
+
+    DDP keeps its first gradient buckets: by default it rebuilds them after a launch's first
+    step, in the order the gradients came, and a ring all-reduce sums an element in an order
+    that depends on its place in the bucket. A resumed launch would then sum its first step
+    in another order than the uninterrupted run did (3 or more processes; 2 add alike), and
+    resume would not be bit-exact. find_unused_parameters=True is DDP's one switch that keeps
+    the buckets; it walks the autograd graph once a step (a few hundred nodes: negligible)."""
+    from accelerate import Accelerator, DistributedDataParallelKwargs
 
     launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    return Accelerator(cpu=launched and not torch.cuda.is_available())
+    keep_buckets = DistributedDataParallelKwargs(find_unused_parameters=True)
+    return Accelerator(cpu=launched and not torch.cuda.is_available(), kwargs_handlers=[keep_buckets])
 
 
 class TrainStep:
