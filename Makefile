@@ -115,6 +115,30 @@ demo-extras: install $(TOY)/.complete
 	$(PY) scripts/ablate.py recipes/ablations/extras.yaml data.root=$(TOY) $(ARGS)
 	@cat runs/demo-extras/table.md
 
+# CIFAR-10 (docs/cifar.md). CIFAR is a folder of class folders with train/ and test/, e.g. from the
+# official archive: python scripts/prepare_cifar.py cifar-10-python.tar.gz data/cifar10 [--shards].
+# cifar10-curve: gluon-cv's ResNet-20 v1 recipe (200 epochs; stop and rerun to resume), then its
+# per-epoch top-1 beside gluon-cv's log. cifar10-table: the budget grid (15 epochs a row), 2 seeds.
+CIFAR ?= data/cifar10
+.PHONY: cifar10-curve cifar10-table
+cifar10-curve: install
+	$(PY) train.py recipes/cifar10/resnet20-v1.yaml data.root=$(CIFAR) run.out=runs/cifar10-resnet20-v1 $(ARGS)
+	$(PY) scripts/compare_log.py runs/cifar10-resnet20-v1 docs/cifar/gluoncv_cifar_resnet20_v1.csv \
+		--out runs/cifar10-resnet20-v1/curve.png
+
+cifar10-table: install
+	$(PY) scripts/ablate.py recipes/ablations/cifar10-budget.yaml data.root=$(CIFAR) --seeds 2 $(ARGS)
+	@cat runs/cifar10-budget/table.md
+
+# An ImageNet-sized job rehearsed on this machine (docs/distributed.md, "Rehearsal"): ImageNet's
+# sample and shard counts as tiny JPEGs in data/rehearse (written once, 2.6 GB, then reused), the real
+# commands on them (make_shards --index, train.py under torchrun with 8 CPU processes and ulimit -n
+# 1024, SIGTERM and resume, an epoch's end, DALI, evaluate.py); one table of checks, exit 1 if one
+# fails. ARGS reach scripts/rehearse.py, e.g. ARGS='--processes 4' where 8 do not fit in memory.
+.PHONY: rehearse
+rehearse: install
+	OMP_NUM_THREADS=1 $(PY) scripts/rehearse.py $(ARGS)
+
 bench: install
 	$(PY) scripts/bench_train.py
 	$(PY) scripts/bench_loader.py

@@ -1,0 +1,26 @@
+"""make rehearse, small: scripts/rehearse.py at 1/250 of ImageNet's counts, 2 processes with loader
+workers, in 100 train shards (more than a loader keeps open). Every check of its table must pass:
+a run on 10 classes without class names, shards held open per worker, SIGTERM and resume bit for
+bit, the epoch boundary, the val count, samples per epoch, summary top-1 against evaluate.py."""
+
+import subprocess
+import sys
+
+from conftest import ROOT
+
+CHECKS = ("10 classes without class names", "SIGTERM mid-epoch", "resumed = uninterrupted: weights",
+          "resumed = uninterrupted: metrics.jsonl", "through the epoch boundary", "val samples counted",
+          "samples used in epoch 2", "summary top-1 and val loss = evaluate.py", "peak per loader worker (torch")
+
+
+def test_a_small_rehearsal_passes_every_check(tmp_path):
+    done = subprocess.run([sys.executable, "scripts/rehearse.py", "--out", str(tmp_path), "--scale", "0.004",
+                           "--processes", "2", "--train-shards", "100", "--val-shards", "4", "--batch", "256",
+                           "--dali-steps", "0"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| ")][2:]
+    failed = [row for row in rows if row.endswith("| **NO** |")]
+    assert done.returncode == 0 and not failed, (failed or done.stdout[-3000:], done.stderr[-3000:])
+    for check in CHECKS:
+        assert any(row.startswith(f"| {check}") and row.endswith("| yes |") for row in rows), check
+    assert not (tmp_path / "runs").exists()  # the runs go, the shard sets stay for the next rehearsal
+    assert (tmp_path / "imagenet-wds/_info.json").is_file()
