@@ -30,20 +30,23 @@ read from its tar headers.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import multiprocessing
 import os
 import re
 import shutil
 import sys
 import tarfile
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 from bot.cli import command_parser
 from bot.data.shards import CLASSES, INFO, VAL_SPLITS, index_path, index_tar, read_index, val_splits
-from bot.data.shards import write_index, write_missing_indexes
+from bot.data.shards import read_info, write_index
 from bot.errors import UserError, one_line
 
 PLAN = "_make_shards.json"
@@ -312,7 +315,35 @@ def split_of(tar: str) -> str:
     return words[-1]
 
 
-def write_info(root: Path) -> dict:
+def shard_length(tar: Path) -> tuple[int, bool]:
+    """(samples in TAR, whether its index file was written now): the index is read where it
+    exists, else the tar's headers are, and the index written."""
+    if index_path(tar).is_file():
+        return len(read_index(index_path(tar))), False
+    samples = index_tar(tar)
+    write_index(samples, index_path(tar))
+    return len(samples), True
+
+
+def shard_lengths(tars: list[Path], workers: int) -> list[tuple[int, bool]]:
+    """shard_length of each tar, in processes: a tar's headers are a read every few hundred KiB,
+    so 1,024 shards take minutes in one process, on a network disk more."""
+    from tqdm import tqdm
+
+    workers = max(1, min(workers, len(tars)))
+    chunk = max(1, min(16, len(tars) // (4 * workers)))
+    with contextlib.ExitStack() as stack:
+        bar = stack.enter_context(tqdm(total=len(tars), unit="shard", desc="index", disable=len(tars) < 64))
+        pool = None if workers == 1 else stack.enter_context(
+            ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")))
+        out = []
+        for counted in pool.map(shard_length, tars, chunksize=chunk) if pool else map(shard_length, tars):
+            out.append(counted)
+            bar.update()
+        return out
+
+
+def write_info(root: Path, workers: int = 1) -> dict:
     """ROOT/_info.json for a folder of tar shards that has none (timm's fields: each split's name,
     num_samples, filenames, shard_lengths), the counts read from the tar headers; the index file
     of each tar that has none is written on the way."""
@@ -320,16 +351,12 @@ def write_info(root: Path) -> dict:
     if not tars:
         raise UserError(f"{root} holds neither {INFO} nor .tar shards")
     splits: dict[str, dict] = {}
-    for name in tars:
-        tar = root / name
-        samples = read_index(index_path(tar)) if index_path(tar).is_file() else index_tar(tar)
-        if not index_path(tar).is_file():
-            write_index(samples, index_path(tar))
+    for name, (length, _) in zip(tars, shard_lengths([root / t for t in tars], workers)):
         split = splits.setdefault(split_of(name), {"name": split_of(name), "num_samples": 0, "filenames": [],
                                                     "shard_lengths": []})
         split["filenames"].append(name)
-        split["shard_lengths"].append(len(samples))
-        split["num_samples"] += len(samples)
+        split["shard_lengths"].append(length)
+        split["num_samples"] += length
     info = {"name": root.resolve().name, "splits": splits}
     tmp = root / (INFO + ".tmp")
     try:
@@ -341,15 +368,18 @@ def write_info(root: Path) -> dict:
     return info
 
 
-def index_folder(root: Path) -> None:
+def index_folder(root: Path, workers: int) -> None:
     """--index: the missing index files of a shard folder, and its _info.json where it has none."""
     if not root.is_dir():
         raise UserError(f"{root} does not exist or is not a folder")
     try:
         if (root / INFO).is_file():
-            print(f"wrote {write_missing_indexes(root)} index files in {root}")
+            tars = [root / name for split in read_info(root)["splits"].values() for name in split["filenames"]]
+            missing = [tar for tar in tars if not index_path(tar).is_file()]
+            shard_lengths(missing, workers)
+            print(f"wrote {len(missing)} index files in {root}")
             return
-        info = write_info(root)
+        info = write_info(root, workers)
     except OSError as e:  # shards often sit on read-only storage
         raise UserError(f"--index {root}: cannot write {e.filename or root}: {e.strerror or e}") from None
     for name, split in info["splits"].items():
@@ -373,10 +403,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--val-split", default="val", help="SRC's held-out split (data.val_split): val, test, validation")
     ap.add_argument("--index", action="store_true", help="only write the missing index files of the shard folder SRC, "
                                                           "and its _info.json if it has none")
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                    help="processes that read the tars' headers for --index (default: one per core)")
     a = ap.parse_args(argv)
     try:
         if a.index:
-            index_folder(a.src)
+            index_folder(a.src, a.workers)
             return 0
         if a.out is None:
             raise UserError("give SRC and OUT (or --index SHARD_FOLDER)")

@@ -115,19 +115,6 @@ def read_index(path: Path) -> list[list[tuple[str, int, int, str]]]:
     return samples
 
 
-def write_missing_indexes(root: Path) -> int:
-    """Write the index file of every shard of ROOT that has none; returns how many were written."""
-    info = read_info(root)
-    written = 0
-    for split in info["splits"].values():
-        for name in split["filenames"]:
-            tar = root / name
-            if not index_path(tar).is_file():
-                write_index(index_tar(tar), index_path(tar))
-                written += 1
-    return written
-
-
 # ---------------------------------------------------------------- _info.json
 
 
