@@ -486,7 +486,7 @@ class Rehearsal:
                 shutil.rmtree(self.runs, ignore_errors=True)
         wall, ended = time.monotonic() - self.clock, os.getloadavg()[0]
         self.table.add("wall time", f"{wall / 60:.1f} min on {os.cpu_count()} cores (load average {self.began:.1f} "
-                       f"before, {ended:.1f} after)", "15 min on 2 cores at ImageNet's counts", None)
+                       f"before, {ended:.1f} after)", "(measured)", None)
         print()
         print(self.table.markdown())
         failed = self.table.failed
