@@ -1,7 +1,7 @@
 """A scheduler's notice (SIGTERM, SIGUSR1) ends a run after a step with last.pt, and so does
 kill -9 at the last checkpoint; the same command then ends where an uninterrupted run ends, bit
 for bit: one process with loader workers (signalled as SLURM does, the whole process group), on
-the folder and on shards with both loaders, and 2 processes under torchrun on shards.
+the folder and on shards with both loaders, and 4 processes under torchrun on shards (SIGTERM).
 """
 
 import contextlib
@@ -92,12 +92,13 @@ def kill_9_all(launcher):
                 process.kill()
 
 
-def test_four_processes_stop_together_and_resume_bit_exactly_after_sigterm_and_kill_9(toy, toy_shards, tmp_path):
+def test_four_processes_stop_together_and_resume_bit_exactly_after_sigterm(toy, toy_shards, tmp_path):
     """torchrun, 4 processes: SIGTERM to torchrun (as srun or a spot instance gives it; torchrun
-    passes it on to the workers), then kill -9 of every process; the run on shards ends as the
+    passes it on to the workers), then the same command; the run on shards ends as the
     uninterrupted run on the folder. Four, not two: two gradients add alike in any order, four
     do not, so a launch that summed its first step in another order than the uninterrupted run
-    (DDP's bucket rebuild, engine.make_accelerator) shows in the weights."""
+    (DDP's bucket rebuild, engine.make_accelerator) shows in the weights. (kill -9 and resume:
+    the one-process test above, on both loaders.)"""
     env = os.environ | {"OMP_NUM_THREADS": "1"}
     args = ["data.image_size=32", "data.batch_size=16", "data.workers=0", "model.arch=resnet18", "model.variant=D",
             "schedule.epochs=2", "schedule.warmup_epochs=0", "run.log_every=1", "run.checkpoint_every=5",
@@ -107,7 +108,7 @@ def test_four_processes_stop_together_and_resume_bit_exactly_after_sigterm_and_k
         return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "4",
                 "train.py", "recipes/demo.yaml", f"data.root={root}", f"run.out={out}", *args]
 
-    # the uninterrupted run goes on beside the stopped ones: launches mostly import, one core each
+    # the uninterrupted run goes on beside the stopped one: launches mostly import
     with open(tmp_path / "whole.err", "w") as log:
         whole = subprocess.Popen(launch(toy, tmp_path / "whole"), cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                                  stderr=log)
@@ -120,16 +121,10 @@ def test_four_processes_stop_together_and_resume_bit_exactly_after_sigterm_and_k
         assert status != 0 and name == "SIGTERM" and stopped <= 5, err[-3000:]
         assert torch.load(out / "last.pt", weights_only=False)["step"] == stopped
 
-        status, stdout, err = signal_when_logged(launch(toy_shards, out), out, 6, kill_9_all, env=env)
-        assert status == -signal.SIGKILL, err[-3000:]
-        assert f"resuming at step {stopped}" in stdout
-        saved = torch.load(out / "last.pt", weights_only=False)["step"]
-        assert saved in (5, 6) and saved >= stopped  # mid epoch 0, or its end if the kill came late
-
         again = subprocess.run(launch(toy_shards, out), cwd=ROOT, env=env, capture_output=True, text=True,
                                timeout=300)
         assert again.returncode == 0, again.stderr[-3000:]
-        assert f"resuming at step {saved}" in again.stdout
+        assert f"resuming at step {stopped}" in again.stdout
         assert whole.wait(timeout=300) == 0, (tmp_path / "whole.err").read_text()[-3000:]
     finally:
         if whole.poll() is None:  # the test failed before its end (a reaped pid could be another's by now)

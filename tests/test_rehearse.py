@@ -1,7 +1,9 @@
 """make rehearse, small: scripts/rehearse.py at 1/250 of ImageNet's counts, 2 processes with loader
 workers, in 100 train shards (more than a loader keeps open). Every check of its table must pass:
 a run on 10 classes without class names, shards held open per worker, SIGTERM and resume bit for
-bit, the epoch boundary, the val count, samples per epoch, summary top-1 against evaluate.py."""
+bit, samples per epoch, summary top-1 against evaluate.py. The epoch phase (a fourth launch) and
+DALI are left out for the suite's time: an epoch's end under torchrun is tests/test_preempt.py's,
+DALI's the loader tests'."""
 
 import subprocess
 import sys
@@ -9,14 +11,14 @@ import sys
 from conftest import ROOT
 
 CHECKS = ("10 classes without class names", "SIGTERM mid-epoch", "resumed = uninterrupted: weights",
-          "resumed = uninterrupted: metrics.jsonl", "through the epoch boundary", "val samples counted",
-          "samples used in epoch 2", "summary top-1 and val loss = evaluate.py", "peak per loader worker (torch")
+          "resumed = uninterrupted: metrics.jsonl", "samples used in epoch 2", "summary top-1 and val loss = evaluate.py",
+          "peak per loader worker (torch")
 
 
 def test_a_small_rehearsal_passes_every_check(tmp_path):
     done = subprocess.run([sys.executable, "scripts/rehearse.py", "--out", str(tmp_path), "--scale", "0.004",
                            "--processes", "2", "--train-shards", "100", "--val-shards", "4", "--batch", "256",
-                           "--dali-steps", "0"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+                           "--skip", "epoch", "dali"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     rows = [line for line in done.stdout.splitlines() if line.startswith("| ")][2:]
     failed = [row for row in rows if row.endswith("| **NO** |")]
     assert done.returncode == 0 and not failed, (failed or done.stdout[-3000:], done.stderr[-3000:])
