@@ -43,7 +43,7 @@ def signal_when_logged(command, folder, step, send, **popen):
 CAPS = ["run.checkpoint_every=4", "run.max_steps=8"]
 
 
-@pytest.mark.parametrize("root, backend", [("folder", "torch"), ("shards", "dali")])  # shards + torch: 2 processes below
+@pytest.mark.parametrize("root, backend", [("folder", "torch"), ("shards", "dali")])  # shards + torch: 4 processes below
 def test_sigterm_then_kill_9_mid_epoch_then_the_same_command_matches_an_uninterrupted_run(
         toy, toy_shards, trained, tmp_path, root, backend):
     """One run stopped twice, each time resumed by the same command: SIGTERM to the process group
