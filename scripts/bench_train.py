@@ -134,7 +134,8 @@ def main(argv=None) -> int:
             f"data.batch_size={a.batch}", f"precision={a.precision}", f"channels_last={a.channels_last}"]
     x = torch.randn(a.batch, 3, a.image_size, a.image_size, device=device)
     y = torch.randint(0, 10, (a.batch,), device=device)
-    print(f"{a.arch}-{a.variant} {a.image_size}px batch {a.batch} {a.precision}"
+    network = "-".join(filter(None, (a.arch, a.variant)))  # as bot.models.network_name: a variant is a ResNet's only
+    print(f"{network} {a.image_size}px batch {a.batch} {a.precision}"
           f"{' channels_last' if a.channels_last else ''} on {device.type} ({torch.get_num_threads()} threads), "
           f"{a.rounds} rounds x {a.steps} steps, median")
     rows, ema_cost, extra = [], None, {}
@@ -175,7 +176,7 @@ def main(argv=None) -> int:
             extra[f"{backend}_loader_img_per_s"] = round(loader_img_per_s(cfg, backend, a.loader_batches), 1)
             print(f"{backend} train loader alone ({cfg.data.workers} workers/threads): "
                   f"{extra[f'{backend}_loader_img_per_s']:.1f} img/s")
-    print(json.dumps({"device": device.type, "arch": f"{a.arch}-{a.variant}", "image_size": a.image_size,
+    print(json.dumps({"device": device.type, "arch": network, "image_size": a.image_size,
                       "batch": a.batch, "precision": a.precision, "channels_last": a.channels_last, "rows": rows,
                       "ema": ema_cost, **extra}))
     return 0
