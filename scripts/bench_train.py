@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from accelerate import Accelerator  # noqa: E402
 
 from bot import config  # noqa: E402
-from bot.models import build_model  # noqa: E402
+from bot.models import build_model, network_name  # noqa: E402
 from bot.train.trainer import build_step, make_autocast  # noqa: E402
 
 TRICKS = {
@@ -134,7 +134,7 @@ def main(argv=None) -> int:
             f"data.batch_size={a.batch}", f"precision={a.precision}", f"channels_last={a.channels_last}"]
     x = torch.randn(a.batch, 3, a.image_size, a.image_size, device=device)
     y = torch.randint(0, 10, (a.batch,), device=device)
-    network = "-".join(filter(None, (a.arch, a.variant)))  # as bot.models.network_name: a variant is a ResNet's only
+    network = network_name(argparse.Namespace(arch=a.arch, variant=a.variant))
     print(f"{network} {a.image_size}px batch {a.batch} {a.precision}"
           f"{' channels_last' if a.channels_last else ''} on {device.type} ({torch.get_num_threads()} threads), "
           f"{a.rounds} rounds x {a.steps} steps, median")
