@@ -42,7 +42,6 @@ $(TOY)/.complete: | install
 # the seeds' noise marked ~). ARGS reach ablate.py after --seeds 3, e.g. ARGS='--seeds 5'.
 demo: install $(TOY)/.complete
 	$(PY) scripts/ablate.py recipes/ablations/demo.yaml data.root=$(TOY) --seeds 3 $(ARGS)
-	@cat runs/demo-grid/table.md
 
 # One run of recipes/demo.yaml (every trick but mixup and distillation): about 3 minutes.
 demo-recipe: install $(TOY)/.complete

@@ -120,7 +120,9 @@ def main(argv: list[str] | None = None) -> int:
             write_table(grid, args.overrides)  # the table grows as rows finish
     if args.dry_run:
         return 0
-    for path in write_table(grid, args.overrides):
+    written = write_table(grid, args.overrides)
+    print("\n" + (grid.out / "table.md").read_text())  # the grid's result, where the user is looking
+    for path in written:
         print(f"wrote {path.as_posix()}")
     if failed:
         print(f"{len(failed)} run(s) failed: {'; '.join(failed)}", file=sys.stderr)
