@@ -21,17 +21,19 @@ def validate(cfg):
     _check(d.image_size >= 16, "data.image_size", f"must be at least 16, got {d.image_size}")
     if d.val_resize is None:  # keep the paper's 224/256 crop ratio at any size
         d.val_resize = int(round(d.image_size * 256 / 224))
-    _check(d.val_resize >= d.image_size, "data.val_resize", "must be at least data.image_size")
+    _check(d.val_resize >= d.image_size, "data.val_resize",
+           f"must be at least data.image_size ({d.image_size}), got {d.val_resize}")
     _check(d.batch_size >= 1, "data.batch_size", f"must be at least 1, got {d.batch_size}")
     _check(d.accumulate >= 1, "data.accumulate", f"must be at least 1, got {d.accumulate}")
-    _check(d.workers >= 0, "data.workers", "must be 0 or more")
+    _check(d.workers >= 0, "data.workers", f"must be 0 or more, got {d.workers}")
     for key, pair, hi in (("random_area", d.random_area, 1.0), ("random_aspect", d.random_aspect, math.inf)):
         _check(len(pair) == 2 and 0 < pair[0] <= pair[1] <= hi, f"data.{key}",
                f"must be [low, high] with 0 < low <= high{' <= 1' if hi == 1 else ''}, got {pair}")
     for key in ("brightness", "contrast", "saturation"):
-        _check(0 <= getattr(d, key) <= 1, f"data.{key}", "must be in [0, 1] (factor in [1 - x, 1 + x])")
-    _check(0 <= d.hue <= 0.5, "data.hue", "must be in [0, 0.5]")
-    _check(d.pca_lighting >= 0, "data.pca_lighting", "must be 0 or more")
+        _check(0 <= getattr(d, key) <= 1, f"data.{key}",
+               f"must be in [0, 1] (factor in [1 - x, 1 + x]), got {getattr(d, key)}")
+    _check(0 <= d.hue <= 0.5, "data.hue", f"must be in [0, 0.5], got {d.hue}")
+    _check(d.pca_lighting >= 0, "data.pca_lighting", f"must be 0 or more, got {d.pca_lighting}")
     _check(d.prefetch >= 1, "data.prefetch", f"must be at least 1, got {d.prefetch}")
     _check(d.shuffle_buffer >= 1, "data.shuffle_buffer", f"must be at least 1, got {d.shuffle_buffer}")
     _check(0 <= d.hw_decoder_load <= 1, "data.hw_decoder_load", f"must be in [0, 1], got {d.hw_decoder_load}")
@@ -42,33 +44,36 @@ def validate(cfg):
            f"data.mean and data.std must be 3 values (RGB, 0-255), std positive; got {d.mean} and {d.std}")
     _validate_arch(cfg)
     _check(m.init_from is None or m.init_from.strip() != "", "model.init_from",
-           "must be a checkpoint or run folder, or null")
+           f"must be a checkpoint or run folder, or null, got {m.init_from!r}")
     _check(m.slim_l1 >= 0, "model.slim_l1", f"must be 0 (off) or positive, got {m.slim_l1}")
     _check(m.slim_l1 == 0 or m.arch.startswith("resnet"), "model.slim_l1",
            f"slims the channels inside residual blocks; {m.arch} has none: set model.slim_l1=0")
     _validate_qat(cfg)
     _check(o.lr > 0, "optim.lr", f"must be positive, got {o.lr}")
-    _check(0 <= o.momentum < 1, "optim.momentum", "must be in [0, 1)")
-    _check(o.weight_decay >= 0, "optim.weight_decay", "must be 0 or more")
-    _check(not o.nesterov or o.momentum > 0, "optim.nesterov", "needs optim.momentum > 0")
+    _check(0 <= o.momentum < 1, "optim.momentum", f"must be in [0, 1), got {o.momentum}")
+    _check(o.weight_decay >= 0, "optim.weight_decay", f"must be 0 or more, got {o.weight_decay}")
+    _check(not o.nesterov or o.momentum > 0, "optim.nesterov", f"needs optim.momentum > 0, got {o.momentum}")
     _check(s.epochs >= 1, "schedule.epochs", f"must be at least 1, got {s.epochs}")
-    _check(0 <= s.warmup_epochs < s.epochs, "schedule.warmup_epochs", "must be in [0, schedule.epochs)")
+    _check(0 <= s.warmup_epochs < s.epochs, "schedule.warmup_epochs",
+           f"must be in [0, schedule.epochs) = [0, {s.epochs}), got {s.warmup_epochs}")
     _check(all(0 < a < b for a, b in zip(s.milestones, s.milestones[1:])) and all(0 < x for x in s.milestones),
            "schedule.milestones", f"must be increasing positive epochs, got {s.milestones}")
     _validate_growth(cfg)
-    _check(0 <= l.label_smoothing < 1, "loss.label_smoothing", "must be in [0, 1)")
-    _check(l.mixup_alpha >= 0, "loss.mixup_alpha", "must be 0 or more")
-    _check(0 <= l.mixup_off_epochs <= s.epochs, "loss.mixup_off_epochs", "must be in [0, schedule.epochs]")
-    _check(l.distill_temperature > 0, "loss.distill_temperature", "must be positive")
-    _check(0 <= l.distill_hard_weight <= 1, "loss.distill_hard_weight", "must be in [0, 1]")
+    _check(0 <= l.label_smoothing < 1, "loss.label_smoothing", f"must be in [0, 1), got {l.label_smoothing}")
+    _check(l.mixup_alpha >= 0, "loss.mixup_alpha", f"must be 0 or more, got {l.mixup_alpha}")
+    _check(0 <= l.mixup_off_epochs <= s.epochs, "loss.mixup_off_epochs",
+           f"must be in [0, schedule.epochs] = [0, {s.epochs}], got {l.mixup_off_epochs}")
+    _check(l.distill_temperature > 0, "loss.distill_temperature", f"must be positive, got {l.distill_temperature}")
+    _check(0 <= l.distill_hard_weight <= 1, "loss.distill_hard_weight",
+           f"must be in [0, 1], got {l.distill_hard_weight}")
     _check(l.distill_form == "weighted" or l.distill_hard_weight == 0.5, "loss.distill_hard_weight",
            f"weighs the weighted form; loss.distill_form=paper adds both terms whole: leave it at 0.5, got "
            f"{l.distill_hard_weight}")
-    _check(l.cutmix_alpha >= 0, "loss.cutmix_alpha", "must be 0 or more")
-    _check(0 <= l.cutmix_prob <= 1, "loss.cutmix_prob", "must be in [0, 1]")
+    _check(l.cutmix_alpha >= 0, "loss.cutmix_alpha", f"must be 0 or more, got {l.cutmix_alpha}")
+    _check(0 <= l.cutmix_prob <= 1, "loss.cutmix_prob", f"must be in [0, 1], got {l.cutmix_prob}")
     _validate_extras(cfg)
-    _check(r.max_steps is None or r.max_steps >= 1, "run.max_steps", "must be at least 1 or null")
-    _check(r.log_every >= 1, "run.log_every", "must be at least 1")
+    _check(r.max_steps is None or r.max_steps >= 1, "run.max_steps", f"must be at least 1 or null, got {r.max_steps}")
+    _check(r.log_every >= 1, "run.log_every", f"must be at least 1, got {r.log_every}")
     checkpoint_interval(r.checkpoint_every)
     return cfg
 
@@ -111,7 +116,8 @@ def _validate_growth(cfg) -> None:
     _check(d.accumulate_max is None or s.kind == "batch_growth", "data.accumulate_max",
            f"limits schedule.kind=batch_growth; schedule.kind is {s.kind}: set data.accumulate_max=null")
     _check(s.kind != "batch_growth" or not s.milestones or s.warmup_epochs <= s.milestones[0],
-           "schedule.warmup_epochs", f"must end by the first milestone ({s.milestones[:1]}) when the batch grows")
+           "schedule.warmup_epochs",
+           f"must end by the first milestone ({s.milestones[:1]}) when the batch grows, got {s.warmup_epochs}")
 
 
 def _validate_extras(cfg) -> None:
@@ -127,7 +133,7 @@ def _validate_extras(cfg) -> None:
         _check(all(x >= 75 for x in d.train_sizes), "data.train_sizes",
                f"inception_v3 needs at least 75 px, got {d.train_sizes}")
     _check(0 <= m.ema_decay < 1, "model.ema_decay", f"must be in [0, 1), got {m.ema_decay}")
-    _check(r.best_of == "raw" or m.ema_decay > 0, "run.best_of", "ema needs model.ema_decay > 0")
+    _check(r.best_of == "raw" or m.ema_decay > 0, "run.best_of", f"ema needs model.ema_decay > 0, got {m.ema_decay}")
 
 
 def _validate_arch(cfg) -> None:

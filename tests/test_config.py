@@ -62,6 +62,28 @@ def test_bad_keys_types_and_values_name_the_key(override, message):
     assert message in str(e.value)
 
 
+@pytest.mark.parametrize("overrides, message", [
+    # the warmup a recipe sets (2.0) against the epochs a user shortened to 1: both values shown
+    (["schedule.epochs=1", "schedule.warmup_epochs=2"],
+     "schedule.warmup_epochs: must be in [0, schedule.epochs) = [0, 1), got 2.0"),
+    (["schedule.epochs=3", "loss.mixup_off_epochs=5"], "must be in [0, schedule.epochs] = [0, 3], got 5"),
+    (["data.image_size=64", "data.val_resize=48"], "data.val_resize: must be at least data.image_size (64), got 48"),
+    (["optim.momentum=1.0"], "optim.momentum: must be in [0, 1), got 1.0"),
+    (["optim.momentum=0", "optim.nesterov=true"], "optim.nesterov: needs optim.momentum > 0, got 0.0"),
+    (["optim.weight_decay=-1e-4"], "must be 0 or more, got -0.0001"),
+    (["data.hue=0.7"], "data.hue: must be in [0, 0.5], got 0.7"),
+    (["data.brightness=1.5"], "data.brightness: must be in [0, 1] (factor in [1 - x, 1 + x]), got 1.5"),
+    (["loss.cutmix_prob=2"], "loss.cutmix_prob: must be in [0, 1], got 2.0"),
+    (["loss.distill_temperature=0"], "must be positive, got 0.0"),
+    (["run.log_every=0"], "run.log_every: must be at least 1, got 0"),
+    (["data.workers=-1"], "data.workers: must be 0 or more, got -1"),
+])
+def test_range_errors_show_the_values_they_compared(overrides, message):
+    with pytest.raises(UserError) as e:
+        config.load(None, overrides)
+    assert message in str(e.value)
+
+
 def test_base_inheritance_and_override_order(tmp_path):
     (tmp_path / "a.yaml").write_text("optim: {lr: 0.2, momentum: 0.8}\nmodel: {variant: B}\n")
     (tmp_path / "sub").mkdir()
