@@ -63,8 +63,10 @@ def test_run_folder_contents(toy, tmp_path):
 def test_resume_continues_at_the_step_and_matches_an_uninterrupted_run(toy, tmp_path):
     whole = train(narrow(toy, tmp_path / "whole", "run.max_steps=9"))
     assert whole["steps"] == 9
+    # 9 steps of 6-step epochs: over one epoch, timed; 4 steps: no epoch to time, no extrapolation
+    assert whole["time_per_epoch_s"] == pytest.approx(whole["train_time_s"] / 1.5)
     part = train(narrow(toy, tmp_path / "part", "run.max_steps=4"))  # stops mid-epoch 0 (6 steps/epoch)
-    assert part["steps"] == 4
+    assert part["steps"] == 4 and part["time_per_epoch_s"] is None and part["train_time_s"] > 0
     again = train(narrow(toy, tmp_path / "part", "run.max_steps=9"))  # the same command, a later cap: resumes
     assert again["steps"] == 9
     steps = [r["step"] for r in lines(tmp_path / "part") if "loss" in r]

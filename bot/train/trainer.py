@@ -389,7 +389,10 @@ class Run:
         epochs_trained = self.plan.epoch_of(self.step)
         summary = {"top1": final["top1"], "top5": final["top5"], "best_top1": self.best,
                    "epochs": round(epochs_trained, 3), "steps": self.step,
-                   "time_per_epoch_s": history["train_time"] / max(epochs_trained, 1e-9),
+                   # measured over one epoch at least: a few capped steps (run.max_steps) would make it
+                   # an extrapolation dominated by the first, slow steps
+                   "time_per_epoch_s": history["train_time"] / epochs_trained if epochs_trained >= 1 else None,
+                   "train_time_s": history["train_time"],
                    "train_img_per_s": self.images(self.step) / max(history["train_time"], 1e-9),
                    "params": self.params, "macs": self.macs,
                    "macs_note": "multiply-accumulates per image at data.image_size"}
