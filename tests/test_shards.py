@@ -17,7 +17,7 @@ from conftest import ROOT, call_main, run_cli
 
 from bot import config
 from bot.cli.make_shards import main as make_shards_main
-from bot.cli.make_shards import make_shards
+from bot.cli.make_shards import make_shards, shard_lengths
 from bot.data import open_dataset
 from bot.data.folder import scan_dataset
 from bot.data.shards import index_path, index_tar, open_shards, read_index, write_index
@@ -360,6 +360,20 @@ def test_open_shards_stay_under_the_cap_under_a_low_descriptor_limit(toy, tmp_pa
                           text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["48", "4"]  # 48 shards, never more than 4 of them open
+
+
+def test_progress_off_a_terminal_is_plain_lines(toy, tmp_path, capsys):
+    """Into a pipe or a log file, make_shards writes whole lines (no carriage-return bar)."""
+    make_shards(toy, tmp_path / "out", shuffle=False, shard_samples=2, progress=True)
+    tars = sorted((tmp_path / "out").glob("*.tar"))
+    for tar in tars:
+        index_path(tar).unlink()
+    shard_lengths(tars * 2, workers=1)  # 64 or more shards: the index pass reports too
+    err = capsys.readouterr().err
+    assert "\r" not in err and "\x1b" not in err
+    lines = err.splitlines()
+    assert any(line.startswith(f"shards -> {tmp_path / 'out'}: ") and "(100%)" in line for line in lines), err
+    assert any(line.startswith(f"index: {len(tars) * 2}/{len(tars) * 2} shard (100%)") for line in lines), err
 
 
 # ---------------------------------------------------------------- bad input: one line naming shard and key

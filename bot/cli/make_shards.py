@@ -45,6 +45,7 @@ from pathlib import Path
 import numpy as np
 
 from bot.cli import command_parser
+from bot.cli.progress import Progress
 from bot.data.shards import CLASSES, INFO, VAL_SPLITS, index_path, index_tar, read_index, val_splits
 from bot.data.shards import read_info, write_index
 from bot.errors import UserError, one_line
@@ -270,8 +271,6 @@ def make_shards(src: Path, out: Path, seed: int = 0, shuffle: bool = True, shard
 
 def write_shards(src: Path, out: Path, seed: int, shuffle: bool, shard_samples: int, shard_mb: float | None,
                  image: str, label: str, progress: bool, val_split: str) -> dict:
-    from tqdm import tqdm
-
     sources = open_source(src, image, label, out / CACHE, val_split)
     classes = sources["train"].classes
     if classes is None:
@@ -288,7 +287,7 @@ def write_shards(src: Path, out: Path, seed: int, shuffle: bool, shard_samples: 
     else:  # checked by check_folders: OUT holds nothing else
         (out / PLAN).write_text(json.dumps(record, indent=1) + "\n")
     total = sum(len(idx) for p in plans.values() for _, idx in p)
-    with tqdm(total=total, unit="img", desc=f"shards -> {out}", disable=not progress) as bar:
+    with Progress(total, f"shards -> {out}", "img", enabled=progress) as bar:
         for name, plan in plans.items():
             for filename, indices in plan:
                 if index_path(out / filename).is_file():  # finished by an earlier run
@@ -328,12 +327,10 @@ def shard_length(tar: Path) -> tuple[int, bool]:
 def shard_lengths(tars: list[Path], workers: int) -> list[tuple[int, bool]]:
     """shard_length of each tar, in processes: a tar's headers are a read every few hundred KiB,
     so 1,024 shards take minutes in one process, on a network disk more."""
-    from tqdm import tqdm
-
     workers = max(1, min(workers, len(tars)))
     chunk = max(1, min(16, len(tars) // (4 * workers)))
     with contextlib.ExitStack() as stack:
-        bar = stack.enter_context(tqdm(total=len(tars), unit="shard", desc="index", disable=len(tars) < 64))
+        bar = stack.enter_context(Progress(len(tars), "index", "shard", enabled=len(tars) >= 64))
         pool = None if workers == 1 else stack.enter_context(
             ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")))
         out = []

@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from bot.cli import command_parser
+from bot.cli.progress import Progress
 from bot.cli.stop import run_stoppable
 from bot.errors import UserError
 
@@ -148,10 +149,9 @@ def class_folders(names: list[str]) -> list[str]:
 
 def write_pngs(splits: dict, folders: list[str], out: Path, desc: str, progress: bool) -> None:
     from PIL import Image
-    from tqdm import tqdm
 
     total = sum(len(labels) for _, labels in splits.values())
-    with tqdm(total=total, unit="img", desc=desc, disable=not progress) as bar:
+    with Progress(total, desc, "img", enabled=progress) as bar:
         for split, (images, labels) in splits.items():
             digits = max(5, len(str(len(labels) - 1)))
             for folder in folders:

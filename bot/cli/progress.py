@@ -3,8 +3,8 @@
 On a terminal tqdm draws its bar on stderr. Off one (a pipe, a SLURM log, a CI job) a bar
 would be nothing or a smear of carriage returns, so a plain line is printed instead each
 time another tenth of the work is done, or EVERY_S seconds have passed since the last one:
-`predict: 250/500 img (50%), 31.2 img/s`. Used by predict and evaluate; the trainer prints
-its own lines (bot/train/runlog.py).
+`predict: 250/500 img (50%), 31.2 img/s`. Used by predict, evaluate, make_shards and
+prepare_cifar; the trainer prints its own lines (bot/train/runlog.py).
 """
 
 from __future__ import annotations
