@@ -4,8 +4,8 @@ The package in wings, each importing only the wings below it (tests/test_layers.
 
     bot.cli                       the commands: train, ablate, evaluate, predict, export, ...
     bot.grid                      ablation grids and the tables they become
-    bot.train  |  bot.deploy      the training core  |  after training: export, int8, pruning
-    bot.files                     checkpoints, trained models read back, the ONNX reader
+    bot.train  |  bot.export      the training core  |  after training: export, int8, pruning
+    bot.artifacts                 what runs write and read back: checkpoints, trained models, ONNX
     bot.models |  bot.data        the networks  |  the two loaders
     bot.config                    the one typed config (its values checked in bot.config_checks)
     bot.errors                    UserError: bad input, one line, exit 2

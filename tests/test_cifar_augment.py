@@ -19,7 +19,7 @@ from bot.data.sampling import sample_seed, train_order
 from bot.data.torch_loader import TrainLoader, ValLoader
 from bot.data.transforms import padded_window, val_transform
 from bot.errors import UserError
-from bot.files.preprocessing import in_words, timm_data_config
+from bot.artifacts.preprocessing import in_words, timm_data_config
 
 NO_COLOUR = dict(brightness=0.0, contrast=0.0, saturation=0.0, pca_lighting=0.0)
 CIFAR = dict(crop="padded", image_size=32, padding=4, **NO_COLOUR)

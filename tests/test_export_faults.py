@@ -20,7 +20,7 @@ import pytest
 from conftest import ROOT, call_main
 
 from bot.cli import evaluate, export, slim
-from bot.files.checkpoint import atomic_save, load
+from bot.artifacts.checkpoint import atomic_save, load
 
 FIXTURE = ROOT / "tests/fixtures/last-numpy-rng.pt"  # resnet18-D at width 1/16, 16 px, the toy classes
 FULL = re.compile(r"^error: cannot write .*: (No space left on device \(ENOSPC\)|File too large \(EFBIG\)); "

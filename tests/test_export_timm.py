@@ -5,7 +5,7 @@ import torch
 from conftest import random_bn_statistics, run_cli
 
 from bot import config
-from bot.files.checkpoint import atomic_save
+from bot.artifacts.checkpoint import atomic_save
 from bot.models import build_model
 
 CLASSES = ["cat", "dog", "emu"]
@@ -29,8 +29,8 @@ def export(path, through_cli: bool) -> str:
         done = run_cli("scripts/export.py", path, "--format", "timm")
         assert done.returncode == 0, done.stderr[-2000:]
         return done.stdout
-    from bot.deploy import export as bot_export
-    from bot.files import trained
+    from bot.export import export as bot_export
+    from bot.artifacts import trained
 
     info = trained.read(path)
     m = info.cfg.model

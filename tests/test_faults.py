@@ -17,7 +17,7 @@ from bot import config
 from bot.data import sampling
 from bot.data.folder import scan_dataset
 from bot.errors import UserError
-from bot.files import checkpoint
+from bot.artifacts import checkpoint
 from bot.models import build_model
 from bot.train.trainer import train
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from bot import config
-from bot.files import checkpoint
+from bot.artifacts import checkpoint
 from bot.models import build_model
 from bot.train import backends, optim
 

@@ -17,9 +17,9 @@ from bot.cli import export as export_cli
 from bot.data.constants import MEAN, STD
 from bot.data.torch_loader import decode
 from bot.data.transforms import val_transform
-from bot.files import trained
-from bot.files.checkpoint import atomic_save
-from bot.files.preprocessing import crop_pct
+from bot.artifacts import trained
+from bot.artifacts.checkpoint import atomic_save
+from bot.artifacts.preprocessing import crop_pct
 from bot.models import build_model
 
 TRAIN = ["data.backend=torch", "data.image_size=32", "data.batch_size=16", "data.workers=0", "model.width=0.25",
@@ -149,7 +149,7 @@ def test_every_network_timm_can_build_round_trips(tmp_path, capsys, arch, varian
 
 
 def test_networks_timm_cannot_build_are_refused_naming_what_works(tmp_path, capsys):
-    from bot.deploy.prune import prune
+    from bot.export.prune import prune
 
     cfg = config.load(None, ["model.arch=resnet50", "model.variant=A"])
     path = tmp_path / "a.pt"  # refused from its config, before any weight is read: none are needed
@@ -172,8 +172,8 @@ def test_networks_timm_cannot_build_are_refused_naming_what_works(tmp_path, caps
 
 
 def test_the_folder_follows_the_output_rule(tmp_path, capsys, monkeypatch):
-    from bot.deploy import hub as hub_module
-    from bot.deploy.export import ExportMismatch
+    from bot.export import hub as hub_module
+    from bot.export.export import ExportMismatch
 
     path, _ = checkpoint(tmp_path, "resnet18", "D", ["model.width=0.25"])
     out, run = tmp_path / "hub", tmp_path / "run"

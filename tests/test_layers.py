@@ -36,9 +36,9 @@ def test_the_wings_keep_their_layers_and_no_import_circle():
 
 @pytest.mark.parametrize("module, planted, broken", [
     # a model file reader reaching up into the training core
-    ("bot/files/checkpoint.py", "import bot.train.ema", "bot.files is not allowed to import bot.train"),
+    ("bot/artifacts/checkpoint.py", "import bot.train.ema", "bot.artifacts is not allowed to import bot.train"),
     # the two after-training wings are side by side: neither imports the other
-    ("bot/deploy/prune.py", "import bot.train.schedule", "bot.deploy is not allowed to import bot.train"),
+    ("bot/export/prune.py", "import bot.train.schedule", "bot.export is not allowed to import bot.train"),
     # init.py is below resnet.py in the models wing; importing back makes a circle
     ("bot/models/init.py", "import bot.models.resnet", "No cycles are allowed in bot.models"),
     # a new top-level module must be given a layer (exhaustive)

@@ -14,8 +14,8 @@ from bot.cli import export as export_cli
 from bot.data.constants import MEAN, STD
 from bot.data.torch_loader import decode
 from bot.data.transforms import val_transform
-from bot.files import trained
-from bot.files.checkpoint import atomic_save
+from bot.artifacts import trained
+from bot.artifacts.checkpoint import atomic_save
 from bot.models import build_model
 
 

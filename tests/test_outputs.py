@@ -1,4 +1,4 @@
-"""After-training commands never overwrite what they read or what a run owns (bot/files/outputs.py).
+"""After-training commands never overwrite what they read or what a run owns (bot/artifacts/outputs.py).
 
 Each refusal is exit 2 with one line, checked before the work, and leaves the file as it was;
 a rerun may replace the command's own earlier output. The run folder is real: the trainer's

@@ -1,4 +1,4 @@
-"""predict in timm's conventions (bot/files/predictions.py), evaluate's and predict's progress
+"""predict in timm's conventions (bot/artifacts/predictions.py), evaluate's and predict's progress
 off a terminal, evaluate's note on --sizes, and slim's warning on an unpenalized network.
 
 The model is the trainer's checkpoint of tests/fixtures (resnet18-D, width 1/16, 16 px, the
@@ -19,7 +19,7 @@ from conftest import ROOT
 from bot.cli import evaluate, predict, progress, slim
 from bot.data.torch_loader import decode
 from bot.data.transforms import val_transform
-from bot.files import trained
+from bot.artifacts import trained
 
 FIXTURE = ROOT / "tests/fixtures/last-numpy-rng.pt"
 

@@ -20,7 +20,7 @@ from signal_worker import ignore_then_wait
 from test_faults import ARGS, RECIPE, assert_same, cli_args, records, steps_logged, weights
 
 from bot import config
-from bot.files import checkpoint
+from bot.artifacts import checkpoint
 from bot.train.preempt import REQUEUE_STATUS, Stopped, StopSignals
 from bot.train.trainer import Run, train
 

@@ -12,9 +12,9 @@ import torch
 
 from bot import config
 from bot.cli import quantize as quantize_cli
-from bot.deploy.quantize import qat_onnx
+from bot.export.quantize import qat_onnx
 from bot.errors import UserError
-from bot.files import trained
+from bot.artifacts import trained
 from bot.models import build_model
 from bot.models.qat import (
     BIAS_LIMIT,

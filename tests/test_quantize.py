@@ -66,7 +66,7 @@ def test_int8_logits_are_close_to_fp32(quantized, toy400):
     from bot.data.folder import scan_split
     from bot.data.torch_loader import decode
     from bot.data.transforms import val_transform
-    from bot.files import trained
+    from bot.artifacts import trained
 
     run, _ = quantized
     source, int8 = trained.read(run / "best.pt"), trained.read(run / "best.int8.onnx", onnx=True)
@@ -85,8 +85,8 @@ def test_batchnorm_folding_with_zero_gamma_and_average_pooled_shortcut(tmp_path)
     shortcut BN folds into the conv after its average pool: no BatchNorm is left, and the
     int8 model still computes the fp32 one."""
     from bot import config
-    from bot.deploy import export, quantize
-    from bot.files.onnx_model import OnnxModule
+    from bot.export import export, quantize
+    from bot.artifacts.onnx_model import OnnxModule
     from bot.models import build_model
 
     cfg = config.load(ROOT / "recipes/demo.yaml", [])
@@ -117,7 +117,7 @@ def test_calibration_reads_training_images_spread_over_every_class(toy, monkeypa
     accuracy test above would not see it: check the files themselves."""
     from bot import config
     from bot.data import torch_loader
-    from bot.deploy.quantize import calibration_images
+    from bot.export.quantize import calibration_images
 
     read = []
     decode = torch_loader.decode

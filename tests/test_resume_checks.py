@@ -10,7 +10,7 @@ import torch
 from conftest import ROOT, run_here
 
 from bot.data.folder import scan_split
-from bot.files import checkpoint
+from bot.artifacts import checkpoint
 
 # 4 classes x 24 toy images at batch 16: 6 steps an epoch; 5 once an image is gone
 ARGS = ["data.image_size=16", "model.width=0.0625", "data.batch_size=16", "data.workers=0", "schedule.epochs=3",

@@ -20,7 +20,7 @@ import pytest
 from conftest import ROOT, tmpfs
 
 from bot.cli import train as train_cli
-from bot.files import checkpoint
+from bot.artifacts import checkpoint
 
 FIXTURE = ROOT / "tests/fixtures/last-numpy-rng.pt"  # the trainer's last.pt at step 2, args below
 TINY = ["data.image_size=16", "model.width=0.0625", "data.batch_size=8", "data.workers=0", "schedule.epochs=1",

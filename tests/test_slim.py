@@ -8,7 +8,7 @@ import torch
 from conftest import ROOT, run_here
 
 from bot import config
-from bot.deploy.prune import choose_channels, prune
+from bot.export.prune import choose_channels, prune
 from bot.errors import UserError
 from bot.models import build_model, count_params_macs
 from bot.models.slimmable import fit_shapes, slimmed_pairs

@@ -19,7 +19,7 @@ from conftest import ROOT, run_here
 from bot.cli import evaluate, export, predict, quantize, slim
 from bot.cli import train as train_cli
 from bot.errors import UserError
-from bot.files import checkpoint, trained
+from bot.artifacts import checkpoint, trained
 
 FIXTURE = ROOT / "tests/fixtures/last-numpy-rng.pt"
 # the overrides the fixture was trained with (recipes/demo.yaml, 4-class toy data, step 2 of 2)

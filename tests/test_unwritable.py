@@ -9,10 +9,10 @@ import os
 import pytest
 import torch
 
-import bot.files.checkpoint
+import bot.artifacts.checkpoint
 from bot import config
 from bot.errors import UserError
-from bot.files import checkpoint
+from bot.artifacts import checkpoint
 from bot.train.trainer import train
 
 ARGS = ["data.image_size=32", "data.batch_size=16", "data.workers=0", "schedule.epochs=2", "schedule.warmup_epochs=0",
@@ -32,7 +32,7 @@ def test_a_failed_checkpoint_write_exits_with_one_line_and_keeps_last_pt(toy, tm
         real_save(obj, f)
         raise OSError(code, os.strerror(code))
 
-    monkeypatch.setattr(bot.files.checkpoint.torch, "save", save_then_fail)
+    monkeypatch.setattr(bot.artifacts.checkpoint.torch, "save", save_then_fail)
     with pytest.raises(UserError) as failed:
         train(cfg(4))
     line = str(failed.value)

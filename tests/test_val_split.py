@@ -15,7 +15,7 @@ from bot import config
 from bot.cli.evaluate import main as evaluate_main
 from bot.cli.make_shards import main as make_shards_main
 from bot.data import build_loaders
-from bot.files.checkpoint import atomic_save
+from bot.artifacts.checkpoint import atomic_save
 from bot.models import build_model
 from test_dataset_scripts import check_dataset
 

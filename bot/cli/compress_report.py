@@ -23,7 +23,7 @@ import torch
 from tqdm import tqdm
 
 from bot.cli import command_parser, run
-from bot.files import outputs, trained
+from bot.artifacts import outputs, trained
 
 
 def parse(argv) -> argparse.Namespace:
@@ -42,9 +42,9 @@ def parse(argv) -> argparse.Namespace:
 def row(name: str, spec: str, overrides: list[str], tmp: Path, repeats: int) -> dict:
     from bot.cli.evaluate import eval_config
     from bot.data import build_val_loader
-    from bot.deploy import export
-    from bot.deploy.quantize import latency_ms
-    from bot.files.onnx_model import OnnxModule
+    from bot.export import export
+    from bot.export.quantize import latency_ms
+    from bot.artifacts.onnx_model import OnnxModule
     from bot.models import count_params_macs
     from bot.train.engine import evaluate, make_accelerator
 
@@ -90,7 +90,7 @@ def main(argv=None) -> int:
     args = parse(sys.argv[1:] if argv is None else argv)
 
     def body():
-        if args.out:  # before the work: refused or unwritable costs nothing (bot/files/outputs.py)
+        if args.out:  # before the work: refused or unwritable costs nothing (bot/artifacts/outputs.py)
             outputs.check_output(args.out, "--out", "comparison table", outputs.text_starting("| model | top-1 |"),
                                  inputs=[trained.checkpoint_path(spec, name) for name, spec in args.models])
         with tempfile.TemporaryDirectory() as tmp:

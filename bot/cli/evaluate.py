@@ -34,7 +34,7 @@ from bot.cli import command_parser, overrides
 from bot.cli.progress import Progress
 from bot.cli.stop import run_stoppable
 from bot.errors import UserError
-from bot.files import outputs, trained
+from bot.artifacts import outputs, trained
 
 CSV_HEAD = "class,images,top1_"  # the first columns of the per-class CSV
 

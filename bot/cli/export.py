@@ -33,8 +33,8 @@ from pathlib import Path
 
 from bot.cli import command_parser, run
 from bot.errors import UserError
-from bot.files import outputs, trained
-from bot.files.output_folder import check_output_folder
+from bot.artifacts import outputs, trained
+from bot.artifacts.output_folder import check_output_folder
 
 SUFFIX = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "timm": ".timm.safetensors", "hub": "-hub"}
 # an earlier export of each format, which a new one may replace
@@ -48,10 +48,10 @@ def default_out(model_info: trained.Trained, fmt: str) -> Path:
 
 def output_paths(args, model_info: trained.Trained) -> list[Path]:
     """The files (or the hub folder) this export writes, checked before any work
-    (bot/files/outputs.py's rule)."""
+    (bot/artifacts/outputs.py's rule)."""
     out = Path(args.out) if args.out else default_out(model_info, args.format)
     if args.format == "hub":
-        from bot.deploy.hub import is_hub_folder
+        from bot.export.hub import is_hub_folder
 
         return [check_output_folder(out, "--out", "hub export", is_hub_folder, inputs=[model_info.path])]
     if args.format != "timm":
@@ -68,7 +68,7 @@ def output_paths(args, model_info: trained.Trained) -> list[Path]:
 def check_timm_can_build(model_info: trained.Trained, fmt: str, model=None) -> None:
     """UserError, naming the formats that work, for a network timm has no name or kwargs for:
     from the config alone (QAT, ResNet-A), and with `model` built, a slimmed one."""
-    from bot.deploy import export
+    from bot.export import export
 
     m, works = model_info.cfg.model, "--format onnx or --format torchscript"
     if fmt not in ("timm", "hub"):
@@ -102,7 +102,7 @@ def main(argv=None) -> int:
     args = parse(sys.argv[1:] if argv is None else argv)
 
     def body():
-        from bot.deploy import export
+        from bot.export import export
 
         model_info = trained.read(args.checkpoint)
         out = output_paths(args, model_info)[0]
@@ -135,15 +135,15 @@ def main(argv=None) -> int:
 
 
 def onnx_metadata(model_info: trained.Trained, classes: list[str]) -> dict[str, str]:
-    from bot.files import onnx_model
+    from bot.artifacts import onnx_model
 
     precision = "int8" if model_info.cfg.model.qat else "fp32"  # a QAT model exports its int8 (QDQ) graph
     return onnx_model.metadata(model_info.cfg, classes, str(model_info.path), precision)
 
 
 def write_hub(model, model_info: trained.Trained, classes: list[str], out: Path, ema: bool) -> tuple[float, bool]:
-    from bot.deploy import hub, model_card
-    from bot.deploy.export import timm_recipe
+    from bot.export import hub, model_card
+    from bot.export.export import timm_recipe
 
     m = model_info.cfg.model
     record = model_card.read_run(model_info.path)
@@ -179,7 +179,7 @@ def dataset_counts(model_info: trained.Trained, run) -> tuple[int, int] | None:
 
 def hub_summary(out: Path, cfg, kept_card: bool) -> str:
     """What the folder holds, how timm reads it, and the upload command, every path shell-quoted."""
-    from bot.deploy.hub import CARD, FILES, NEW_CARD
+    from bot.export.hub import CARD, FILES, NEW_CARD
 
     files = ", ".join(name for name in FILES if (out / name).exists())
     lines = [f"{out}: {files}; timm.create_model({f'local-dir:{out}'!r}, pretrained=True) resolves "

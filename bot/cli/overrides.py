@@ -11,7 +11,7 @@ from pathlib import Path
 
 from bot import config
 from bot.errors import UserError
-from bot.files import trained
+from bot.artifacts import trained
 
 # `data.image_size=48`: a dotted key and a value; how a command line tells an override from a path
 OVERRIDE = re.compile(r"^[A-Za-z_]\w*(\.\w+)+=")

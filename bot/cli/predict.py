@@ -38,7 +38,7 @@ from bot.cli.progress import Progress
 from bot.cli.stop import run_stoppable
 from bot.data.folder import IMAGE_SUFFIXES
 from bot.errors import UserError, one_line
-from bot.files import outputs, predictions, trained
+from bot.artifacts import outputs, predictions, trained
 
 
 def parse(argv):

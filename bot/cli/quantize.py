@@ -35,7 +35,7 @@ import torch
 
 from bot.cli import command_parser, run
 from bot.errors import UserError
-from bot.files import outputs, trained
+from bot.artifacts import outputs, trained
 
 TABLE_HEAD = "| model | top-1 |"  # the first line of NAME.md
 
@@ -66,7 +66,7 @@ def parse(argv) -> argparse.Namespace:
 def measure(name: str, model: torch.nn.Module, file: Path, cfg, threads: int, repeats: int) -> dict:
     """One row of the table: top-1/top-5 on the val folder, file size, ms per image."""
     from bot.data import build_val_loader
-    from bot.deploy.quantize import latency_ms
+    from bot.export.quantize import latency_ms
     from bot.train.engine import evaluate, make_accelerator
 
     torch.set_num_threads(threads)
@@ -96,8 +96,8 @@ def main(argv=None) -> int:
 
     def body():
         from bot.cli.evaluate import eval_config
-        from bot.deploy import export, quantize
-        from bot.files import onnx_model
+        from bot.export import export, quantize
+        from bot.artifacts import onnx_model
 
         source = trained.read(args.checkpoint)
         cfg = eval_config(source, args.overrides, None)
@@ -149,7 +149,7 @@ def main(argv=None) -> int:
 def _simulated(model, source, batches, bits: int, cfg, out: Path, meta: dict) -> None:
     """The int8 ONNX of bot's QAT modules (bot/models/qat.py): a QAT run's learned ranges, or
     a plain run's weights at `bits` with ranges calibrated on `batches` (post-training)."""
-    from bot.deploy import quantize
+    from bot.export import quantize
     from bot.models.qat import calibrate, prepare_qat
 
     if batches:

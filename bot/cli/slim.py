@@ -31,7 +31,7 @@ import torch
 
 from bot.cli import command_parser, run
 from bot.errors import UserError
-from bot.files import outputs, trained
+from bot.artifacts import outputs, trained
 
 
 def parse(argv) -> argparse.Namespace:
@@ -50,7 +50,7 @@ def parse(argv) -> argparse.Namespace:
 
 
 def _slimmed_checkpoint(path: Path) -> bool:
-    from bot.files.checkpoint import load
+    from bot.artifacts.checkpoint import load
 
     try:
         return "slim" in load(path)
@@ -61,7 +61,7 @@ def _slimmed_checkpoint(path: Path) -> bool:
 def check_out(out: Path, source: Path) -> Path:
     """The folder to write DIR/best.pt and DIR/slim.json into: new, or this command's own
     earlier output; never a training run's folder (its summary.json would describe other
-    weights) nor the checkpoint being slimmed (bot/files/outputs.py's rule)."""
+    weights) nor the checkpoint being slimmed (bot/artifacts/outputs.py's rule)."""
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file, not a folder")
     if not out.exists():
@@ -99,7 +99,7 @@ def main(argv=None) -> int:
     args = parse(sys.argv[1:] if argv is None else argv)
 
     def body():
-        from bot.deploy.prune import prune
+        from bot.export.prune import prune
         from bot.models import count_params_macs
         from bot.models.slimmable import slimmed_pairs
 

@@ -3,7 +3,7 @@
 SIGTERM (kill, a scheduler's time limit, torchrun) and SIGUSR1 (`sbatch --signal`) end a
 Python process at once and in silence. These commands have nothing to save, so the signal
 ends the work where it is: the output not yet renamed into place is removed
-(bot/files/outputs.py `written_aside`), one line says what happened, and the exit status
+(bot/artifacts/outputs.py `written_aside`), one line says what happened, and the exit status
 is 128 + the signal's number, what a shell reports for a process the signal killed.
 """
 

@@ -21,7 +21,7 @@ Gradients pass the rounding straight through (torch's fake_quantize ops). While 
 exported (`torch.compiler.is_exporting()`), the same arithmetic is written as
 quantize/dequantize pairs (torch's quantized_decomposed ops), which torch.onnx turns into
 ONNX QuantizeLinear/DequantizeLinear: the QDQ file onnxruntime runs in int8
-(`qat_onnx` in bot/deploy/quantize.py).
+(`qat_onnx` in bot/export/quantize.py).
 """
 
 from __future__ import annotations

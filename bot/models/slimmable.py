@@ -2,7 +2,7 @@
 
 The slimmable channels are the inner channels of every residual block (BasicBlock: conv1/bn1;
 Bottleneck: conv1/bn1 and conv2/bn2): the penalty (bot/train/slim_penalty.py) and the pruner
-(bot/deploy/prune.py) use the same pairs. Not the channels of a residual sum: one such channel
+(bot/export/prune.py) use the same pairs. Not the channels of a residual sum: one such channel
 runs through every block of a stage and its shortcut, so the gammas of the BNs ending the
 branches do not measure it (a channel whose branch gammas are all 0 still carries the stage's
 input through the identity), and with zero gamma (section 3.1) those BNs start at 0 anyway.

@@ -13,7 +13,7 @@ from __future__ import annotations
 from torch import nn
 
 from bot.errors import UserError
-from bot.files import trained
+from bot.artifacts import trained
 from bot.models import network_name
 from bot.models.slimmable import fit_shapes
 

@@ -16,7 +16,7 @@ later, when it is long done. The stop is decided at the same step everywhere: wi
 steps of the signal under several processes, after the current step under one.
 
 A second signal changes nothing (the handler only records the first), so the checkpoint
-being written is finished, and it is written atomically anyway (bot/files/checkpoint.py).
+being written is finished, and it is written atomically anyway (bot/artifacts/checkpoint.py).
 Once a stop is under way the stop signals stay ignored to the process's end: restoring the
 default handlers would let a late second SIGTERM kill it with -15 instead of exit 75, and
 a requeue test (`[ $? -eq 75 ]`) would not requeue.

@@ -15,7 +15,7 @@ from pathlib import Path
 from bot import config
 from bot.errors import UserError
 from bot.data import fingerprint
-from bot.files import trained
+from bot.artifacts import trained
 
 # Keys that may change between a run and its resumption without changing what is trained.
 RESUMABLE_CHANGES = {"run.max_steps", "run.log_every", "run.checkpoint_every", "run.wandb", "run.resume",

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from bot.errors import UserError
-from bot.files import checkpoint
+from bot.artifacts import checkpoint
 
 NAME = ".lock"
 

@@ -11,7 +11,7 @@ import json
 import secrets
 from pathlib import Path
 
-from bot.files import checkpoint
+from bot.artifacts import checkpoint
 
 
 def _step(line: str) -> float:

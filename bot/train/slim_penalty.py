@@ -1,6 +1,6 @@
 """`model.slim_l1`: network slimming's training half (Liu et al., ICCV 2017), an L1 penalty on
 the BatchNorm scales of the slimmable channels (bot/models/slimmable.py), so that unneeded
-channels end near 0 and bot/deploy/prune.py can remove them after training."""
+channels end near 0 and bot/export/prune.py can remove them after training."""
 
 from __future__ import annotations
 

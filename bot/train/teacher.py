@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from bot.errors import UserError
-from bot.files import trained
+from bot.artifacts import trained
 
 WHAT = "loss.distill_teacher"
 

@@ -24,7 +24,7 @@ from bot import config
 from bot.config_checks import checkpoint_interval
 from bot.data import build_loaders
 from bot.errors import UserError
-from bot.files import checkpoint
+from bot.artifacts import checkpoint
 from bot.models import build_model, count_params_macs, network_name
 from bot.models.qat import prepare_qat
 from bot.models.slimmable import fit_shapes

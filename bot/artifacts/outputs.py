@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from bot.errors import UserError
-from bot.files.checkpoint import BEST, LAST, PREV, UNWRITABLE, foreign_kind
+from bot.artifacts.checkpoint import BEST, LAST, PREV, UNWRITABLE, foreign_kind
 
 # what the trainer writes into a run folder; no other command may replace them
 RUN_FILES = ("config.yaml", "metrics.jsonl", "summary.json", LAST, PREV, BEST)
@@ -70,7 +70,7 @@ def safetensors_file(path: Path) -> bool:
 
 def bare_state_dict(path: Path) -> bool:
     """A torch file holding tensors under names only (export's timm .pth), no bot checkpoint."""
-    from bot.files.checkpoint import load
+    from bot.artifacts.checkpoint import load
 
     try:
         obj = load(path)

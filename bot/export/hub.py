@@ -5,9 +5,9 @@
   config.json        timm's layout: `architecture` (a registered timm name), `num_classes`,
                      `label_names`, `model_args` (the constructor kwargs the name does not
                      imply: widths, deep stem, activation) and `pretrained_cfg`, which holds
-                     the run's own evaluation preprocessing (bot/files/preprocessing.py) and
+                     the run's own evaluation preprocessing (bot/artifacts/preprocessing.py) and
                      nothing of timm's pretrained weights (no tag, hub id or origin URL)
-  README.md          the model card, curves.png its plot (bot/deploy/model_card.py)
+  README.md          the model card, curves.png its plot (bot/export/model_card.py)
 
 The folder is written aside and checked before it replaces anything: timm loads it through
 `local-dir:` and must compute our logits on random input and resolve our preprocessing.
@@ -29,10 +29,10 @@ from pathlib import Path
 
 import torch
 
-from bot.deploy.export import ExportMismatch, check, timm_recipe
-from bot.files.output_folder import folder_written_aside
-from bot.files.outputs import write_bytes
-from bot.files.preprocessing import timm_data_config
+from bot.export.export import ExportMismatch, check, timm_recipe
+from bot.artifacts.output_folder import folder_written_aside
+from bot.artifacts.outputs import write_bytes
+from bot.artifacts.preprocessing import timm_data_config
 
 WEIGHTS, CONFIG, CARD, CURVES = "model.safetensors", "config.json", "README.md", "curves.png"
 NEW_CARD = "README.new.md"  # this export's card, where the folder's README.md is one the user edited

@@ -2,7 +2,7 @@
 
 The one place where evaluate, predict, export, fine-tuning (`model.init_from`) and the
 distillation teacher read a checkpoint and check its classes. It is read by
-bot/files/checkpoint.py's `load` (weights_only: nothing in the file runs); a TorchScript or
+bot/artifacts/checkpoint.py's `load` (weights_only: nothing in the file runs); a TorchScript or
 safetensors file, a bare tensor or state_dict is named as what it is, in one line.
 
 A checkpoint is what the trainer writes (`best.pt`, `last.pt`): the weights under `model`
@@ -11,7 +11,7 @@ names in label order). Where the run kept a moving average of its weights, it is
 `ema`: a state_dict with the same keys as `model`.
 
 evaluate and predict also read the ONNX models of scripts/quantize.py and scripts/export.py
-(bot/files/onnx_model.py);
+(bot/artifacts/onnx_model.py);
 everything that needs torch weights (export, fine-tuning, distillation) refuses it.
 A slimmed checkpoint (scripts/slim.py) has narrower layers than its config builds: `build`
 gives the model the shapes of its weights (bot/models/slimmable.py). Slimming narrows only the
@@ -29,8 +29,8 @@ import torch
 
 from bot import config
 from bot.errors import UserError
-from bot.files import checkpoint
-from bot.files.checkpoint import BEST, LAST
+from bot.artifacts import checkpoint
+from bot.artifacts.checkpoint import BEST, LAST
 from bot.models import network_name
 
 EMA_KEY = "ema"
@@ -92,7 +92,7 @@ def read(spec: str | Path, what: str = "checkpoint", onnx: bool = False) -> Trai
     if path.suffix == ".onnx":
         if not onnx:
             raise UserError(f"{what} {path} is an ONNX model: give the bot checkpoint (.pt) it was made from")
-        from bot.files.onnx_model import read_metadata
+        from bot.artifacts.onnx_model import read_metadata
 
         cfg, classes, source = read_metadata(path, what)
         return Trained(path, cfg, len(classes), classes, {}, info={"from": source}, onnx=True)
@@ -125,7 +125,7 @@ def build(trained: Trained, ema: bool = False) -> torch.nn.Module:
     if trained.onnx:
         if ema:
             raise UserError(f"{trained.path} is an ONNX model: it has no moving average, leave out --ema")
-        from bot.files.onnx_model import OnnxModule
+        from bot.artifacts.onnx_model import OnnxModule
 
         return OnnxModule(trained.path).eval()
     if ema and trained.ema is None:

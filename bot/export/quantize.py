@@ -1,12 +1,12 @@
 """Post-training static int8 quantization for CPU inference (Jacob et al., CVPR 2018).
 
 The path is onnxruntime's static quantization of the model exported to ONNX
-(bot/deploy/export.py), chosen over torchao's PT2E flow because it needs nothing beyond the
+(bot/export/export.py), chosen over torchao's PT2E flow because it needs nothing beyond the
 pinned packages, runs int8 kernels (MLAS) on any x86 or ARM CPU without compiling,
 and gives a file that evaluate, predict and any ONNX runtime read; torch's own eager
 and FX quantization APIs are deprecated in the pinned torch (docs/compress.md).
 
-1. export fp32 ONNX (checked against the torch model by bot/deploy/export.py);
+1. export fp32 ONNX (checked against the torch model by bot/export/export.py);
 2. every BatchNorm is folded into the conv before it (torch's ONNX exporter already does
    it in eval mode; `quant_pre_process`, onnxruntime's graph optimizer, would otherwise),
    including the shortcut conv after ResNet-D's average pool, and zero-gamma BNs (their
@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bot.files import onnx_model
+from bot.artifacts import onnx_model
 
 
 def calibration_images(cfg, n: int, batch: int = 32) -> list[torch.Tensor]:
@@ -90,7 +90,7 @@ def qat_onnx(model: torch.nn.Module, image_size: int, out: Path, meta: dict[str,
     Returns the largest logit difference between onnxruntime and the fake-quant model."""
     import onnxruntime
 
-    from bot.files.outputs import written_aside
+    from bot.artifacts.outputs import written_aside
     from bot.models.qat import freeze
 
     freeze(model)

@@ -6,8 +6,8 @@ data.std in the 0-255 scale (the paper's ImageNet values by default); under data
 (CIFAR) it takes each image as it is, data.image_size square, and normalizes it. timm
 describes the same steps with its `pretrained_cfg` keys (input_size, crop_pct, crop_mode,
 interpolation, and mean/std in the 0-1 scale of ToTensor), which the hub folder's config.json
-carries (bot/deploy/hub.py); an ONNX export carries them as plain metadata
-(bot/files/onnx_model.py).
+carries (bot/export/hub.py); an ONNX export carries them as plain metadata
+(bot/artifacts/onnx_model.py).
 """
 
 from __future__ import annotations

@@ -18,9 +18,9 @@ from pathlib import Path
 import yaml
 
 from bot import config
-from bot.deploy.hub import CARD, CURVES, signed
-from bot.files.outputs import write_bytes
-from bot.files.preprocessing import in_words
+from bot.export.hub import CARD, CURVES, signed
+from bot.artifacts.outputs import write_bytes
+from bot.artifacts.preprocessing import in_words
 
 # keys that say where and how a run ran, not what it trained: left out of the recipe table
 NOT_RECIPE = {"data.root", "data.workers", "data.prefetch", "data.hw_decoder_load", "run.out", "run.name",
@@ -111,7 +111,7 @@ def plot_curves(metrics: list[dict], path: Path, title: str) -> bool:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
-    png = io.BytesIO()  # written by bot/files/outputs.py, as every file of the folder
+    png = io.BytesIO()  # written by bot/artifacts/outputs.py, as every file of the folder
     fig.savefig(png, format="png", dpi=100)
     write_bytes(path, png.getvalue())
     return True
@@ -244,7 +244,7 @@ def card(model_info, run: RunRecord, ema: bool, architecture: str, counts, curve
 
 
 def write_card(folder: Path, model_info, run: RunRecord, ema: bool, architecture: str, counts) -> None:
-    """README.md (signed: bot/deploy/hub.py) and, where metrics.jsonl has evaluation lines,
+    """README.md (signed: bot/export/hub.py) and, where metrics.jsonl has evaluation lines,
     curves.png into `folder`."""
     curves = plot_curves(run.metrics, folder / CURVES, f"{model_info.cfg.run.name}: {network(model_info.cfg)}")
     write_bytes(folder / CARD, signed(card(model_info, run, ema, architecture, counts, curves)).encode())

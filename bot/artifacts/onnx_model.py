@@ -6,7 +6,7 @@ evaluate and predict need from the checkpoint it came from into the ONNX file's 
 metadata (`metadata_props`): the resolved config, the class names and their count
 (`bot.*` keys). Beside them go plain keys that a runtime without bot reads: the class
 names, the input size, the resize, the interpolation, the mean and std, and the whole
-preprocessing in one sentence (bot/files/preprocessing.py). `OnnxModule` runs the graph
+preprocessing in one sentence (bot/artifacts/preprocessing.py). `OnnxModule` runs the graph
 behind the forward of a torch module, so the same evaluation and prediction code measures
 both.
 """
@@ -21,7 +21,7 @@ import torch
 
 from bot import config
 from bot.errors import UserError
-from bot.files import preprocessing
+from bot.artifacts import preprocessing
 
 # metadata_props keys written into the ONNX file for bot (evaluate, predict)
 CONFIG, CLASSES, SOURCE, PRECISION = "bot.config", "bot.classes", "bot.source", "bot.precision"

@@ -1,5 +1,5 @@
 """A folder that an after-training command writes as a whole (export's hub folder), under
-the rule of bot/files/outputs.py:
+the rule of bot/artifacts/outputs.py:
 
 - a training run's folder, a folder holding one of the command's inputs, or a folder that
   holds anything but an earlier output of the same kind is refused with one line
@@ -21,8 +21,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from bot.errors import UserError
-from bot.files.checkpoint import UNWRITABLE
-from bot.files.outputs import cannot_write, check_writable, is_run_folder
+from bot.artifacts.checkpoint import UNWRITABLE
+from bot.artifacts.outputs import cannot_write, check_writable, is_run_folder
 
 
 def _inside(file: Path, folder: Path) -> bool:
@@ -60,7 +60,7 @@ def check_output_folder(path: str | Path, what: str, kind: str, own: Callable[[P
 def folder_written_aside(path: Path):
     """A new hidden folder beside `path` to fill; it replaces `path` when the block succeeds
     (the earlier folder is moved aside, then removed) and is removed when the block raises.
-    A full disk or another UNWRITABLE failure becomes one line (bot/files/outputs.py)."""
+    A full disk or another UNWRITABLE failure becomes one line (bot/artifacts/outputs.py)."""
     umask = os.umask(0)
     os.umask(umask)
     tmp = None

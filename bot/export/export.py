@@ -4,7 +4,7 @@ Each export is checked after writing against the model it came from, on random i
 the largest absolute difference of the logits is returned, and one above the tolerance
 is an error (ExportMismatch), never a warning. Files are written aside and renamed once
 checked, so a failed export never replaces an earlier good one. Each format is serialised in
-memory and its bytes written by bot/files/outputs.py (`write_bytes`), so that a full disk is
+memory and its bytes written by bot/artifacts/outputs.py (`write_bytes`), so that a full disk is
 one line and the file gets the usual mode: met by a full disk, torch's C++ file writer aborts
 the interpreter and safetensors' raises without an errno, and safetensors' file is 0600.
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from bot.files.outputs import write_bytes, written_aside
+from bot.artifacts.outputs import write_bytes, written_aside
 from bot.models import VARIANTS, widths
 
 
@@ -43,7 +43,7 @@ def check(ours: torch.Tensor, theirs, what: str) -> float:
 def to_onnx(model, image_size: int, path: Path, meta: dict[str, str] | None = None) -> float:
     """ONNX with a dynamic batch axis (torch's export-based exporter), checked with onnxruntime
     at a batch size other than the one exported; `meta` goes into its metadata_props
-    (bot/files/onnx_model.py `metadata`: what evaluate, predict and other runtimes read)."""
+    (bot/artifacts/onnx_model.py `metadata`: what evaluate, predict and other runtimes read)."""
     import onnxruntime
 
     example = torch.randn(2, 3, image_size, image_size)

@@ -10,7 +10,7 @@ Formats (FORMATS; the --out suffix chooses unless told): csv (LF line endings; a
 JSON list in its cell), json (one object keyed by filename, each value that row's other
 columns), json-records (JSON Lines: one object per row), parquet (through pyarrow; lists are
 list columns). `is_predictions` tells any of them, so a rerun may replace its own output
-and nothing else (bot/files/outputs.py's rule).
+and nothing else (bot/artifacts/outputs.py's rule).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import os
 from pathlib import Path
 
 from bot.errors import UserError
-from bot.files import outputs
+from bot.artifacts import outputs
 
 FORMATS = {"csv": (".csv",), "json": (".json",), "json-records": (".jsonl", ".ndjson"), "parquet": (".parquet",)}
 FIRST = "filename"  # the first column of every format
@@ -83,7 +83,7 @@ def as_text(table: dict, fmt: str) -> str:
 
 
 def write(path: Path, table: dict, fmt: str) -> None:
-    """The predictions into `path`, written aside and renamed (bot/files/outputs.py)."""
+    """The predictions into `path`, written aside and renamed (bot/artifacts/outputs.py)."""
     if fmt != "parquet":
         outputs.write_text(path, as_text(table, fmt))
         return

@@ -1,6 +1,6 @@
 """Checkpoints that survive a kill, and that are read without running anything in them.
 
-Every checkpoint the project reads (last.pt on resume, and through bot/files/trained.py the
+Every checkpoint the project reads (last.pt on resume, and through bot/artifacts/trained.py the
 files given to evaluate, predict, export, quantize, slim, model.init_from and the teacher)
 goes through `load`: torch.load(weights_only=True), which unpickles tensors and plain Python
 values only. A file whose pickle names anything else (os.system, a class of some package) is
