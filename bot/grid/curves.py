@@ -32,7 +32,7 @@ def _metric_lines(folder: Path) -> list[dict]:
 
 def val_curve(grid: Grid, row: Row) -> tuple[list[float], list[float]]:
     """(epochs trained, mean val top-1 over the row's seeds) from metrics.jsonl's eval lines:
-    the weight average's under run.best_of=ema, as in the table (bot.train.ema.reported)."""
+    the weight average's under run.best_of=ema, as in the table (bot.grid.table.kept_weights_accuracy)."""
     by_epoch: dict[float, list[float]] = {}
     for folder in row_folders(grid, row):
         key = "ema_top1" if _best_of(folder) == "ema" else "top1"

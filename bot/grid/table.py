@@ -18,7 +18,12 @@ from bot.grid.curves import lr_curve, plot, val_curve
 from bot.grid.format import DELTA_LEGEND, duration, heading, num
 from bot.grid.runs import row_folders, row_summaries
 from bot.grid.spec import Grid
-from bot.train.ema import reported
+
+
+def kept_weights_accuracy(summary: dict, key: str) -> Optional[float]:
+    """A run's `top1` or `top5` of the weights its best.pt keeps: the weight average's when
+    run.best_of is ema, else the raw weights'."""
+    return summary.get(f"ema_{key}") if summary.get("best_of") == "ema" else summary.get(key)
 
 
 def _mean_std(values: list[float]) -> tuple[Optional[float], Optional[float]]:
@@ -44,8 +49,8 @@ def table_rows(grid: Grid) -> list[dict]:
         prev = prevs.get(row.column)
         summaries = row_summaries(grid, row) if row.run else []
         folders = row_folders(grid, row) if row.run else []
-        top1, top1_std = _mean_std([reported(s, "top1") for s in summaries])  # bot.train.ema: run.best_of
-        top5, top5_std = _mean_std([reported(s, "top5") for s in summaries])
+        top1, top1_std = _mean_std([kept_weights_accuracy(s, "top1") for s in summaries])
+        top5, top5_std = _mean_std([kept_weights_accuracy(s, "top5") for s in summaries])
         status = "done" if summaries else ("unfinished" if folders or (grid.out / row.slug / "last.pt").is_file()
                                            else "not run" if row.run else "reference")
         rec = {

@@ -67,9 +67,3 @@ class WeightEma:
 
     def load_state_dict(self, state: dict) -> None:
         self.module.load_state_dict(state)
-
-
-def reported(summary: dict, key: str):
-    """A run's `top1` or `top5` as a table shows it: the average's when run.best_of is ema (the
-    weights the run keeps in best.pt), else the raw weights'."""
-    return summary.get(f"ema_{key}") if summary.get("best_of") == "ema" else summary.get(key)
