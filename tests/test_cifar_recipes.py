@@ -140,24 +140,39 @@ def test_a_cifar_run_leaves_through_onnx_and_is_refused_by_timm_in_one_line(cifa
     assert done.returncode == 0, done.stderr
 
 
-def test_compare_log_puts_a_run_beside_a_published_log(tmp_path):
-    """scripts/compare_log.py: the epochs both have, the difference, and the band of the log's own
-    epoch-to-epoch noise (std around a 9-epoch moving mean, per lr phase)."""
+def test_compare_log_puts_runs_beside_a_published_log(tmp_path):
+    """scripts/compare_log.py: per epoch both have, each curve's top-1 and training loss beside the
+    log's; per curve the mean difference with its standard error, and the epochs within the band of
+    the log's own epoch-to-epoch noise (std around a 9-epoch moving mean, per lr phase)."""
     import json
 
     from conftest import run_cli
 
     log = tmp_path / "log.csv"
     theirs = {e: 0.80 + (0.02 if e % 2 else -0.02) for e in range(20)}  # +-2 points around 80: noise 2
-    log.write_text("# a comment\nepoch,val_acc\n" + "".join(f"{e},{v}\n" for e, v in theirs.items()))
+    log.write_text("# a comment\nepoch,val_acc,train_acc,train_loss\n"
+                   + "".join(f"{e},{v},0.5,{1 - 0.05 * e}\n" for e, v in theirs.items()))
     run = tmp_path / "run"
     run.mkdir()
     ours = {e: 100 * theirs[e] + (5.0 if e == 3 else 1.0) for e in range(6)}  # one epoch off by 5
-    (run / "metrics.jsonl").write_text("".join(json.dumps({"epoch": e, "step": 10 * e, "top1": v}) + "\n"
-                                               for e, v in ours.items()) + '{"epoch": 6, "top')
-    done = run_cli("scripts/compare_log.py", run, log, "--phases", "", "--out", tmp_path / "c.png")
+    steps = [{"epoch": e, "step": 2 * e + k + 1, "loss": 1 - 0.05 * e + (0.1 if k else 0.3)}  # mean: theirs + 0.2
+             for e in range(6) for k in range(2)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in steps)
+                                       + "".join(json.dumps({"epoch": e, "step": 2 * e + 2, "top1": v}) + "\n"
+                                                 for e, v in ours.items()) + '{"epoch": 6, "top')
+    other = tmp_path / "plain.csv"  # a curve in the log's form: 3 points under the log at every epoch
+    other.write_text("epoch,val_acc,train_acc,train_loss\n" + "".join(f"{e},{theirs[e] - 0.03},0.5,0.9\n"
+                                                                       for e in range(4)))
+    done = run_cli("scripts/compare_log.py", run, log, "--also", other, "--phases", "", "--out", tmp_path / "c.png")
     assert done.returncode == 0, done.stderr
-    assert "| 4 | 87.00 | 82.00 | +5.00 |" in done.stdout and "| 1 | 79.00 | 78.00 | +1.00 |" in done.stdout
-    # the 9 epochs around a value hold 5 like it and 4 four points away: residuals +-16/9, the band 2 x 16/9
-    assert "6 epochs in common; mean difference +1.67 points; 5 of 6 within +-3.56" in done.stdout
+    assert "| 4 | 87.00 | 79.00 | 82.00 |" in done.stdout and "| 5 | 79.00 |  | 78.00 |" in done.stdout
+    assert "| 2 | 1.1500 | 0.9000 | 0.9500 |" in done.stdout  # the epoch's mean training loss
+    # differences 1, 1, 1, 5, 1, 1: mean 1.67, std 1.63, its standard error 1.63 / sqrt(6); the 9 epochs
+    # around a value hold 5 like it and 4 four points away: residuals +-16/9, the band 2 x 16/9
+    assert ("run: 6 epochs in common; top-1 minus the log's +1.67 +- 0.67 points (mean +- its standard error); "
+            "5 of 6 within +-3.56") in done.stdout
+    assert "training loss minus the log's +0.20 +- 0.00" in done.stdout
+    assert "plain: 4 epochs in common; top-1 minus the log's -3.00 +- 0.00 points" in done.stdout
     assert (tmp_path / "c.png").stat().st_size > 10_000
+    done = run_cli("scripts/compare_log.py", run, log, "--epochs", "2", "--phases", "")
+    assert "run: 2 epochs in common; top-1 minus the log's +1.00 +- 0.00" in done.stdout and "| 3 |" not in done.stdout
