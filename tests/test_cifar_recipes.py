@@ -95,6 +95,23 @@ def test_each_recipe_trains_a_few_steps_on_folders_and_shards(path, cifar, tmp_p
         assert len(records) == 1 and '"val_images": 10' in records[0]
 
 
+def test_reference_loop_writes_the_logs_columns(cifar, tmp_path):
+    """scripts/cifar_reference.py (plain torch and torchvision, gluon-cv's loop) trains on the
+    prepared folders and writes a CSV that compare_log reads beside a run."""
+    from conftest import run_cli
+
+    out = tmp_path / "ref.csv"
+    done = run_cli("scripts/cifar_reference.py", cifar / "c10", "--epochs", "2", "--batch", "4", "--workers", "0",
+                   "--out", out)
+    assert done.returncode == 0, done.stderr
+    rows = [line.split(",") for line in out.read_text().splitlines() if not line.startswith("#")]
+    assert rows[0] == ["epoch", "val_acc", "train_acc", "train_loss"] and [r[0] for r in rows[1:]] == ["0", "1"]
+    assert all(0 <= float(r[1]) <= 1 and 0 <= float(r[2]) <= 1 and float(r[3]) > 0 for r in rows[1:])
+    log = ROOT / "docs" / "cifar" / "gluoncv_cifar_resnet20_v1.csv"
+    done = run_cli("scripts/compare_log.py", out, log, "--phases", "")
+    assert done.returncode == 0 and "ref: 2 epochs in common" in done.stdout, done.stderr
+
+
 BUDGET = ROOT / "recipes" / "ablations" / "cifar10-budget.yaml"
 
 
