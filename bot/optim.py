@@ -1,5 +1,5 @@
-"""`bot.optim.build_optimizer(model, cfg)`, a name of the public Python API kept where it always
-was; the optimizer (NAG, linear scaling, no bias decay) lives in bot/train/optim.py."""
+"""`bot.optim.build_optimizer(model, cfg)`, a stable name of the public Python API; the
+optimizer (NAG, linear scaling, no bias decay) lives in bot/train/optim.py."""
 
 from bot.train.optim import build_optimizer
 

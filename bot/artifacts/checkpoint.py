@@ -5,9 +5,8 @@ files given to evaluate, predict, export, quantize, slim, model.init_from and th
 goes through `load`: torch.load(weights_only=True), which unpickles tensors and plain Python
 values only. A file whose pickle names anything else (os.system, a class of some package) is
 refused with one line, and nothing in it runs: a checkpoint is input, often downloaded. The
-only globals allowed beyond torch's own are numpy's array constructors, which the RNG state
-of checkpoints written before RNG states were stored as plain values pickled (numpy 1.x
-names their module numpy.core, 2.x numpy._core); they build an array and call nothing else.
+only globals allowed beyond torch's own are numpy's array constructors, with which older
+checkpoints pickled their RNG state; they build an array and call nothing else.
 
 `last.pt` is replaced atomically and the one it replaces is kept as `last.prev.pt`, so a
 kill at any moment, or a truncated file, still leaves a readable checkpoint to resume. A

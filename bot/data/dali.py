@@ -1,46 +1,11 @@
-"""The DALI loader: the paper's augmentation (PAPER.md section 1) on DALI, CPU or GPU.
+"""The DALI loader: the paper's augmentation (section 2; PAPER.md section 1) on DALI, CPU or GPU.
 
-Same interface and semantics as bot.data.torch_loader, the reference it is tested
-against. Python decides *what* each sample gets; DALI decodes (the costly part), and
-the rest of the pixel work is where it is cheapest:
-
-- Order and sharding: sampling.train_order(seed, epoch, ...), as in the torch path; the
-  file bytes go through one `fn.external_source`, so no DALI reader shuffles anything.
-- Every random draw of a sample (crop window, flip, colour factors, PCA alpha) comes from
-  numpy seeded by sampling.sample_seed(seed, epoch, index), the torch path's seed, and is
-  computed ahead on a feeder thread (dali_pipeline.Feeder). No DALI random operator is
-  used, so on the CPU a batch's pixels depend on nothing else (not the threads, the
-  prefetch depth, the world size), and `set_epoch(epoch, start_step)` after a restart
-  gives bit-for-bit the batches an uninterrupted run would have seen from that step on:
-  order exact *and* augmentation exact. On a GPU the draws are as exact, but which images
-  of a batch the hardware JPEG decoder takes (data.hw_decoder_load) depends on the batch,
-  and its pixels may differ from the CUDA decoder's by rounding: the same batches (a
-  resume at a step boundary with the same world size) give the same pixels, another
-  world size may move an image to the other decoder (docs/gpu.md).
-- The crop is drawn as torchvision's RandomResizedCrop.get_params draws it (10 tries,
-  then the whole image cut to the aspect range), from the size in the file's header, and
-  decoded as a region of interest (fn.decoders.image_slice).
-- DALI decodes the crop window; on the CPU torchvision's resize (_resize), on a GPU
-  DALI's, bring it to the training size and flip it. Brightness, contrast, saturation,
-  PCA lighting and normalization then compose into one affine map per image, applied to
-  the resized batch in torch (colour_terms says why that equals the paper's jitter in
-  any order, unclamped as the torch path's; colour_normalize applies it, on the CPU or
-  the GPU).
-- Each file's size (for the crop window) is read from its header once and kept.
-- data.crop=padded (CIFAR's crop): the window and the flip are drawn by the torch path's own
-  function (transforms.padded_window) from a torch generator seeded alike, so both loaders
-  cut and mirror the same pixels; DALI decodes the whole image, slices the window out of it
-  with zeros outside (fn.slice, out_of_bounds_policy="pad") and mirrors it (fn.flip), on the
-  CPU or the GPU alike; colour and normalization follow as above. Evaluation then takes each
-  image as it is, normalized, and names a file whose side is not data.image_size.
-- Normalization is by data.mean and data.std (the paper's ImageNet values by default).
-- Beyond the paper: the epoch's training size (bot.data.sizes) goes with each planned batch,
-  and Cutout (bot.data.cutout) zeroes each sample's square after normalization, drawn from
-  the sample's seed as in the torch path.
-
-CPU mode (`device_id=None`) when the run's device is the CPU; on CUDA the "mixed" nvJPEG
-decoder and GPU operators, output on the process's GPU. dali_pipeline.py holds the DALI
-graphs and the loop that drives them; this file, what to feed them and the loaders.
+The interface and the batches of bot.data.torch_loader, the reference it is tested
+against. Python draws each sample's augmentation from sampling.sample_seed and feeds it
+with the file bytes; DALI decodes and uses no random operator of its own, so a resumed
+epoch is bit-for-bit (docs/data.md, "How the DALI loader works"; on a GPU, docs/gpu.md).
+dali_pipeline.py holds the DALI graphs and the loop that drives them; this file, what to
+feed them, and the loaders.
 """
 
 from __future__ import annotations
@@ -94,20 +59,10 @@ def crop_window(rng: np.random.Generator, width: int, height: int, area, aspect)
 def colour_terms(brightness, contrast, saturation) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(x_scale, grey_scale, mean_scale): section 2 step 4's jitter as one per-pixel expression.
 
-    torchvision's (and gluon-cv's) definitions, with g = w . x the grey of a pixel
-    (w = 0.299, 0.587, 0.114) and m the mean grey of the image:
-        brightness b: x -> b x
-        saturation s: x -> s x + (1 - s) g
-        contrast   c: x -> c x + (1 - c) m
-    Each is linear in x (m is a mean of x), and since w sums to 1 saturation keeps g's
-    mean and contrast shifts every channel alike, so the three commute: every order gives
-        b c s x + b c (1 - s) g + b (1 - c) m.
-    The torch path (transforms.FloatColorJitter) applies them one at a time in a random
-    order; this loader applies the composition, then PCA lighting and normalization. Both
-    work in float and clamp nowhere, as the authors' MXNet/gluon-cv float jitter and
-    lighting do, so they agree to float rounding (tests/test_dali_augment.py), also where a
-    pixel goes past 0 or 255 (at most to 1.4^3 * 255 before lighting). Arguments may be
-    arrays (a batch).
+    With g a pixel's grey and m the image's mean grey (torchvision's definitions), brightness
+    b x, saturation s x + (1 - s) g and contrast c x + (1 - c) m commute, so the torch path's
+    random order equals b c s x + b c (1 - s) g + b (1 - c) m (docs/data.md says why);
+    unclamped, as there. Arguments may be arrays (a batch).
     """
     b, c, s = (np.asarray(v, np.float32) for v in (brightness, contrast, saturation))
     return b * c * s, b * c * (1 - s), b * (1 - c)
@@ -141,10 +96,9 @@ def colour_normalize(images: torch.Tensor, maps, out: torch.Tensor, means: torch
     """Apply colour_maps' per-image maps to uint8 NHWC `images`, into float NCHW `out`.
 
     `means` (n, 3) are the images' mean pixels if known. One batched matrix product (HWC
-    in, CHW out, so the layout change is free). On the CPU a few images at a time so that
-    the float copy of the input stays in cache (4: 0.22 ms per 224 x 224 image on one CPU
-    thread, 8: 0.33 ms); on a GPU the whole batch at once (each chunk is ~4 kernel
-    launches). `maps` should be in pinned memory for a GPU: their copy is then asynchronous.
+    in, CHW out, so the layout change is free): on the CPU a few images at a time, so that
+    their float copy stays in cache; on a GPU the whole batch, as each chunk costs kernel
+    launches. `maps` should be in pinned memory for a GPU, so that their copy is asynchronous.
     """
     n, h, w, _ = images.shape
     chunk = chunk or (n if images.is_cuda else 4)
@@ -194,8 +148,8 @@ def padded_draw(seed: int, width: int, height: int, size: int, padding: int) -> 
 def image_size(data: bytes, split, index: int) -> tuple[int, int]:
     """(width, height) from an image's header, or a UserError naming it (split.name(index)).
 
-    Only the header is parsed here (microseconds); an image whose body is corrupt is named
-    after DALI fails on it, by _name_bad_file.
+    Only the header is parsed; an image whose body is corrupt is named after DALI fails
+    on it, by _name_bad_file.
     """
     try:
         return Image.open(io.BytesIO(data)).size
@@ -310,8 +264,8 @@ class DaliTrainLoader:
     def _resize(self, item: dict, outputs) -> list[torch.Tensor]:
         """CPU: the decoded crops (viewed in DALI's memory) resized and flipped, as uint8 NHWC.
 
-        torchvision's resize of a uint8 CHW view of HWC pixels (its fast channels-last
-        kernels), exactly the torch path's RandomResizedCrop after the same crop.
+        torchvision's resize of a uint8 CHW view of HWC pixels (its channels-last kernels):
+        the torch path's RandomResizedCrop after the same crop.
         """
         crops, size = outputs[0], item["size"]
         out = self.buffers.take((len(crops), size, size, 3), torch.uint8)

@@ -20,12 +20,9 @@ from nvidia.dali.plugin.pytorch import feed_ndarray
 
 TORCH_DTYPES = {types.UINT8: torch.uint8, types.FLOAT: torch.float32}
 
-# The GPU ("mixed") decoder as NVIDIA's DALI ResNet-50 examples set it up for ImageNet:
-# nvJPEG's device and host buffers padded, and the hardware decoder's preallocated, for the
-# largest ImageNet image (5980 x 6430), so that a larger file never makes it reallocate (and
-# synchronize) mid-run. jpeg_fancy_upsampling: libjpeg-turbo's chroma upsampling, the CPU
-# decoder's and PIL's (the torch loader's); nvJPEG's default differs from them by up to a
-# few levels at colour edges of 4:2:0 JPEGs, as ImageNet's are.
+# As NVIDIA's DALI ResNet-50 examples: buffers sized for the largest ImageNet image, so that
+# nvJPEG never reallocates (and synchronizes) mid-run; the CPU decoder's and PIL's chroma
+# upsampling (docs/gpu.md).
 MIXED_DECODER = dict(device_memory_padding=211025920, host_memory_padding=140544512,
                      preallocate_width_hint=5980, preallocate_height_hint=6430, jpeg_fancy_upsampling=True)
 
@@ -54,15 +51,10 @@ def train_graph(inputs, gpu: bool, hue: bool, antialias: bool = True, hw_decoder
     `padded` (data.crop=padded): padded_graph instead.
 
     CPU: the crops as decoded (uint8 HWC, ragged); bot.data.dali resizes them with
-    torchvision's resize, the reference path's own function, whose uint8 kernels take
-    0.16 ms per image where DALI's CPU resize takes 0.7-1.0 ms (scripts/bench_loader.py).
+    torchvision's resize, the reference path's own and faster than DALI's CPU resize.
     GPU: uint8 HWC, at each sample's `height` x |`width`| (the epoch's training size, fed per
-    batch: random-shape training changes it), and each image's mean pixel (float, 3), which
-    contrast needs.
-    Colour jitter, PCA lighting and normalization follow in torch as one affine map per
-    image (bot.data.dali.colour_normalize): after the resize, so on size x size pixels
-    rather than on the crop (8%-100% of a ~500 x 375 image, usually more pixels), which
-    gives the same result up to rounding since resizing is linear per channel.
+    batch), and each image's mean pixel (float, 3), which contrast needs.
+    Colour and normalization follow in torch, after the resize (bot.data.dali.colour_normalize).
     """
     named = dict(zip(train_inputs(hue, gpu, padded), inputs))
     if padded:
@@ -121,13 +113,10 @@ def val_graph(inputs, size: int, gpu: bool, mean, std, antialias: bool = True, h
 class BatchBuffers:
     """Batch tensors, reused once nothing outside references them.
 
-    On the CPU a fresh batch (64 x 3 x 224 x 224 float32 is 38 MB, above glibc's largest
-    mmap threshold) comes from the kernel as untouched pages, and writing it costs its
-    page faults: about 0.45 ms of CPU per image on 2 cores, against 0.09 ms to copy into
-    memory already touched. So the last few buffers are kept, and one is handed out again
-    only when its storage's use count says no tensor, view or numpy array outside this
-    pool still holds it: what the caller keeps is never overwritten. On CUDA torch's
-    caching allocator already reuses memory, so each call allocates.
+    On the CPU a fresh batch (38 MB, above glibc's largest mmap threshold) comes as
+    untouched pages whose faults cost more than the writing, so the last few buffers are
+    kept; one is handed out again only when its storage's use count says nothing outside
+    the pool holds it. On CUDA torch's caching allocator already reuses memory.
     """
 
     def __init__(self, device: torch.device, keep: int = 4):
@@ -153,12 +142,10 @@ class BatchBuffers:
 class Feeder:
     """`make_inputs(item)` for each planned item, in order, on a thread of its own, up to `depth` ahead.
 
-    DALI calls an external source's callback on the thread that schedules its runs, the
-    training loop's: there the file reads, header parsing and per-sample draws (6.5-26 ms
-    per 128 samples on one CPU core) would hold the loop while the GPU waits for work. The
-    thread only computes ahead: the items, their order and every draw (a pure function of
-    seed, epoch and index) are the same, so the batches are too. An error is raised where
-    the item it belongs to is asked for, as it would be without the thread.
+    DALI calls an external source's callback on the training loop's thread, where file
+    reads and draws would hold the loop. The thread only computes ahead (every draw is a
+    function of seed, epoch and index), so the batches are the same; an error is raised
+    where its item is asked for, as without the thread.
     """
 
     def __init__(self, items, make_inputs, depth: int):

@@ -1,21 +1,11 @@
 """WebDataset tar shards as a data source: ROOT/_info.json and the tar files it lists.
 
-The layout is timm's and the Hugging Face hub's (`timm/imagenet-1k-wds`): each sample is
-`KEY.jpg` (or another image extension) + `KEY.cls` (the label as decimal text), and
-`_info.json` holds, per split, `num_samples`, `filenames` and `shard_lengths`
-(timm/data/readers/reader_wds.py reads the same fields). Beside each `NAME.tar` a DALI
-index `NAME.idx` (the format of DALI's `wds2idx`) gives each member's byte offset.
-
-A ShardSplit is a Split read from tar files: `sample(i)` returns the i-th sample's image
-bytes and label, read at the index's offsets, so both loaders keep their (seed, epoch)
-order, their per-sample seeds and their code; only where the bytes come from changes.
-Opening reads `_info.json` (and `classes.txt` where it names no classes) alone; a shard is
-looked at when it is first read, and each mistake in it (a count that disagrees with
-`_info.json`, a truncated tar, a sample without label, a label out of range) is one line
-naming the shard and the sample key.
-A shard without index file (the hub ships none) is indexed on the fly by reading its tar
-headers, in memory: shards may sit on read-only storage, and `bot-make-shards --index
-ROOT` writes the files once for DALI's own reader and for faster starts.
+The layout is timm's and the Hugging Face hub's (`timm/imagenet-1k-wds`): `KEY.jpg` +
+`KEY.cls` (the label as decimal text) per sample, `_info.json` per split (the fields timm's
+reader_wds.py reads), and beside each `NAME.tar` a DALI index `NAME.idx` (wds2idx's
+format), built in memory where it is missing. A ShardSplit is a Split whose `sample(i)`
+reads at the index's offsets, so both loaders keep their order, seeds and code; each
+mistake in a shard is one line naming it and the sample key (docs/data.md, "Shards").
 """
 
 from __future__ import annotations

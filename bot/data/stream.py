@@ -1,23 +1,10 @@
 """Shards streamed over http(s) for the torch loader: data.root=https://host/path/ (the folder of _info.json).
 
-Objects stores serve whole files, not offsets into them cheaply, so each shard is read
-once, front to back, and the samples are mixed in a buffer (data.shuffle_buffer samples,
-their encoded bytes) as WebDataset and timm do. What stays as on local data:
-- An epoch is a function of (seed, epoch): the shard order is a seeded permutation, shard
-  k of it goes to global worker k mod (processes x workers), and each worker's buffer draws
-  from its own seeded generator; every augmentation draw comes from
-  sampling.sample_seed(seed, epoch, index) with the sample's index in _info.json's order.
-- Each worker yields the same whole number of batches every epoch (computed from
-  _info.json), so every process has the same number of steps; each sample is used at most
-  once per epoch. `set_epoch(epoch, start_step)` resumes exactly: the batches before
-  start_step are read past, not decoded.
-- Validation: shard k to global worker k mod (processes x workers), every sample once.
-What differs: the mix is a buffer's, not a permutation's (scripts/bench_shuffle.py measures
-it), and there must be at least as many training shards as processes x workers.
-
-A dropped or stalled connection is retried (TRIES times, each read waiting at most
-TIMEOUT_S, from the byte reached when the server honours Range) and then stops the run with
-one line naming the shard: never a hang.
+Object stores serve whole files, not cheap offsets, so each shard is read once, front to
+back, and its samples are mixed in a buffer (data.shuffle_buffer) as WebDataset and timm do.
+An epoch stays a function of (seed, epoch), every worker yields the same number of batches,
+a resume is exact, and a dropped connection is retried (TRIES, TIMEOUT_S), then named in one
+line (docs/data.md, "Streaming over http(s)").
 """
 
 from __future__ import annotations

@@ -91,9 +91,8 @@ class ImageFiles(Dataset):
         if size not in self.by_size:
             self.by_size[size] = train_transform(d, size)
         with torch.random.fork_rng(devices=[]):  # leave the caller's generator alone
-            # the CPU generator only: torch.manual_seed also queues a CUDA seed, and where CUDA is
-            # not initialised (every loader worker) it records a traceback each time, a third
-            # of the toy demo's loading time; the transforms draw from the CPU generator alone
+            # the CPU generator only, which the transforms draw from: torch.manual_seed also queues
+            # a CUDA seed, recording a costly traceback each time where CUDA is not initialised
             torch.default_generator.manual_seed(seed)
             image = self.by_size[size](image)
         if d.cutout > 0:

@@ -42,12 +42,9 @@ def _grey(img: torch.Tensor) -> torch.Tensor:
 
 class FloatColorJitter(v2.ColorJitter):
     """torchvision's ColorJitter (the same draws, the same random order of the four) on float
-    pixels in 0-255, with its definitions (g the grey of a pixel, m the image's mean grey):
-        brightness b: b x;  contrast c: c x + (1 - c) m;  saturation s: s x + (1 - s) g.
-    Nothing is rounded or clamped between or after them: the authors' MXNet jitter
-    (mx.image.ColorJitterAug, on float32 images) does not clip, and the DALI loader
-    (dali.colour_terms) computes the same. Hue, off in the paper, works on the image clamped
-    to [0, 1], where torchvision's HSV conversion is defined."""
+    pixels in 0-255, nothing rounded or clamped, as the authors' MXNet jitter
+    (mx.image.ColorJitterAug) and the DALI loader (docs/data.md). Hue, off in the paper, works
+    on the image clamped to [0, 1], where torchvision's HSV conversion is defined."""
 
     def transform(self, inpt: torch.Tensor, params: dict) -> torch.Tensor:
         x = inpt

@@ -1,9 +1,7 @@
-"""Loader workers under a scheduler's stop signal (the run's side: bot/train/preempt.py).
+"""Loader workers that outlive a scheduler's stop signal but never the main process.
 
-SLURM signals every process of a job step, DataLoader workers too. The main process saves
-and stops on SIGTERM or SIGUSR1; its workers must outlive that signal, or the run dies with
-"DataLoader worker exited unexpectedly" before it can save. But none of them may outlive the
-main process, however it ends (kill -9, the OOM killer): see leave_fork_server.
+The run's side of the signal is bot/train/preempt.py; why each step is needed:
+docs/reliability.md, "Loader workers: signals, exit and start".
 """
 
 from __future__ import annotations
@@ -25,17 +23,9 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 def workers_without_main():
     """Start workers that do not re-run the user's __main__, whatever it is.
 
-    A fork-server (or spawn) child is prepared from `multiprocessing.spawn.get_preparation_data`,
-    which tells it to re-import the parent's __main__ as `__mp_main__`: by path when __main__
-    has a `__file__` (`init_main_from_path`, runpy.run_path), by module name when it has a
-    `__spec__` (`init_main_from_name`, `python -m`). An unguarded script is then run again in
-    every worker, which starts loaders while still bootstrapping and dies ("DataLoader worker
-    exited unexpectedly"); a script read from stdin has `__file__ == "<stdin>"`, a file that
-    does not exist; a notebook's `%run script.py` puts the script's `__file__` into __main__.
-    The workers run only code from bot, torch and torchvision, found by import, and need
-    nothing from __main__; so while they start, __main__ is swapped for a bare module, the
-    state of `python -c`, which gives no preparation entry. The user's module is not changed,
-    only looked up elsewhere for those milliseconds, and the fork server is kept.
+    A fork-server or spawn child re-imports the parent's __main__, which breaks an unguarded
+    script, stdin and a notebook's `%run`; the workers need nothing from it, so while they
+    start __main__ is a bare module, as under `python -c`. The user's module is not changed.
     """
     modules = sys.modules
     user_main = modules["__main__"]
@@ -49,12 +39,8 @@ def workers_without_main():
 def worker_init(start_method: str) -> functools.partial:
     """The worker_init_fn for DataLoader workers started with `start_method` ("forkserver").
 
-    SLURM signals every process of a job step, workers too, and a worker that dies of it takes
-    the run down with "DataLoader worker exited unexpectedly" before the main process can save;
-    so workers ignore stop signals. But at the interpreter's exit multiprocessing terminates
-    live workers (persistent ones are alive until then) with SIGTERM and joins them: a worker
-    that ignored that one too would hang the exit for ever. So the main process sets an event
-    at exit, before multiprocessing's atexit runs, and from then on workers die of the signal."""
+    Workers ignore the stop signals, so that the main process can save; at exit,
+    multiprocessing terminates them with SIGTERM, so an event set at exit lets them die of it."""
     if start_method not in _EXITING:
         start_helpers(start_method)  # before the Event, which registers with the tracker
         _EXITING[start_method] = multiprocessing.get_context(start_method).Event()
@@ -67,25 +53,11 @@ _EXITING = {}
 
 
 def start_helpers(start_method: str) -> None:
-    """Start multiprocessing's helper processes with the stop signals blocked: the resource
-    tracker (the fork server's workers register their semaphores with it) and, for
-    "forkserver", the fork server. SLURM signals them with the job's process group.
-    - The tracker ignores SIGINT and SIGTERM itself but not SIGUSR1: it died, was relaunched by
-      the next register, and then printed a KeyError traceback for every semaphore unregistered
-      that the new one never saw (33 on the toy run).
-    - The fork server dies of both. It is its workers' parent, and torch's DataLoader workers
-      quit once their parent changes (their watchdog reads os.getppid()): the next batch failed
-      with "DataLoader worker exited unexpectedly" before the run could save.
-    A blocked signal stays pending in them, harmlessly. The mask is inherited through exec and
-    fork: the fork server preloads bot.data.forked_signals, which unblocks the signals in each
-    process it forks, so its workers (and anyone's processes from it) start as any process
-    does. This process's mask is restored.
+    """Start multiprocessing's resource tracker and, for "forkserver", the fork server with
+    the stop signals blocked, as SLURM signals them with the job; this process's mask is restored.
 
-    The server also preloads bot.data.torch_loader (torch, torchvision, PIL), so each worker
-    starts with them imported instead of importing them itself, seconds of CPU apiece: on 2
-    cores a demo loader with 8 workers took 13.2 s to its first batch and 26 s of the workers'
-    CPU without it, 3.5 s and 3.7 s with it. The server imports while this process builds
-    the model; it holds no thread but numpy's idle BLAS pool, which is fork-safe."""
+    The server preloads bot.data.forked_signals, which unblocks the signals in each process it
+    forks, and bot.data.torch_loader, so that workers start with torch imported."""
     from multiprocessing import forkserver, resource_tracker
 
     with stop_signals_blocked():  # one block each: the tracker's start unblocks SIGTERM on its way out
@@ -116,13 +88,8 @@ def start_worker(exiting, _worker_id: int = 0) -> None:
 def leave_fork_server() -> None:
     """Let the fork server end with the main process, and so this worker with the server.
 
-    The server ends at EOF of its "alive" pipe, whose write end the main process holds and hands
-    to each process the server forks. Workers that kept it kept the server alive after a kill -9
-    of the main process, while they waited for their parent, the server, to end (torch's
-    watchdog), and the resource tracker waited for them all: none of them, all ignoring SIGTERM,
-    ever ended. A worker closes its copy: the server ends with the main process, each process it
-    forked is killed with it (bot.data.forked_signals), and the tracker, at EOF of its own pipe,
-    unlinks the killed run's semaphores and ends."""
+    The server ends at EOF of its "alive" pipe, which each process it forks inherits; a
+    worker that kept its copy would keep the server, and itself, alive after a kill -9."""
     from multiprocessing import forkserver
 
     server = forkserver._forkserver

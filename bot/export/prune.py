@@ -3,16 +3,8 @@ Slimming", ICCV 2017), its after-training half: after an L1 penalty on BatchNorm
 training (bot/train/slim_penalty.py), the channels with the smallest |gamma| are removed for
 real (narrower convs, not masks).
 
-Which channels: the inner channels of every residual block (BasicBlock: conv1/bn1;
-Bottleneck: conv1/bn1 and conv2/bn2), the penalty's BNs and the pruner's alike. Not the
-channels of a residual sum: one such channel runs through every block of a stage and its
-shortcut, so the gammas of the BNs ending the branches do not measure it (a channel whose
-branch gammas are all 0 still carries the stage's input through the identity), and with
-zero gamma (section 3.1) those BNs start at 0 anyway. Liu et al. likewise prune ResNets
-inside the blocks only (their section 4, channel selection before each block's convs).
-torch-pruning would couple a residual channel with the whole stage into one group; here its
-dependency graph does the surgery of the inner channels (the conv, its BN, the next conv's
-input), and the selection is Liu et al.'s: one global threshold on |gamma| over all of them.
+The channels are bot/models/slimmable.py's, chosen by one global threshold on |gamma| (Liu
+et al.'s); torch-pruning's dependency graph does the surgery (docs/compress.md, "Network slimming").
 """
 
 from __future__ import annotations

@@ -1,20 +1,9 @@
 """Post-training static int8 quantization for CPU inference (Jacob et al., CVPR 2018).
 
-The path is onnxruntime's static quantization of the model exported to ONNX
-(bot/export/export.py), chosen over torchao's PT2E flow because it needs nothing beyond the
-pinned packages, runs int8 kernels (MLAS) on any x86 or ARM CPU without compiling,
-and gives a file that evaluate, predict and any ONNX runtime read; torch's own eager
-and FX quantization APIs are deprecated in the pinned torch (docs/compress.md).
-
-1. export fp32 ONNX (checked against the torch model by bot/export/export.py);
-2. every BatchNorm is folded into the conv before it (torch's ONNX exporter already does
-   it in eval mode; `quant_pre_process`, onnxruntime's graph optimizer, would otherwise),
-   including the shortcut conv after ResNet-D's average pool, and zero-gamma BNs (their
-   conv's weights become exactly 0, which per-channel quantization keeps at 0);
-   `folded_batchnorms` checks that none is left;
-3. `quantize_static`: int8 weights per output channel (symmetric), uint8 activations
-   with ranges calibrated (min/max) on training images through the val transform, in
-   the QDQ format that onnxruntime fuses into integer convs and matmuls.
+onnxruntime's `quantize_static` on the model exported to ONNX (bot/export/export.py), with
+every BatchNorm folded into its conv first (`folded_batchnorms` checks it): int8 weights per
+output channel, uint8 activations calibrated (min/max) on training images through the val
+transform, in the QDQ format. Why this path and not torch's own: docs/compress.md.
 """
 
 from __future__ import annotations

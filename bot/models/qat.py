@@ -1,27 +1,12 @@
 """Quantization-aware training (Jacob et al., CVPR 2018, section 3): simulated int8 in fp32.
 
-`prepare_qat(model, bits)` replaces every conv that a BatchNorm follows (and the activation
-after them) with `QatConvBn`, and every Linear with `QatLinear`, each fake-quantizing what the
-int8 model will compute:
-
-- weights per output channel, symmetric (zero point 0, [-q, q] with q = 2^(bits-1) - 1),
-  BatchNorm folded in first (section 3.2, equations 7-8): w_fold = gamma w / sigma,
-  b_fold = beta - gamma mu / sigma. The BN's running statistics fold, not the batch's: a
-  QAT run fine-tunes a converged network, which is the frozen phase of Jacob et al.'s
-  folding (appendix, figure C.8, "switch from batch statistics to long-term moving
-  averages"); training and evaluation then compute the same function, that of the int8 model.
-- activations, uint8 (affine), where the int8 network holds them (bot/models/qat_plan.py): each
-  conv's output after its activation, each residual sum after its ReLU, each pooling layer's
-  output, the image and the classifier's input; ranges tracked as exponential moving averages
-  of the batch min/max during training (section 3.1), always containing 0 so that 0 (padding,
-  ReLU's floor) is exact. The file onnxruntime gets then runs every conv as an integer
-  QLinearConv, as `quantize_static`'s does.
-
-Gradients pass the rounding straight through (torch's fake_quantize ops). While the model is
-exported (`torch.compiler.is_exporting()`), the same arithmetic is written as
-quantize/dequantize pairs (torch's quantized_decomposed ops), which torch.onnx turns into
-ONNX QuantizeLinear/DequantizeLinear: the QDQ file onnxruntime runs in int8
-(`qat_onnx` in bot/export/quantize.py).
+`prepare_qat(model, bits)` replaces every conv+BN(+activation) with `QatConvBn` and every
+Linear with `QatLinear`, and quantizes each tensor the int8 network holds in uint8 once
+(bot/models/qat_plan.py): weights per output channel, symmetric, BN folded with its running
+statistics (section 3.2); activation ranges an EMA of the batch min/max, holding 0 (section
+3.1). While exporting, the same arithmetic is written as quantize/dequantize ops, which
+torch.onnx writes as the QDQ file onnxruntime runs in int8 (bot/export/quantize.py). Why
+each choice: docs/compress.md, "Quantization-aware training".
 """
 
 from __future__ import annotations
@@ -80,15 +65,9 @@ class ActivationQuant(nn.Module):
 
 class QuantizedWeights(nn.Module):
     """The fake-quant of a layer's (folded) weights, symmetric per output channel, and their integer
-    form for export.
-
-    On x86 CPUs without VNNI (AVX2; AVX-512 without VNNI), onnxruntime's kernel for uint8 inputs and
-    int8 weights (u8s8) adds pairs of products in 16 bits, which saturates when both are large:
-    2 x 255 x 127 > 32767 (onnxruntime's quantization guide, "saturation"). Measured on such a CPU, the
-    first conv of the demo ResNet (the image's uint8 values reach 255) then missed the simulated result
-    by up to 16 steps, and its last layers by 5. So 8-bit weights leave as uint8 around zero point 128, the
-    same grid, which onnxruntime runs with its u8u8 kernel (16-bit operands, no saturation); 7 bits and
-    fewer leave as int8 (2 x 255 x 63 < 32767): onnxruntime's `reduce_range`, its faster kernel."""
+    form for export: 8-bit weights as uint8 around zero point 128, the same grid, since
+    onnxruntime's u8s8 kernel saturates on x86 without VNNI; 7 bits and fewer, which cannot
+    saturate it, as int8 (docs/compress.md)."""
 
     def __init__(self, bits: int):
         super().__init__()
@@ -123,8 +102,7 @@ BIAS_LIMIT = 2 ** 30  # |int32 bias| stays below this many steps (int32 holds 2^
 def bias_on_grid(bias: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
     """The bias as the integer kernel holds it: int32 on the grid of input scale x weight scale, zero
     point 0 (Jacob et al. section 2.4; onnxruntime rounds a float bias so); gradients straight through.
-    The rounding moves an output by a small part of its step, but in every layer of a deep network
-    such moves tip some roundings and compound: simulated, the int8 file computes what training saw."""
+    Simulated, since its small moves compound over layers: the int8 file computes what training saw."""
     return bias + (torch.round(bias / step) * step - bias).detach()
 
 

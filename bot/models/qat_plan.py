@@ -1,12 +1,9 @@
 """Where the int8 network quantizes, read from the float network's forward graph (torch.fx).
 
 Jacob et al. (CVPR 2018, section 3.1) quantize activations "at points where they would be
-during inference": after a conv's activation function, after a bypass addition and its
-activation. onnxruntime's QDQ format asks the same of the file: it runs a Conv in int8
-(QLinearConv) only when the conv reads a DequantizeLinear and its output goes, alone or through a
-ReLU, into a QuantizeLinear; likewise an Add (QLinearAdd), a pooling layer and the classifier.
-So every tensor that a conv, the classifier, an addition or a pooling layer reads is quantized
-once, where it is made:
+during inference", and onnxruntime runs a layer in int8 only between quantized tensors
+(docs/compress.md), so every tensor that a conv, the classifier, an addition or a pooling
+layer reads is quantized once, where it is made:
 
 - a conv, its BatchNorm and the activation right after them form one unit (`QatConvBn`), whose
   output is quantized after the activation (a ReLU then costs nothing: the uint8 range starts at 0);

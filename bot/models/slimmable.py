@@ -2,11 +2,8 @@
 
 The slimmable channels are the inner channels of every residual block (BasicBlock: conv1/bn1;
 Bottleneck: conv1/bn1 and conv2/bn2): the penalty (bot/train/slim_penalty.py) and the pruner
-(bot/export/prune.py) use the same pairs. Not the channels of a residual sum: one such channel
-runs through every block of a stage and its shortcut, so the gammas of the BNs ending the
-branches do not measure it (a channel whose branch gammas are all 0 still carries the stage's
-input through the identity), and with zero gamma (section 3.1) those BNs start at 0 anyway.
-Liu et al. likewise prune ResNets inside the blocks only (their section 4).
+(bot/export/prune.py) use the same pairs. A residual sum's channels are kept, as Liu et al.
+keep them (their section 4): the branch gammas do not measure them (docs/compress.md).
 
 `fit_shapes` gives a freshly built network a slimmed checkpoint's channel counts, so a slimmed
 best.pt loads wherever a model is read back (evaluate, fine-tuning, the teacher, resume).

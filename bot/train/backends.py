@@ -13,14 +13,10 @@ from torch import nn
 def configure(cfg, device: torch.device) -> None:
     """Set torch's backend switches for this run (once, before the model is built).
 
-    - cuDNN autotuning: every batch has the same shape (fixed crop, full batches), so the
-      fastest convolution algorithm is searched once per shape and kept, as NVIDIA's
-      ResNet-50 example does (DeepLearningExamples, `cudnn.benchmark = True`).
-    - TF32: on Ampere and Hopper, cuDNN runs float32 convolutions in TF32 (10-bit
-      mantissa) unless told not to, so `precision: fp32` would not be the paper's FP32
-      baseline (section 3.2, Table 3). fp32 turns TF32 off for convolutions and matmuls;
-      fp16 and bf16 leave torch's defaults (their convolutions run in half precision
-      anyway; what stays in float32 under autocast is the loss and BN statistics).
+    - cuDNN autotuning: every batch has the same shape, so the fastest algorithm is
+      searched once per shape, as NVIDIA's ResNet-50 example does.
+    - TF32 off under `precision: fp32`, which would otherwise not be the paper's FP32
+      baseline (section 3.2); fp16 and bf16 keep torch's defaults (docs/gpu.md).
     """
     if torch.device(device).type != "cuda":
         return

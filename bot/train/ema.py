@@ -1,22 +1,12 @@
 """An exponential moving average of the weights (Polyak averaging), beyond the paper.
 
-timm's ModelEma semantics (timm/utils/model_ema.py): a copy of the model whose
-floating-point state, weights *and* BatchNorm running statistics, follows the trained model
-after every optimizer step,
-
-    ema <- d ema + (1 - d) model,
-
-and whose integer state (BN's num_batches_tracked) is copied. With `warmup`, the decay of
-update t (1, 2, ...) is min(d, (1 + t) / (10 + t)), TensorFlow's ExponentialMovingAverage
-with num_updates: early updates forget the random init, which matters in short runs
-(d = 0.9998 alone still keeps 82% of the init after 1,000 steps). The decay is a function
-of the update count only, so a resumed run continues the same average.
-
-The copy is evaluated beside the raw weights and saved in last.pt (so resume is exact) and
-best.pt under the key `ema`, a state_dict with the model's keys. Every process updates its
-own copy from the same weights; BatchNorm statistics are per process without SyncBN, so
-`sync` hands rank 0's average to all before it is evaluated or saved: all processes then
-hold the same average.
+timm's ModelEma semantics: after every optimizer step the floating-point state (weights
+*and* BN running statistics) follows ema <- d ema + (1 - d) model, and the integer state is
+copied. With `warmup`, update t decays by min(d, (1 + t) / (10 + t)) (TensorFlow's
+num_updates), so a short run forgets the random init (d = 0.9998 alone keeps 82% of it after
+1,000 steps); the decay depends on the update count only, so a resume continues the average.
+Saved under `ema` in last.pt and best.pt; BN statistics differ per process without SyncBN,
+so `sync` hands rank 0's average to all.
 """
 
 from __future__ import annotations
@@ -45,10 +35,8 @@ class WeightEma:
     def update(self, updates: int) -> None:
         """Fold the model's current state in; `updates` counts this one (1 after the first step).
 
-        The model's tensors are looked up at every update (a millisecond for a ResNet-50), not
-        kept from the start: wrapping the model for several processes (DistributedDataParallel)
-        gives its parameters new storage and its buffers new tensors, and an average of the old
-        ones stayed the random init."""
+        The model's tensors are looked up at every update, not kept from the start: wrapping the
+        model in DistributedDataParallel gives them new storage, and the old ones stay the init."""
         source = self.source.state_dict()
         torch._foreach_lerp_(list(self.floats.values()), [source[k] for k in self.floats],
                              1 - ema_decay_at(self.decay, updates, self.warmup))

@@ -13,16 +13,10 @@ from bot.train.health import LossWatch
 def make_accelerator():
     """accelerate's Accelerator for this process, as training and evaluation both need it.
 
-    accelerate takes a torchrun launch on a machine without CUDA for a single process unless
-    told cpu=True (state.py, _prepare_backend): each process would then work alone and all
-    would write the same files. Under a launcher with no GPU, ask for gloo on the CPU.
-
-    DDP keeps its first gradient buckets: by default it rebuilds them after a launch's first
-    step, in the order the gradients came, and a ring all-reduce sums an element in an order
-    that depends on its place in the bucket. A resumed launch would then sum its first step
-    in another order than the uninterrupted run did (3 or more processes; 2 add alike), and
-    resume would not be bit-exact. find_unused_parameters=True is DDP's one switch that keeps
-    the buckets; it walks the autograd graph once a step (a few hundred nodes: negligible)."""
+    Under a launcher with no GPU, gloo on the CPU: accelerate would otherwise take a torchrun
+    launch for a single process, and every process would write the same files.
+    find_unused_parameters=True keeps DDP's first gradient buckets, so that a resumed launch
+    sums gradients in the uninterrupted run's order (docs/distributed.md)."""
     from accelerate import Accelerator, DistributedDataParallelKwargs
 
     launched = int(os.environ.get("WORLD_SIZE", "1")) > 1

@@ -1,30 +1,9 @@
 """A graceful stop on a scheduler's notice: SIGTERM or SIGUSR1 ends the run after a step, with last.pt.
 
-SLURM sends SIGTERM before it kills a job at its time limit or on preemption (or the signal
-chosen with `sbatch --signal`, often SIGUSR1), spot instances give ~30 s after a SIGTERM,
-and torchrun passes its own SIGTERM on to its workers. Without a handler Python dies at
-once and every step since the last checkpoint is trained again. With it, the run finishes
-the step it is in, writes last.pt (rank 0), prints one line, and exits with REQUEUE_STATUS;
-running the same command resumes it bit-exactly, like any resume.
-
-Processes must stop at the same step: rank 0 alone writes last.pt, and a process that stops
-while another starts the next step would hang it in DDP's all-reduce. They need not all get
-the signal (a spot instance's notice reaches one machine), nor at the same moment, so they
-agree: after each step every process adds its flag to an all-reduce (a gloo group of its
-own, on the CPU, so no GPU stream waits on it), started without waiting and read one step
-later, when it is long done. The stop is decided at the same step everywhere: within two
-steps of the signal under several processes, after the current step under one.
-
-A second signal changes nothing (the handler only records the first), so the checkpoint
-being written is finished, and it is written atomically anyway (bot/artifacts/checkpoint.py).
-Once a stop is under way the stop signals stay ignored to the process's end: restoring the
-default handlers would let a late second SIGTERM kill it with -15 instead of exit 75, and
-a requeue test (`[ $? -eq 75 ]`) would not requeue.
-
-`accelerate launch` with one process runs the trainer as its child and passes no signal on:
-a SIGTERM to the launcher alone killed the launcher and left the trainer training, orphaned.
-Under that launcher the trainer asks the kernel for SIGTERM when its parent dies
-(prctl PR_SET_PDEATHSIG, Linux), so it stops after the step and saves as on any notice.
+Every process stops at the same step, agreed through an all-reduce read one step late, since
+rank 0 alone saves and a process missing from the next step would hang DDP; once a stop is
+under way the signals stay ignored, so the exit status stays REQUEUE_STATUS. Why each piece
+is there: docs/reliability.md, "Preemption".
 """
 
 from __future__ import annotations

@@ -23,8 +23,8 @@ RESUMABLE_CHANGES = {"run.max_steps", "run.log_every", "run.checkpoint_every", "
 
 
 # key -> the key without which it does nothing (0 or off in both configs: it changes no step).
-# So a changed default of such a key never refuses a resume: loss.cutmix_prob went from 0.5 to 1.0,
-# and a run without CutMix (loss.cutmix_alpha 0) trains the same whatever its value.
+# So a changed default of such a key never refuses a resume: a run without CutMix
+# (loss.cutmix_alpha 0) trains the same whatever loss.cutmix_prob is.
 INERT_WITHOUT = {"loss.cutmix_prob": "loss.cutmix_alpha"}
 
 

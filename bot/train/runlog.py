@@ -33,9 +33,8 @@ WANDB_ID = "wandb-id"  # in the run folder
 
 def wandb_id(folder: Path) -> str:
     """The run's wandb id, kept in the run folder: a resume continues the same wandb run, and a
-    new run in a reused path (the folder deleted, another machine) starts a new one. An id made
-    from the path instead made the new run continue the old one, and wandb dropped every step
-    at or below the old run's last, so the new curves never showed."""
+    new run in a reused path (the folder deleted, another machine) starts a new one: one made
+    from the path would continue the old run, and wandb drops every step at or below its last."""
     path = folder / WANDB_ID
     if path.exists():
         return path.read_text().strip()

@@ -4,13 +4,9 @@
 warmup rises linearly, cosine decays smoothly, and step decay divides by 10 at the
 first step of each milestone epoch.
 
-`batch_growth` is step decay with the batch grown instead (Smith et al., ICLR 2018, "Don't
-Decay the Learning Rate, Increase the Batch Size"): at each milestone the number of
-accumulated micro-batches is multiplied by 10 and the lr kept, until the accumulation
-reaches data.accumulate_max; what is left of each factor of 10 then divides the lr. The
-micro-batch, so the memory of each device, stays the same. `StepPlan` holds what this
-changes: how many loader batches each optimizer step takes, and so how many optimizer
-steps each epoch has; for the other kinds every step takes one batch.
+`batch_growth` is step decay with the batch grown x10 at each milestone instead, up to
+data.accumulate_max (Smith et al., ICLR 2018; docs/batch-growth.md). `StepPlan` holds how
+many loader batches each optimizer step takes, and so the steps of each epoch.
 """
 
 from __future__ import annotations
