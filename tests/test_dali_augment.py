@@ -259,8 +259,26 @@ def test_pca_lighting_offset(tmp_path):
     assert np.allclose((x[:, :, 5, 5] - 128).numpy(), (draws[:, 9:12] * eigval) @ eigvec.T, atol=1e-3)
 
 
-def test_hue_runs_and_changes_colour(coord_root):
-    """data.hue (off in the paper) rotates the chroma plane; the rest is unchanged."""
-    on, off = dali_train(coord_root, **dict(NO_COLOUR, hue=0.2)), dali_train(coord_root, **NO_COLOUR)
-    a, b = epochs(on, 1)[0], epochs(off, 1)[0]
-    assert a.shape == b.shape and (a - b).abs().mean() > 5
+# NTSC's RGB -> YIQ: Y the luma, (I, Q) the chroma plane that DALI's hsv operator rotates
+YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+
+
+def test_hue_rotates_the_chroma_plane_by_the_drawn_angle(tmp_path):
+    """data.hue (off in the paper): each image's (I, Q) chroma vector turns by its drawn angle, in
+    HSV's direction (red towards yellow: atan2(Q, I) decreases), its length and the luma kept."""
+    root = dataset(tmp_path, lambda s, i: np.tile(np.array([150, 110, 90]), (60, 80, 1)), n_train=32)
+    yiq, drawn = {}, None
+    for hue in (0.0, 0.2):
+        loader = dali_train(root, **dict(NO_COLOUR, hue=hue))
+        loader.set_epoch(0)
+        x = pixels(next(iter(loader))[0])[:, :, 112, 112].double().numpy()
+        yiq[hue] = x @ YIQ.T
+        drawn = loader.draws(0, sampling.train_order(32, 0, 0, 0, 1, 8)[:8])[1][:, 8] * 360  # degrees
+    off, on = yiq[0.0], yiq[0.2]
+    assert np.abs(drawn).max() > 20 and np.all(np.abs(drawn) <= 72)  # uniform in +-0.2 turns
+    assert np.abs(on[:, 0] - off[:, 0]).max() < 1.0  # luma kept (to uint8 rounding)
+    chroma = lambda v: np.hypot(v[:, 1], v[:, 2])  # noqa: E731
+    assert np.allclose(chroma(on), chroma(off), rtol=0.02)
+    turned = np.degrees(np.arctan2(on[:, 2], on[:, 1]) - np.arctan2(off[:, 2], off[:, 1]))
+    turned = (turned + 180) % 360 - 180
+    assert np.abs(turned + drawn).max() < 1.5, (turned, drawn)
