@@ -32,12 +32,23 @@ def test_the_pattern_finds_paths_in_prose_and_code():
     assert list(named_paths(text)) == ["bot/train/ema.py", "bot/models/", "recipes/ablations/table4.yaml"]
 
 
-def test_every_named_project_path_exists():
+def missing_paths(texts: dict[str, str]) -> tuple[list[str], int]:
+    """(`doc: path` for each named path that does not exist, how many paths were named)."""
     missing, seen = [], 0
-    for doc in documents():
-        for path in named_paths(doc.read_text()):
+    for doc, text in texts.items():
+        for path in named_paths(text):
             seen += 1
             if not (ROOT / path).exists():
-                missing.append(f"{doc.relative_to(ROOT)}: {path}")
+                missing.append(f"{doc}: {path}")
+    return missing, seen
+
+
+def test_a_path_that_does_not_exist_is_reported():
+    text = "see bot/train/ema.py, then bot/train/emma.py and docs/nowhere/ (moved)"
+    assert missing_paths({"doc.md": text}) == (["doc.md: bot/train/emma.py", "doc.md: docs/nowhere/"], 3)
+
+
+def test_every_named_project_path_exists():
+    missing, seen = missing_paths({str(doc.relative_to(ROOT)): doc.read_text() for doc in documents()})
     assert seen > 100  # the README alone names ~50
     assert not missing, "\n".join(missing)

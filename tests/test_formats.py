@@ -92,6 +92,29 @@ def test_both_loaders_decode_alike(tmp_path, suffix, fmt, mode):
     assert np.abs(ours - theirs).max() <= 1, (mode, np.abs(ours - theirs).max())
 
 
+def written_rgb(mode: str) -> np.ndarray:
+    """The RGB pixels a lossless file of `mode` holds, from the arrays written (16 bits: / 257)."""
+    if mode in ("RGB", "RGBA", "CMYK"):  # alpha dropped; PIL's CMYK is 255 - RGB, K = 0
+        return RGB8.astype(int)
+    if mode in ("RGB16", "RGBA16"):
+        return np.round(RGBA16[..., :3] / 257).astype(int)
+    grey = {"L": lambda: np.asarray(Image.fromarray(RGB8).convert("L")).astype(int),
+            "I;16": lambda: np.round(GREY16 / 257).astype(int)}
+    if mode in grey:
+        return np.repeat(grey[mode]()[..., None], 3, -1)
+    return np.asarray(pil("P").convert("RGB")).astype(int)  # the palette's colours
+
+
+@pytest.mark.parametrize("suffix,fmt,mode", [c for c in CASES if c[1] != "JPEG" and c[1] != "WEBP"]
+                         + [(".png", "PNG", "RGB16"), (".png", "PNG", "RGBA16")], ids=lambda v: str(v))
+def test_lossless_files_decode_to_the_pixels_written(tmp_path, suffix, fmt, mode):
+    """Against the pixels themselves, not only the other loader: both could read a format wrong alike."""
+    path = tmp_path / f"x{suffix}"
+    write(path, fmt, mode)
+    ours = decode(str(path)).permute(1, 2, 0).numpy().astype(int)
+    assert np.abs(ours - written_rgb(mode)).max() <= (1 if "16" in mode else 0), mode
+
+
 @pytest.mark.parametrize("suffix", [".png", ".tif"])
 def test_16_bit_grey_is_scaled_not_clipped(tmp_path, suffix):
     """round(v / 257): 65535 -> 255, 32896 (0x8080) -> 128, 0 -> 0; convert("RGB") alone clips all to 255."""
