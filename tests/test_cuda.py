@@ -1,5 +1,6 @@
 """The training path on a CUDA GPU: one step per precision against the CPU's, the fp16 scaler's
-skip with no host sync, a compiled step, and two processes on NCCL. Marked `cuda`: skipped
+skip with no host sync, a compiled step, two processes on NCCL, the CUDA RNG state of a resume
+from a checkpoint of more GPUs, and the DALI colour map on the GPU against the CPU's. Marked `cuda`: skipped
 where there is no GPU (tests/conftest.py); on a GPU machine they must run, not skip.
 
     python -m pytest -q -m cuda tests
@@ -148,3 +149,39 @@ def test_two_processes_on_nccl_match_one_process(toy, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     single = torch.load(tmp_path / "single.rank0.pt")
     assert relative_distance(rank0, single) < 1.5e-2  # the CPU test's bound (its docstring says why)
+
+
+def test_resume_from_a_checkpoint_of_more_gpus_restores_this_devices_state():
+    """A checkpoint holding one CUDA RNG state per GPU of an 8-GPU machine (written before a run
+    kept only its own) restores, on this machine's GPU, the state of the same device index."""
+    from bot.artifacts import checkpoint
+
+    saved = checkpoint.rng_states()
+    assert isinstance(saved["cuda"], torch.Tensor)  # this device's state only, not one per visible GPU
+    states = [torch.cuda.get_rng_state()] * 8
+    torch.cuda.manual_seed(1234)
+    expect = torch.cuda.get_rng_state()
+    states[torch.cuda.current_device()] = expect
+    torch.cuda.manual_seed(0)
+    checkpoint.set_rng_states(dict(saved, cuda=states))
+    assert torch.equal(torch.cuda.get_rng_state(), expect)
+    checkpoint.set_rng_states(saved)
+    assert torch.equal(torch.cuda.get_rng_state(), saved["cuda"])
+
+
+def test_colour_normalize_on_the_gpu_equals_the_cpu():
+    """The DALI loader's colour and normalization map applied on the GPU (the whole batch at once)
+    gives the CPU's numbers."""
+    pytest.importorskip("nvidia.dali")
+    import numpy as np
+
+    from bot.data.dali import colour_maps, colour_normalize, train_draws
+
+    d = config.load(None, []).data
+    rng = np.random.default_rng(0)
+    draws = np.asarray([train_draws(rng, 64, 48, d) for _ in range(10)])
+    images = torch.randint(0, 256, (10, 16, 16, 3), dtype=torch.uint8)
+    torch.backends.cuda.matmul.allow_tf32 = False  # fp32 sums, as the CPU's (restored after the test)
+    cpu = colour_normalize(images, colour_maps(draws), torch.empty(10, 3, 16, 16))
+    gpu = colour_normalize(images.to(CUDA), colour_maps(draws), torch.empty(10, 3, 16, 16, device=CUDA))
+    torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-5, atol=1e-4)

@@ -49,7 +49,8 @@ class FakeCuda:
 
 
 def test_resume_with_fewer_visible_gpus(monkeypatch):
-    """Trained on 8 GPUs, resumed on 1 (CUDA_VISIBLE_DEVICES=0): the current device's state only."""
+    """Trained on 8 GPUs, resumed on 1 (CUDA_VISIBLE_DEVICES=0): the current device's state only.
+    torch.cuda is faked to stand for 8 GPUs and then 1; tests/test_cuda.py restores a real one."""
     with monkeypatch.context() as m:
         FakeCuda(m, visible=8, current=0)
         saved = checkpoint.rng_states()
@@ -150,8 +151,9 @@ def test_feeder_prepares_off_the_main_thread_in_order_and_raises_where_the_item_
         stopped.next()
 
 
-def test_colour_normalize_whole_batch_equals_the_cpu_chunks():
-    """A GPU applies the colour maps to the whole batch at once; the numbers are the CPU's chunks'."""
+def test_colour_normalize_in_one_chunk_equals_small_chunks():
+    """The chunking of colour_normalize (small chunks on a CPU, the whole batch on a GPU) changes no
+    number; the GPU itself: tests/test_cuda.py."""
     pytest.importorskip("nvidia.dali")
     from bot.data.dali import colour_maps, colour_normalize, train_draws
 
