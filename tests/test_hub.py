@@ -97,9 +97,14 @@ def test_config_describes_our_run_not_timms_weights(hub):
 
 
 def test_card_tells_the_runs_numbers_recipe_and_curves(run, hub):
+    from huggingface_hub import ModelCard
+
     card = (hub / "README.md").read_text()
     summary = json.loads((run / "summary.json").read_text())
     assert card.startswith("---\ntags:\n- image-classification\n- timm\nlibrary_name: timm\n")
+    # the Hub's own parser reads the front matter back
+    assert ModelCard(card).data.to_dict() == {"tags": ["image-classification", "timm"], "library_name": "timm",
+                                              "pipeline_tag": "image-classification"}
     assert f"| last epoch | {summary['top1']:.2f} | {summary['top5']:.2f} |" in card
     assert f"| weight average (EMA), last epoch | {summary['ema_top1']:.2f} | {summary['ema_top5']:.2f} |" in card
     assert "4 classes, 96 training and 32 validation images" in card

@@ -227,7 +227,7 @@ def card(model_info, run: RunRecord, ema: bool, architecture: str, counts, curve
     if ema:
         weights = f"the moving average (model.ema_decay={cfg.model.ema_decay:g}) of the weights of {weights}"
     shown = ", ".join(classes[:20]) + (f", ... ({len(classes)} in all)" if len(classes) > 20 else "")
-    parts = [
+    parts = [  # the Hub's front matter: fixed keys, so plain text (docs/libraries.md)
         "---\ntags:\n- image-classification\n- timm\nlibrary_name: timm\npipeline_tag: image-classification\n---",
         f"# {cfg.run.name}: {network(cfg)}",
         (f"{network(cfg)} (timm's `{architecture}`) trained with bot, the reference implementation of *Bag of "

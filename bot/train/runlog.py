@@ -49,7 +49,7 @@ class RunLog:
         self.epochs = cfg.schedule.epochs
         if enabled:
             self._forget_after(resume_step)
-        if enabled and cfg.run.wandb != "off":
+        if enabled and cfg.run.wandb != "off":  # wandb itself, not accelerate's tracker (docs/libraries.md)
             import wandb
 
             self.wandb = wandb.init(project="bot", name=cfg.run.name, group=cfg.run.group, id=wandb_id(folder),
