@@ -127,7 +127,6 @@ cifar10-curve: install
 
 cifar10-table: install
 	$(PY) scripts/ablate.py recipes/ablations/cifar10-budget.yaml data.root=$(CIFAR) --seeds 2 $(ARGS)
-	@cat runs/cifar10-budget/table.md
 
 # An ImageNet-sized job rehearsed on this machine (docs/distributed.md, "Rehearsal"): ImageNet's
 # sample and shard counts as tiny JPEGs in data/rehearse (written once, 2.6 GB, then reused), the real
