@@ -131,9 +131,24 @@ def main(argv=None) -> int:
         if common:
             line += f"; training loss minus the log's {mean_se([c.loss[e] - log.loss[e] for e in common])}"
         print(line)
+    if len(curves) > 1:
+        print(spread_line(curves, log))
     if a.out:
         plot(curves, log, band, a.label, a.out)
     return 0
+
+
+def spread_line(curves: list[Curve], log: Curve) -> str:
+    """The curves' own seed noise: at each epoch all of them and the log have, their mean and std;
+    how far the log is from that mean, and at how many epochs within 2 of those stds."""
+    epochs = sorted(set.intersection(*(set(c.top1) for c in curves)) & set(log.top1))
+    means = {e: statistics.fmean(c.top1[e] for c in curves) for e in epochs}
+    stds = {e: statistics.stdev(c.top1[e] for c in curves) for e in epochs}
+    inside = sum(abs(log.top1[e] - means[e]) <= 2 * stds[e] for e in epochs)
+    return (f"the {len(curves)} curves at the {len(epochs)} epochs they all have: top-1 std between them "
+            f"{statistics.fmean(stds.values()):.2f} points on average (their seed noise); their mean minus the log's "
+            f"{mean_se([means[e] - log.top1[e] for e in epochs])} points; the log within 2 of their stds of their "
+            f"mean at {inside} of {len(epochs)} epochs")
 
 
 def plot(curves: list[Curve], log: Curve, band: float, label: str, out: Path) -> None:

@@ -190,6 +190,11 @@ def test_compare_log_puts_runs_beside_a_published_log(tmp_path):
             "5 of 6 within +-3.56") in done.stdout
     assert "training loss minus the log's +0.20 +- 0.00" in done.stdout
     assert "plain: 4 epochs in common; top-1 minus the log's -3.00 +- 0.00 points" in done.stdout
+    # the two curves at epochs 1-4: 4, 4, 4 and 8 points apart (stds 2.83 x 3 and 5.66: 3.54 on average),
+    # their mean -1, -1, -1, +1 from the log's (-0.50, its standard error 0.50), always within 2 stds of it
+    assert ("the 2 curves at the 4 epochs they all have: top-1 std between them 3.54 points on average (their seed "
+            "noise); their mean minus the log's -0.50 +- 0.50 points; the log within 2 of their stds of their mean "
+            "at 4 of 4 epochs") in done.stdout
     assert (tmp_path / "c.png").stat().st_size > 10_000
     done = run_cli("scripts/compare_log.py", run, log, "--epochs", "2", "--phases", "")
     assert "run: 2 epochs in common; top-1 minus the log's +1.00 +- 0.00" in done.stdout and "| 3 |" not in done.stdout
