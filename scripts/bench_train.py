@@ -3,6 +3,7 @@
     python scripts/bench_train.py [--arch resnet18 --variant D --image-size 64 --batch 32 --steps 10 --rounds 5]
     python scripts/bench_train.py --arch resnet50 --image-size 224 --batch 128 --precision bf16 --channels-last  (GPU)
     python scripts/bench_train.py --recipe recipes/cifar10/resnet20-v1.yaml --data data/cifar10   (CIFAR on a CPU)
+    python scripts/bench_train.py --recipe recipes/demo.yaml model.width=0.25 data.image_size=64   (a recipe, changed)
 
 Both loops train the same model on the same synthetic batch (no loader). The bare loop is
 forward, F.cross_entropy, backward, SGD step. The project's step is bot's TrainStep built
@@ -120,16 +121,20 @@ def main(argv=None) -> int:
     p.add_argument("--data", help="with --recipe: a data.root whose train loaders are timed too")
     p.add_argument("--loader-batches", type=int, default=100)
     p.add_argument("--workers", type=int, help="with --data: data.workers for the loaders (default: the recipe's)")
+    p.add_argument("overrides", nargs="*", help="with --recipe: dotted.key=value changes to it, as train.py takes them")
     a = p.parse_args(argv)
+    if a.overrides and not a.recipe:
+        p.error("overrides change a recipe: give --recipe")
     accelerator = Accelerator()
     device = accelerator.device
     if a.recipe:
         given = ([f"data.root={a.data}"] if a.data else []) + ([f"data.workers={a.workers}"] if a.workers else [])
+        given += a.overrides
         cfg = config.load(a.recipe, given)
         a.arch, a.variant, a.image_size = cfg.model.arch, cfg.model.variant, cfg.data.image_size
         a.batch, a.precision, a.channels_last = cfg.data.batch_size, cfg.precision, cfg.channels_last
         TRICKS.clear()
-        TRICKS[f"{a.recipe} as it is"] = []
+        TRICKS[" ".join([f"{a.recipe} as it is", *a.overrides])] = []
     base = [f"model.arch={a.arch}", f"model.variant={a.variant}", f"data.image_size={a.image_size}",
             f"data.batch_size={a.batch}", f"precision={a.precision}", f"channels_last={a.channels_last}"]
     x = torch.randn(a.batch, 3, a.image_size, a.image_size, device=device)
