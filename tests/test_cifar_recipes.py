@@ -7,7 +7,7 @@ import sys
 
 import pytest
 from conftest import ROOT
-from test_cifar import cifar10_archive
+from test_prepare_cifar import cifar10_archive
 from test_recipes import diff
 
 from bot import config
