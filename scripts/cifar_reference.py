@@ -74,6 +74,11 @@ def main(argv=None) -> int:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--batch", type=int, default=128, help="gluon-cv's 128; the lr scales with it (0.1 at 128)")
     a = p.parse_args(argv)
+    missing = [str(a.root / split) for split in ("train", "test") if not (a.root / split).is_dir()]
+    if missing:
+        print(f"error: {a.root} needs train/ and test/ class folders (prepare_cifar.py writes them); "
+              f"missing: {', '.join(missing)}", file=sys.stderr)
+        return 2
     torch.manual_seed(a.seed)
     train, val = loaders(a.root, a.batch, a.workers, a.seed)
     model = network(a.arch).to(memory_format=torch.channels_last)  # faster on a CPU, same sums

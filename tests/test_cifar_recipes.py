@@ -110,6 +110,9 @@ def test_reference_loop_writes_the_logs_columns(cifar, tmp_path):
     log = ROOT / "docs" / "cifar" / "gluoncv_cifar_resnet20_v1.csv"
     done = run_cli("scripts/compare_log.py", out, log, "--phases", "")
     assert done.returncode == 0 and "ref: 2 epochs in common" in done.stdout, done.stderr
+    done = run_cli("scripts/cifar_reference.py", tmp_path / "nowhere", "--out", tmp_path / "x.csv")
+    assert done.returncode == 2 and done.stderr.startswith("error: ") and len(done.stderr.splitlines()) == 1
+    assert not (tmp_path / "x.csv").exists()
 
 
 BUDGET = ROOT / "recipes" / "ablations" / "cifar10-budget.yaml"
