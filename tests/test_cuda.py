@@ -175,7 +175,7 @@ def test_colour_normalize_on_the_gpu_equals_the_cpu():
     pytest.importorskip("nvidia.dali")
     import numpy as np
 
-    from bot.data.dali import colour_maps, colour_normalize, train_draws
+    from bot.data.dali_draws import colour_maps, colour_normalize, train_draws
 
     d = config.load(None, []).data
     rng = np.random.default_rng(0)

@@ -18,7 +18,7 @@ pytest.importorskip("nvidia.dali")
 from dali_helpers import (NO_COLOUR, dali_train, dataset, epochs, ks_limit, ks_statistic,  # noqa: E402,F401
                           one_torch_thread, pixels, torch_train, val_root)
 from bot.data import sampling  # noqa: E402
-from bot.data.dali import colour_terms, crop_window  # noqa: E402
+from bot.data.dali_draws import colour_terms, crop_window  # noqa: E402
 from bot.data.folder import scan_dataset  # noqa: E402
 
 

@@ -155,7 +155,7 @@ def test_colour_normalize_in_one_chunk_equals_small_chunks():
     """The chunking of colour_normalize (small chunks on a CPU, the whole batch on a GPU) changes no
     number; the GPU itself: tests/test_cuda.py."""
     pytest.importorskip("nvidia.dali")
-    from bot.data.dali import colour_maps, colour_normalize, train_draws
+    from bot.data.dali_draws import colour_maps, colour_normalize, train_draws
 
     d = config.load(None, []).data
     rng = np.random.default_rng(0)

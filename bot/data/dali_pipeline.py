@@ -54,7 +54,7 @@ def train_graph(inputs, gpu: bool, hue: bool, antialias: bool = True, hw_decoder
     torchvision's resize, the reference path's own and faster than DALI's CPU resize.
     GPU: uint8 HWC, at each sample's `height` x |`width`| (the epoch's training size, fed per
     batch), and each image's mean pixel (float, 3), which contrast needs.
-    Colour and normalization follow in torch, after the resize (bot.data.dali.colour_normalize).
+    Colour and normalization follow in torch, after the resize (bot.data.dali_draws.colour_normalize).
     """
     named = dict(zip(train_inputs(hue, gpu, padded), inputs))
     if padded:
