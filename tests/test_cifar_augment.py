@@ -17,7 +17,7 @@ from bot.config import load
 from bot.data.folder import scan_dataset
 from bot.data.sampling import sample_seed, train_order
 from bot.data.torch_loader import TrainLoader, ValLoader
-from bot.data.transforms import padded_window, val_transform
+from bot.data.transforms import PaddedCrop, padded_window, val_transform
 from bot.errors import UserError
 from bot.artifacts.preprocessing import in_words, timm_data_config
 
@@ -272,3 +272,24 @@ def test_padded_on_the_gpu_equals_the_cpu(noise_root):
         assert (cpu - gpu).abs().max() < 1e-4, (cpu - gpu).abs().max()
     cpu, gpu = (images_of(DaliValLoader(val, d, 0, 1, 4, device)).cpu() for device in ("cpu", "cuda"))
     assert (cpu - gpu).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("width, height, size, padding", [
+    (6, 6, 6, 0),   # no padding: the image itself, or its mirror
+    (5, 3, 3, 2),   # wider than high: each axis its own range
+    (3, 3, 1, 2),   # padding wider than the window: some windows hold no pixel of the image
+])
+def test_padded_crop_is_a_window_of_the_zero_padded_image(width, height, size, padding):
+    """PaddedCrop against its definition: zero-pad, cut size x size at a corner drawn uniformly
+    from 0..side + 2 padding - size per axis (every corner reached, no other), mirror or not."""
+    image = torch.arange(1, 3 * width * height + 1, dtype=torch.float32).reshape(3, height, width)  # no 0 pixel
+    crop, corners = PaddedCrop(size, padding), set()
+    for k in range(400):
+        torch.manual_seed(k)
+        out = crop(image)
+        x, y, flip = padded_window(width, height, size, padding, torch.Generator().manual_seed(k))
+        want = torch.nn.functional.pad(image, [padding] * 4)[:, y:y + size, x:x + size]
+        assert torch.equal(out, want.flip(-1) if flip else want), (k, x, y, flip)
+        corners.add((x, y))
+    assert corners == {(x, y) for x in range(width + 2 * padding - size + 1)
+                       for y in range(height + 2 * padding - size + 1)}

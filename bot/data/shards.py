@@ -215,6 +215,12 @@ def parse_label(text: bytes, classes: int, where) -> int:
     return label
 
 
+def members_of(tar: Path) -> list[list[tuple[str, int, int, str]]]:
+    """Each sample's members (ext, offset, size, name): from the tar's index, or the tar itself."""
+    index = index_path(tar)
+    return read_index(index) if index.is_file() else index_tar(tar)
+
+
 class Shard:
     """One tar's members as arrays: image and label (offset, size) per sample, checked once."""
 
@@ -222,8 +228,7 @@ class Shard:
         self.path = path
         if not path.is_file():
             raise UserError(f"shard {path} is listed in {INFO} but does not exist")
-        index = index_path(path)
-        samples = read_index(index) if index.is_file() else index_tar(path)
+        samples = members_of(path)
         if len(samples) != expected:
             raise UserError(f"shard {path} holds {len(samples)} samples, {INFO} says {expected}")
         spans = np.zeros((len(samples), 4), np.int64)  # image offset, image size, cls offset, cls size
@@ -245,8 +250,7 @@ class Shard:
     def key(self, j: int, samples=None) -> str:
         """The key of sample j (read back from the index when not given: only errors need it)."""
         if samples is None:
-            index = index_path(self.path)
-            samples = read_index(index) if index.is_file() else index_tar(self.path)
+            samples = members_of(self.path)
         return split_key(samples[j][0][3])[0]
 
     def _read(self, offset: int, size: int) -> bytes:
