@@ -36,7 +36,7 @@ def is_shard_folder(root) -> bool:
 
 def index_path(tar: Path) -> Path:
     """DALI's wds2idx default: the tar's name up to its first dot, with .idx."""
-    return tar.with_name(tar.name.split(".", 1)[0] + ".idx")
+    return tar.with_name(tar.name.partition(".")[0] + ".idx")
 
 
 def split_key(name: str) -> tuple[str, str]:
@@ -182,23 +182,25 @@ def split_entry(root, info: dict, names: tuple[str, ...]) -> dict:
     if len(files) != len(lengths) or sum(lengths) != total or not files:
         raise UserError(f"{root}/{INFO}: split {name} has {len(files)} filenames, {len(lengths)} shard_lengths summing "
                         f"to {sum(lengths)}, and num_samples {total}: they must agree")
-    return dict(name=name, filenames=files, shard_lengths=lengths)
+    return dict(filenames=files, shard_lengths=lengths)
 
 
 def open_shards(root: Path, val_split: str = "val") -> tuple["ShardSplit", "ShardSplit"]:
     """(train, held-out split `val_split`) of a shard folder, from its _info.json alone (no shard is opened)."""
     info = read_info(root)
     classes = class_names(root, info, lambda: local_classes(root))
-    train, val = (split_entry(root, info, names) for names in (TRAIN_SPLITS, val_splits(val_split)))
-    return (ShardSplit(root, classes, train["filenames"], train["shard_lengths"]),
-            ShardSplit(root, classes, val["filenames"], val["shard_lengths"]))
+    return (open_split(root, info, TRAIN_SPLITS, classes), open_split(root, info, val_splits(val_split), classes))
 
 
 def open_val_shards(root: Path, val_split: str = "val") -> "ShardSplit":
+    """The held-out split alone (evaluation needs no train split)."""
     info = read_info(root)
-    val = split_entry(root, info, val_splits(val_split))
-    return ShardSplit(root, class_names(root, info, lambda: local_classes(root)), val["filenames"],
-                      val["shard_lengths"])
+    return open_split(root, info, val_splits(val_split), class_names(root, info, lambda: local_classes(root)))
+
+
+def open_split(root: Path, info: dict, names: tuple[str, ...], classes: list[str]) -> "ShardSplit":
+    entry = split_entry(root, info, names)
+    return ShardSplit(root, classes, entry["filenames"], entry["shard_lengths"])
 
 
 # ---------------------------------------------------------------- reading samples
@@ -237,21 +239,19 @@ class Shard:
             image = next((members[e] for e in IMAGE_EXTS if e in members), None)
             if image is None or "cls" not in members:
                 what = "image (." + "/.".join(IMAGE_EXTS) + ")" if image is None else ".cls member (its label)"
-                raise UserError(f"shard {path}: sample {self.key(j, samples)} has no {what}")
+                raise UserError(f"shard {path}: sample {self.key(j)} has no {what}")
             spans[j] = (*image, *members["cls"])
         size = os.path.getsize(path)
         ends = np.maximum(spans[:, 0] + spans[:, 1], spans[:, 2] + spans[:, 3])
         if len(ends) and ends.max() > size:
             j = int(np.argmax(ends > size))
-            raise UserError(f"shard {path} is truncated: sample {self.key(j, samples)} ends at byte {ends[j]}, "
+            raise UserError(f"shard {path} is truncated: sample {self.key(j)} ends at byte {ends[j]}, "
                             f"the file has {size}")
         self.spans, self.classes, self.fd = spans, classes, None
 
-    def key(self, j: int, samples=None) -> str:
-        """The key of sample j (read back from the index when not given: only errors need it)."""
-        if samples is None:
-            samples = members_of(self.path)
-        return split_key(samples[j][0][3])[0]
+    def key(self, j: int) -> str:
+        """The key of sample j, read back from the index (only errors need it)."""
+        return split_key(members_of(self.path)[j][0][3])[0]
 
     def _read(self, offset: int, size: int) -> bytes:
         if self.fd is None:
