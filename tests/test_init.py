@@ -52,3 +52,25 @@ def test_msra_for_every_network_keeps_bn_and_zero_gamma(arch, overrides):
             zeroed += not m.weight.any()
             assert not m.bias.any() and ((m.weight == 1).all() or not m.weight.any()), name
     assert zeroed == (8 if arch == "resnet18" else 0)  # ResNet-18: one zeroed BN per basic block
+
+
+@pytest.mark.parametrize("layer, fan_in, fan_out", [
+    (nn.Conv2d(64, 128, 3), 64 * 9, 128 * 9),
+    (nn.Conv2d(256, 256, 3, groups=256), 9, 9),  # depthwise: a unit's connections, per group (Glorot)
+    (nn.Conv2d(64, 128, 3, groups=4), 16 * 9, 32 * 9),
+    (nn.Linear(512, 1000), 512, 1000),
+    (nn.Linear(512, 1), 512, 1),  # a one-output head
+], ids=["conv", "depthwise", "grouped", "fc", "one-output"])
+def test_xavier_bound_is_the_papers_closed_form(layer, fan_in, fan_out):
+    """Section 2: uniform in [-a, a], a = sqrt(6 / (fan_in + fan_out)); biases 0."""
+    from bot.models.init import xavier_init
+
+    torch.manual_seed(0)
+    nn.init.constant_(layer.bias, 1.0)
+    xavier_init(layer)
+    w, bound = layer.weight.detach().abs().flatten(), math.sqrt(6 / (fan_in + fan_out))
+    assert w.max().item() <= bound
+    if w.numel() >= 500:  # a uniform's largest of n draws is within a / n of a, mostly
+        assert w.max().item() > bound * (1 - 20 / w.numel())
+        assert abs(w.mean().item() - bound / 2) < 5 * bound / math.sqrt(12 * w.numel())  # E|w| = a / 2
+    assert not layer.bias.any()

@@ -246,7 +246,7 @@ def test_an_empty_classes_txt_is_one_line(toy_shards, tmp_path):
 @pytest.mark.parametrize("name, key, ext", [
     ("n01440764_10026.JPEG", "n01440764_10026", "JPEG"),
     ("key.seg.png", "key", "seg.png"),          # the first dot of the basename
-    ("dir.v1/sub/key.jpg", "dir.v1/sub/key", "jpg"),  # dots of folders are not the key's
+    ("dir/v1.2/key.jpg", "dir/v1.2/key", "jpg"),  # dots of folders are not the key's
     ("noext", "noext", ""),
     (".hidden", "", "hidden"),
     ("a/.b.jpg", "a/", "b.jpg"),
@@ -360,3 +360,26 @@ def test_a_bad_label_in_a_shard_names_shard_and_sample(tmp_path):
     with pytest.raises(UserError) as e:
         Shard(path, 1, 4).sample(0)
     assert str(e.value) == f"shard {path}: sample k has label 7, outside the 4 classes (0 to 3)"
+
+
+def test_a_label_stored_before_its_image_still_finds_a_cut_image(tmp_path):
+    path = one_sample_shard(tmp_path, [("k.cls", b"1"), ("k.png", b"x" * 600)])  # the image ends the sample
+    write_index(index_tar(path), index_path(path))
+    image_at = read_index(index_path(path))[0][1][1]
+    os.truncate(path, image_at + 100)
+    with pytest.raises(UserError) as e:
+        Shard(path, 1, 2)
+    assert str(e.value) == f"shard {path} is truncated: sample k ends at byte {image_at + 600}, the file has {image_at + 100}"
+
+
+def test_at_most_open_shards_hold_a_descriptor_the_least_recently_read_closing(toy_shards, monkeypatch):
+    """The cap (OPEN_SHARDS; 1,024 shards would exceed `ulimit -n` 1024 in every worker): reading a
+    third shard closes the one read longest ago, and a shard is checked once and kept."""
+    monkeypatch.setattr(shards_module, "OPEN_SHARDS", 2)
+    train, _ = open_shards(toy_shards)
+    first = {i: train.sample(i) for i in (0, 10, 20, 5, 30)}  # shards 0, 1, 2, 0, 3
+    assert list(train.open) == [0, 3]  # 1 and 2 closed, in that order; 0 was read again before 3
+    assert [train.shards[k].fd is None for k in range(4)] == [False, True, True, False]
+    assert len({train.shard(k) for k in range(4)}) == 4 and train.shard(1) is train.shards[1]  # kept, not reread
+    assert {i: train.sample(i) for i in first} == first  # reopened where needed, the same bytes
+    assert len(train.open) == 2

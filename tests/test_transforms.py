@@ -94,3 +94,38 @@ def test_val_resize_follows_the_antialias_setting():
         resized = TF.center_crop(TF.resize(image, 36, antialias=antialias), 32).float()
         want = (resized - torch.tensor(d.mean).view(3, 1, 1)) / torch.tensor(d.std).view(3, 1, 1)
         assert torch.allclose(got, want, atol=1e-5), antialias
+
+
+@pytest.mark.parametrize("antialias, size", [(True, None), (False, None), (False, 24)])
+def test_train_geometry_is_torchvisions_with_the_configs_settings(antialias, size):
+    """Steps 2-3 and 6 (no colour): torchvision's RandomResizedCrop with data.random_area,
+    data.random_aspect and data.antialias at `size` (random-shape training) or data.image_size,
+    a flip with p 1/2, then Normalize; the same draws from the same seed."""
+    from torchvision.transforms import v2
+
+    from bot.data.transforms import train_transform
+
+    d = load(None, ["data.image_size=32", "data.random_area=[0.2, 0.6]", "data.random_aspect=[0.5, 2.0]",
+                    f"data.antialias={str(antialias).lower()}", "data.brightness=0", "data.contrast=0",
+                    "data.saturation=0", "data.pca_lighting=0"]).data
+    reference = v2.Compose([v2.RandomResizedCrop(size or 32, scale=(0.2, 0.6), ratio=(0.5, 2.0), antialias=antialias),
+                            v2.RandomHorizontalFlip(0.5), v2.ToDtype(torch.float32, scale=False),
+                            v2.Normalize(list(d.mean), list(d.std))])
+    image = torch.randint(0, 256, (3, 80, 120), dtype=torch.uint8)
+    for seed in range(6):
+        torch.manual_seed(seed)
+        got = train_transform(d, size)(image)
+        torch.manual_seed(seed)
+        assert torch.equal(got, reference(image)), seed
+        assert got.shape == (3, size or 32, size or 32)
+
+
+def test_the_jitter_ranges_are_the_configs():
+    """data.brightness 0.4 means a factor uniform in [0.6, 1.4] (section 2 step 4), hue h in [-h, h]."""
+    from bot.data.transforms import train_transform
+
+    d = load(None, ["data.brightness=0.4", "data.contrast=0.3", "data.saturation=0.2", "data.hue=0.1"]).data
+    jitter = [t for t in train_transform(d).transforms if isinstance(t, FloatColorJitter)]
+    assert len(jitter) == 1
+    ranges = [*jitter[0].brightness, *jitter[0].contrast, *jitter[0].saturation, *jitter[0].hue]
+    assert ranges == pytest.approx([0.6, 1.4, 0.7, 1.3, 0.8, 1.2, -0.1, 0.1])

@@ -49,7 +49,7 @@ def colour_terms(brightness, contrast, saturation) -> tuple[np.ndarray, np.ndarr
     random order equals b c s x + b c (1 - s) g + b (1 - c) m (docs/data.md says why);
     unclamped, as there. Arguments may be arrays (a batch).
     """
-    b, c, s = (np.asarray(v, np.float32) for v in (brightness, contrast, saturation))
+    b, c, s = (np.asarray(v) for v in (brightness, contrast, saturation))
     return b * c * s, b * c * (1 - s), b * (1 - c)
 
 
@@ -65,10 +65,10 @@ def colour_maps(draws: np.ndarray, mean=MEAN, std=STD) -> tuple[torch.Tensor, to
     train_draws'. Jitter (colour_terms), then PCA lighting, then (y - mean) / std
     (data.mean, data.std: RGB, 0-255).
     """
-    x_scale, grey_scale, mean_scale = (v.astype(np.float64) for v in colour_terms(draws[:, 5], draws[:, 6], draws[:, 7]))
-    std, grey = np.asarray(std, np.float64), np.asarray(GREY)
+    x_scale, grey_scale, mean_scale = colour_terms(draws[:, 5], draws[:, 6], draws[:, 7])  # float64, as draws
+    std, grey = np.asarray(std), np.asarray(GREY)
     mix = x_scale[:, None, None] * np.eye(3) + grey_scale[:, None, None] * np.outer(np.ones(3), grey)
-    offset = (pca_offset(draws[:, 9:12]) - np.asarray(mean, np.float64)) / std
+    offset = (pca_offset(draws[:, 9:]) - np.asarray(mean)) / std
     return (torch.from_numpy((mix / std[:, None]).astype(np.float32)), torch.from_numpy(offset.astype(np.float32)),
             torch.from_numpy((mean_scale[:, None] / std).astype(np.float32)))
 

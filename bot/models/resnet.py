@@ -43,7 +43,7 @@ VARIANTS = {
 }
 
 
-def build_resnet(cfg, num_classes: int = 1000) -> nn.Module:
+def build_resnet(cfg, num_classes: int) -> nn.Module:
     """ResNet `cfg.model.arch` in variant `cfg.model.variant`, initialised as `cfg.model` says."""
     block, layers = ARCHS[cfg.model.arch]
     # zero_init_last=False: timm zeroes the last BN of every residual branch by default; here
@@ -68,7 +68,7 @@ def widths(variant: str, width: float) -> dict:
     ends in 2 x stem_width channels, the first stage's width); {} at 1, the paper's network."""
     if width == 1:
         return {}
-    stem_width = max(1, round(VARIANTS[variant]["stem_width"] * width))
+    stem_width = round(VARIANTS[variant]["stem_width"] * width)  # 2 or more: model.width >= 1/16
     return dict(channels=tuple(2 * stem_width * k for k in (1, 2, 4, 8)), stem_width=stem_width)
 
 
