@@ -33,6 +33,7 @@ mutation: install
 	rm -rf mutants
 	OMP_NUM_THREADS=1 nice $(PY) -m mutmut run --max-children 2
 	$(PY) -m mutmut export-cicd-stats && cat mutants/mutmut-cicd-stats.json
+	$(PY) scripts/mutation_report.py
 
 $(TOY)/.complete: | install
 	$(PY) scripts/make_toy_data.py $(TOY)
