@@ -120,7 +120,6 @@ def train_draws(rng: np.random.Generator, width: int, height: int, d, window=Non
     return (x, y, w, h, flip, b, c, s, hue, *alpha)
 
 
-
 def padded_draw(seed: int, width: int, height: int, size: int, padding: int) -> tuple[int, int, int, int, float]:
     """(x, y, w, h, flip) of data.crop=padded in the image's coordinates: transforms.padded_window
     from a torch generator seeded with the sample's seed, as the torch path's generator is."""
