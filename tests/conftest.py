@@ -120,16 +120,23 @@ def call_main(main, *args, cwd=ROOT) -> subprocess.CompletedProcess:
 
 
 def run_here(script, *args, cwd=ROOT) -> subprocess.CompletedProcess:
-    """run_cli's call in this process where it can: train.py and scripts/NAME.py are bot/cli/NAME.py's
-    main (call_main); anything else (`-m torch.distributed.run ...`, a script of its own) runs in a
-    new process through run_cli."""
+    """run_cli's call in this process where it can (call_main): train.py and scripts/NAME.py are
+    bot/cli/NAME.py's main, and a script of scripts/ with a main(argv) of its own is loaded from its
+    file; anything else (`-m torch.distributed.run ...`) runs in a new process through run_cli."""
+    import importlib
+    import importlib.util
+
     path = Path(script)
     name = "train" if path.name == "train.py" else path.stem
-    if path.suffix == ".py" and (ROOT / "bot/cli" / f"{name}.py").is_file() and path.parent.name in ("", ROOT.name,
-                                                                                                        "scripts"):
-        import importlib
-
+    ours = path.suffix == ".py" and path.parent.name in ("", ROOT.name, "scripts")
+    if ours and (ROOT / "bot/cli" / f"{name}.py").is_file():
         return call_main(importlib.import_module(f"bot.cli.{name}").main, *args, cwd=cwd)
+    file = ROOT / "scripts" / path.name
+    if ours and path.parent.name == "scripts" and "\ndef main(argv" in file.read_text():
+        spec = importlib.util.spec_from_file_location(f"scripts_{name}", file)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return call_main(module.main, *args, cwd=cwd)
     return run_cli(script, *args, cwd=cwd)
 
 

@@ -98,19 +98,19 @@ def test_each_recipe_trains_a_few_steps_on_folders_and_shards(path, cifar, tmp_p
 def test_reference_loop_writes_the_logs_columns(cifar, tmp_path):
     """scripts/cifar_reference.py (plain torch and torchvision, gluon-cv's loop) trains on the
     prepared folders and writes a CSV that compare_log reads beside a run."""
-    from conftest import run_cli
+    from conftest import run_here
 
     out = tmp_path / "ref.csv"
-    done = run_cli("scripts/cifar_reference.py", cifar / "c10", "--epochs", "2", "--batch", "4", "--workers", "0",
+    done = run_here("scripts/cifar_reference.py", cifar / "c10", "--epochs", "2", "--batch", "4", "--workers", "0",
                    "--out", out)
     assert done.returncode == 0, done.stderr
     rows = [line.split(",") for line in out.read_text().splitlines() if not line.startswith("#")]
     assert rows[0] == ["epoch", "val_acc", "train_acc", "train_loss"] and [r[0] for r in rows[1:]] == ["0", "1"]
     assert all(0 <= float(r[1]) <= 1 and 0 <= float(r[2]) <= 1 and float(r[3]) > 0 for r in rows[1:])
     log = ROOT / "docs" / "cifar" / "gluoncv_cifar_resnet20_v1.csv"
-    done = run_cli("scripts/compare_log.py", out, log, "--phases", "")
+    done = run_here("scripts/compare_log.py", out, log, "--phases", "")
     assert done.returncode == 0 and "ref: 2 epochs in common" in done.stdout, done.stderr
-    done = run_cli("scripts/cifar_reference.py", tmp_path / "nowhere", "--out", tmp_path / "x.csv")
+    done = run_here("scripts/cifar_reference.py", tmp_path / "nowhere", "--out", tmp_path / "x.csv")
     assert done.returncode == 2 and done.stderr.startswith("error: ") and len(done.stderr.splitlines()) == 1
     assert not (tmp_path / "x.csv").exists()
 
@@ -166,7 +166,7 @@ def test_compare_log_puts_runs_beside_a_published_log(tmp_path):
     the log's own epoch-to-epoch noise (std around a 9-epoch moving mean, per lr phase)."""
     import json
 
-    from conftest import run_cli
+    from conftest import run_here
 
     log = tmp_path / "log.csv"
     theirs = {e: 0.80 + (0.02 if e % 2 else -0.02) for e in range(20)}  # +-2 points around 80: noise 2
@@ -183,7 +183,7 @@ def test_compare_log_puts_runs_beside_a_published_log(tmp_path):
     other = tmp_path / "plain.csv"  # a curve in the log's form: 3 points under the log at every epoch
     other.write_text("epoch,val_acc,train_acc,train_loss\n" + "".join(f"{e},{theirs[e] - 0.03},0.5,0.9\n"
                                                                        for e in range(4)))
-    done = run_cli("scripts/compare_log.py", run, log, "--also", other, "--phases", "", "--out", tmp_path / "c.png")
+    done = run_here("scripts/compare_log.py", run, log, "--also", other, "--phases", "", "--out", tmp_path / "c.png")
     assert done.returncode == 0, done.stderr
     assert "| 4 | 87.00 | 79.00 | 82.00 |" in done.stdout and "| 5 | 79.00 |  | 78.00 |" in done.stdout
     assert "| 2 | 1.1500 | 0.9000 | 0.9500 |" in done.stdout  # the epoch's mean training loss
@@ -199,5 +199,5 @@ def test_compare_log_puts_runs_beside_a_published_log(tmp_path):
             "noise); their mean minus the log's -0.50 +- 0.50 points; the log within 2 of their stds of their mean "
             "at 4 of 4 epochs") in done.stdout
     assert (tmp_path / "c.png").stat().st_size > 10_000
-    done = run_cli("scripts/compare_log.py", run, log, "--epochs", "2", "--phases", "")
+    done = run_here("scripts/compare_log.py", run, log, "--epochs", "2", "--phases", "")
     assert "run: 2 epochs in common; top-1 minus the log's +1.00 +- 0.00" in done.stdout and "| 3 |" not in done.stdout
