@@ -1,16 +1,21 @@
 """`model.sync_bn`: BatchNorm statistics over the global batch of all processes.
 
-On GPUs this is torch's SyncBatchNorm. torch refuses it on the CPU (its forward raises
-"SyncBatchNorm expected input tensor to be on GPU", and DDP rejects it for CPU modules),
-so CPU runs - the multi-process tests, gloo - get `CPUSyncBatchNorm`: the same two-pass
-mean and variance, with the sums all-reduced through torch.distributed.nn (which carries
-gradients back across processes, as torch's SyncBatchNorm does in its backward).
+On GPUs this is torch's SyncBatchNorm, through timm's conversion: Inception-V3 and MobileNet
+v1 normalize with timm's BatchNormAct2d (the norm, then its activation, in one module), which
+torch's own conversion turns into a plain SyncBatchNorm that never calls the activation.
+torch refuses SyncBatchNorm on the CPU (its forward raises "SyncBatchNorm expected input tensor
+to be on GPU", and DDP rejects it for CPU modules), so CPU runs - the multi-process tests,
+gloo - get `CPUSyncBatchNorm`: the same two-pass mean and variance, with the sums all-reduced
+through torch.distributed.nn (which carries gradients back across processes, as torch's
+SyncBatchNorm does in its backward).
 """
 
 from __future__ import annotations
 
+import timm.layers
 import torch
 import torch.distributed as dist
+from timm.layers import BatchNormAct2d
 from torch.distributed.nn.functional import all_reduce
 
 
@@ -32,14 +37,25 @@ class CPUSyncBatchNorm(torch.nn.BatchNorm2d):
         return out * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
 
 
+class CPUSyncBatchNormAct(CPUSyncBatchNorm):
+    """timm's BatchNormAct2d synced: the norm, then the same dropout and activation."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.drop(super().forward(x)))
+
+
 def convert_sync_batchnorm(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """Every BatchNorm2d of `model` synced, an activation fused into one kept (timm's BatchNormAct2d)."""
     if device.type != "cpu":
-        return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        return timm.layers.convert_sync_batchnorm(model)
     for name, child in model.named_children():
-        if type(child) is torch.nn.BatchNorm2d:
-            sync = CPUSyncBatchNorm(child.num_features, child.eps, child.momentum, child.affine,
-                                    child.track_running_stats)
+        if type(child) in (torch.nn.BatchNorm2d, BatchNormAct2d):
+            fused = type(child) is BatchNormAct2d
+            sync = (CPUSyncBatchNormAct if fused else CPUSyncBatchNorm)(
+                child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats)
             sync.load_state_dict(child.state_dict())
+            if fused:
+                sync.drop, sync.act = child.drop, child.act
             setattr(model, name, sync)
         else:
             convert_sync_batchnorm(child, device)

@@ -162,9 +162,8 @@ class Run:
             model = prepare_qat(model, cfg.model.qat_bits)
         if cfg.model.sync_bn and self.world > 1:
             model = convert_sync_batchnorm(model, self.device)
-        if cfg.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        return model
+        # again: the quantizers prepare_qat adds are built on the CPU
+        return model.to(self.device, memory_format=torch.channels_last if cfg.channels_last else None)
 
     def resume(self, state: dict) -> None:
         """Everything an uninterrupted run would hold at `state`'s step, random generators included."""
