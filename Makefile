@@ -159,7 +159,7 @@ OUT ?= gpu-check
 gpu-check:
 	$(PY) scripts/bench_gpu.py --out $(OUT) --parts tests step loader end-to-end --budget 450 \
 		--compile-precisions bf16 --timm eager --rounds 3 --images 4096 --loader-epochs 1 \
-		--train-steps 120 --train-overrides precision=bf16 compile=false
+		--train-steps 120 --log-every 4 --train-overrides precision=bf16 compile=false
 
 # Smaller, faster models (docs/compress.md): the demo network at half width trained with network
 # slimming's L1 penalty, then int8 (onnxruntime), slimmed 30% (every layer a multiple of 8

@@ -66,12 +66,14 @@ def cuda_test_files() -> list[str]:
 
 
 def cuda_test_rows(log: Path):
-    """One row: pytest -m cuda's summary line and counts; its whole output in `log`."""
+    """One row: pytest -m cuda's summary line and counts; its whole output in `log`, written as it
+    comes (-v: each test's name as it starts), so a part cut by its time box still shows each
+    result and the test it was cut in."""
     files = cuda_test_files()
-    command = [sys.executable, "-m", "pytest", "-q", "-m", "cuda", "-rs", "-p", "no:cacheprovider", *files]
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
-    log.write_text(done.stdout + done.stderr)
-    last = (done.stdout.strip().splitlines() or ["no output"])[-1].strip("= ")
+    command = [sys.executable, "-m", "pytest", "-v", "-m", "cuda", "-rs", "-p", "no:cacheprovider", *files]
+    with open(log, "w") as out:
+        done = subprocess.run(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+    last = (log.read_text().strip().splitlines() or ["no output"])[-1].strip("= ")
     counts = {k: int(n) for n, k in re.findall(r"(\d+) (passed|failed|skipped|error)", last)}
     yield {"part": "tests", "what": "pytest -m cuda " + " ".join(files), "img_per_s": None, "note": last,
            "returncode": done.returncode, **counts}

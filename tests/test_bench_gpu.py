@@ -14,6 +14,7 @@ from conftest import ROOT, call_main
 
 sys.path.insert(0, str(ROOT / "scripts"))
 import bench_gpu  # noqa: E402
+import timeboxed  # noqa: E402
 from timeboxed import Figures  # noqa: E402
 
 
@@ -63,8 +64,30 @@ def test_a_part_past_its_time_box_is_cut_and_the_figures_before_it_stay(tmp_path
     assert "| step | fast |  |  | 10 |  |" in (tmp_path / "f.md").read_text()
 
 
+def test_cuda_tests_cut_by_their_time_box_leave_their_log(tmp_path, monkeypatch):
+    """The log is written as pytest runs: a cut part still shows what passed and where it hung (15 s:
+    a child pytest starts in about 1 s on an idle machine, far longer on a loaded one)."""
+    tests = tmp_path / "test_hang.py"
+    tests.write_text("import time\nimport pytest\npytestmark = pytest.mark.cuda\n\n"
+                     "def test_quick():\n    pass\n\ndef test_hangs():\n    time.sleep(120)\n")
+    monkeypatch.setattr(timeboxed, "cuda_test_files", lambda: [str(tests)])
+    figures, log = Figures(tmp_path / "f.json", {"device": "x"}, bench_gpu.table), tmp_path / "cuda-tests.log"
+    bench_gpu.run_part(figures, "tests", lambda: timeboxed.cuda_test_rows(log), 15)
+    assert [r["note"] for r in figures.rows] == ["cut by its time box of 15 s"], log.read_text()
+    text = log.read_text()
+    assert "test_quick PASSED" in text and "test_hang.py::test_hangs" in text.splitlines()[-1], text
+
+
 def test_without_dali_the_loader_says_so(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "nvidia.dali", None)  # import nvidia.dali raises ImportError
     rows = bench_gpu.loader_rows(SimpleNamespace(cores=2), tmp_path, torch.device("cuda"), 8)
     assert next(rows) == {"part": "loader", "what": "DALI GPU loader alone", "img_per_s": None,
                           "note": "skipped: no DALI"}
+
+
+def test_end_to_end_keeps_the_windows_inside_an_epoch():
+    """Logged every 4 steps, 8 steps an epoch: the window that begins an epoch holds the loader's
+    restart, the first two compilation and warm-up; the others are the steady rate."""
+    lines = [{"epoch": (s - 1) // 8, "step": s, "img_per_s": float(s)} for s in range(4, 33, 4)]
+    records = [{"epoch": 0, "step": 8, "top1": 1.0}, *lines]  # an evaluation line has no img/s
+    assert bench_gpu.steady_rates(records) == [16.0, 24.0, 32.0]

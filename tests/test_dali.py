@@ -192,3 +192,23 @@ def test_batches_the_caller_keeps_are_never_overwritten(index_root):
         del x
     assert len(seen) < len(loader)  # what nobody held came back
 
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_only_the_training_decoder_preallocates_nvjpegs_buffers(monkeypatch, padded):
+    """On a GPU, the padding is per decoding thread and held for the pipeline's life: the training
+    pipeline's alone (the graphs built with a stand-in for DALI's fn, which needs no device)."""
+    from unittest.mock import MagicMock
+
+    from bot.data import dali_pipeline
+
+    fake = MagicMock()
+    monkeypatch.setattr(dali_pipeline, "fn", fake)
+    dali_pipeline.train_graph([MagicMock()] * 6, True, False, padded=padded)
+    dali_pipeline.val_graph([MagicMock()] * 4, 32, True, (0, 0, 0), (1, 1, 1), padded=padded)
+    train = (fake.decoders.image if padded else fake.decoders.image_slice).call_args_list[0]
+    val = fake.decoders.image.call_args_list[-1]
+    assert train.kwargs["device"] == val.kwargs["device"] == "mixed"
+    assert train.kwargs["jpeg_fancy_upsampling"] and val.kwargs["jpeg_fancy_upsampling"]  # pixels as the CPU's
+    assert train.kwargs["device_memory_padding"] > 0 and train.kwargs["host_memory_padding"] > 0
+    assert not {k for k in val.kwargs if "memory_padding" in k or k.startswith("preallocate")}
