@@ -37,10 +37,11 @@ class ActivationQuant(nn.Module):
     @torch.no_grad()
     def track(self, x: torch.Tensor) -> None:
         lo, hi = x.min().clamp(max=0), x.max().clamp(min=0)  # the range holds 0
-        if not self.seen:
-            self.lo.copy_(lo), self.hi.copy_(hi), self.seen.fill_(True)
-        else:
-            self.lo.lerp_(lo, 1 - RANGE_DECAY), self.hi.lerp_(hi, 1 - RANGE_DECAY)
+        # the first batch sets the range, later ones move it: a where, since an `if` on `seen`
+        # would wait for the GPU at every quantizer of every step
+        self.lo.copy_(torch.where(self.seen, self.lo.lerp(lo, 1 - RANGE_DECAY), lo))
+        self.hi.copy_(torch.where(self.seen, self.hi.lerp(hi, 1 - RANGE_DECAY), hi))
+        self.seen.fill_(True)
 
     def qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(scale, zero point) of uint8 over [lo, hi] (Jacob et al. equation 1)."""
